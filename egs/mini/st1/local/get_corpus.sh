@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Stage 0 of the mini recipe: synthesise the corpus (espeak-ng voices) in MuST-C layout.
+set -euo pipefail
+corpus_dir=corpus tgt_lang=de num_train=2000 num_dev=100 num_test=200 seed=1 nj=2
+while [ $# -gt 0 ]; do
+  case $1 in
+    --corpus-dir) corpus_dir=$2 ;;
+    --tgt-lang) tgt_lang=$2 ;;
+    --num-train) num_train=$2 ;;
+    --num-dev) num_dev=$2 ;;
+    --num-test) num_test=$2 ;;
+    --seed) seed=$2 ;;
+    --nj) nj=$2 ;;
+    *) echo "$0: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+if [ "$tgt_lang" != de ]; then
+  echo "$0: the synthetic corpus is English->German; --tgt-lang must be de" >&2
+  exit 2
+fi
+kdst make-mini-corpus "$corpus_dir" --num-train "$num_train" --num-dev "$num_dev" \
+  --num-test "$num_test" --seed "$seed" --nj "$nj"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Mini speech translation recipe: a synthetic English->German corpus in the
+# MuST-C layout, small enough for a laptop CPU.  Options: ./run.sh --help
+set -euo pipefail
+cd "$(dirname "$0")"
+exec ../../TEMPLATE/st.sh \
+  --corpus-dir corpus --tgt-lang de --nj 2 \
+  --corpus-opts "--num-train 2000 --num-dev 100 --num-test 200 --seed 1" \
+  --src-token-type bpe --src-vocab-size 300 \
+  --tgt-token-type bpe --tgt-vocab-size 300 \
+  "$@"

@@ -1,0 +1,226 @@
+"""``kdst <subcommand>``: thin argument parsing over the modules below.
+
+Every user-fixable problem (a KdstError) is printed as one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from kdst.errors import KdstError
+
+
+def cmd_validate_data(args: argparse.Namespace) -> int:
+    from kdst.data.validate import validate_data_dir
+
+    status = 0
+    for directory in args.dirs:
+        problems = validate_data_dir(directory, check_audio=not args.no_audio)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print(f"{directory}: {len(problems)} problem(s)", file=sys.stderr)
+            status = 1
+        else:
+            print(f"{directory}: OK")
+    return status
+
+
+def cmd_fix_data(args: argparse.Namespace) -> int:
+    from kdst.data.validate import fix_data_dir
+
+    for directory in args.dirs:
+        report = fix_data_dir(directory, check_audio=args.check_audio)
+        print(f"{directory}: {report} (originals in {Path(directory) / '.backup'})")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from kdst import launch
+
+    return launch.run(args)
+
+
+def cmd_fbank(args: argparse.Namespace) -> int:
+    from kdst.data.features import FbankOptions, write_fbank_shard
+    from kdst.data.kaldi_dir import merge_into_data_dir, split_data_dir
+
+    options = FbankOptions.from_yaml(args.config)
+    name = args.name or f"raw_fbank_{Path(args.data_dir).name}"
+    if args.nj <= 1:
+        scp = write_fbank_shard(args.data_dir, args.feat_dir, name, options)
+        if args.name is None:  # a whole data dir, not a job of a split one
+            merge_into_data_dir(args.data_dir, [scp])
+        return 0
+    splits = split_data_dir(args.data_dir, args.nj)
+    job_cmd = [sys.executable, "-m", "kdst.cli", "fbank", "--nj", "1", "--name", f"{name}.JOB"]
+    if args.config:
+        job_cmd += ["--config", str(args.config.resolve())]
+    job_cmd += [str(splits.resolve() / "JOB"), str(args.feat_dir.resolve())]
+    log = Path(args.feat_dir) / "log" / f"{name}.JOB.log"
+    status = _run_jobs(args.cmd, args.nj, log, job_cmd)
+    if status != 0:
+        return status
+    merge_into_data_dir(args.data_dir, [Path(args.feat_dir) / f"{name}.{j}.scp" for j in range(1, args.nj + 1)])
+    return 0
+
+
+def _run_jobs(cmd: str | None, nj: int, log: Path, job_cmd: list[str]) -> int:
+    """Run ``job_cmd`` as JOB=1:nj through the launcher command of cmd.sh (in-process by default)."""
+    from kdst import launch
+
+    argv = [f"JOB=1:{nj}", str(log), *job_cmd]
+    if cmd is None:
+        return launch.launch(argv)
+    return subprocess.call([*shlex.split(cmd), *argv])
+
+
+def cmd_compute_cmvn(args: argparse.Namespace) -> int:
+    from kdst.data.features import compute_global_cmvn
+
+    stats = compute_global_cmvn(args.feats_scp, args.out)
+    print(f"{args.out}: global CMVN over {int(stats[0, -1])} frames")
+    return 0
+
+
+def cmd_speed_perturb(args: argparse.Namespace) -> int:
+    from kdst.data.features import speed_perturb_data_dir
+
+    factors = [float(f) for f in args.factors.split(",")]
+    speed_perturb_data_dir(args.src, args.dst, factors)
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from kdst.data.tokenizer import load_tokenizer, train_tokenizer
+
+    if args.action == "train":
+        train_tokenizer(args.dir, args.inputs, type=args.type, vocab_size=args.vocab_size,
+                        character_coverage=args.character_coverage, kaldi_text=not args.plain_text)
+        print(f"{args.dir}: {len(load_tokenizer(args.dir).tokens)} tokens ({args.type})")
+        return 0
+    tokenizer = load_tokenizer(args.dir)
+    source = open(args.inputs[0], encoding="utf-8") if args.inputs else sys.stdin
+    for line in source:
+        key, _, value = line.rstrip("\n").partition(" ") if args.keyed else ("", "", line.rstrip("\n"))
+        if args.action == "encode":
+            out = " ".join(str(i) for i in tokenizer.encode(value))
+        else:
+            out = tokenizer.decode(int(i) for i in value.split())
+        print(f"{key} {out}" if args.keyed else out)
+    return 0
+
+
+def cmd_prep_mustc(args: argparse.Namespace) -> int:
+    from kdst.data.corpora.mustc import prepare_mustc
+
+    splits = tuple(args.splits.split(",")) if args.splits else None
+    for split, stats in prepare_mustc(args.corpus_dir, args.out_dir, tgt_lang=args.tgt_lang, splits=splits).items():
+        print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0
+
+
+def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
+    from kdst.data.corpora.mini_speech import make_corpus
+
+    sizes = {"train": args.num_train, "dev": args.num_dev, "tst-COMMON": args.num_test}
+    stats = make_corpus(args.out_dir, sizes=sizes, seed=args.seed, utts_per_talk=args.utts_per_talk,
+                        nj=args.nj, variability=args.variability)
+    print(f"{args.out_dir}: {stats}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate-data", help="check Kaldi data dirs; one line per problem")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--no-audio", action="store_true", help="do not open the audio (faster)")
+    p.set_defaults(func=cmd_validate_data)
+
+    p = sub.add_parser("fix-data", help="keep the consistent utterances of data dirs (originals in .backup/)")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--check-audio", action="store_true", help="also drop utterances whose audio is unreadable")
+    p.set_defaults(func=cmd_fix_data)
+
+    from kdst import launch
+
+    p = sub.add_parser("launch", help="run JOB=1:N LOG CMD ... (Kaldi run.pl semantics)")
+    launch.add_arguments(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("fbank", help="80-dim Kaldi fbank into ark/scp shards; feats.scp + utt2num_frames")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("feat_dir", type=Path, help="where the ark/scp shards and logs go")
+    p.add_argument("--config", type=Path, help="YAML of fbank options (conf/fbank.yaml)")
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
+    p.add_argument("--name", help=argparse.SUPPRESS)  # set for the jobs of a split data dir
+    p.set_defaults(func=cmd_fbank)
+
+    p = sub.add_parser("compute-cmvn", help="global CMVN statistics (Kaldi matrix) of a feats.scp")
+    p.add_argument("feats_scp", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=cmd_compute_cmvn)
+
+    p = sub.add_parser("speed-perturb", help="Kaldi-style speed-perturbed copy of a data dir (sox pipes)")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--factors", default="0.9,1.0,1.1")
+    p.set_defaults(func=cmd_speed_perturb)
+
+    p = sub.add_parser("tokenizer", help="train a tokenizer, or encode / decode with one")
+    p.add_argument("action", choices=("train", "encode", "decode"))
+    p.add_argument("dir", type=Path, help="tokenizer directory")
+    p.add_argument("inputs", nargs="*", help="train: Kaldi text files; encode/decode: a file (default stdin)")
+    p.add_argument("--type", default="bpe", choices=("bpe", "unigram", "char"))
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--character-coverage", type=float, default=1.0)
+    p.add_argument("--plain-text", action="store_true", help="train inputs are plain lines, not Kaldi text")
+    p.add_argument("--keyed", action="store_true", help="encode/decode lines are 'key text' (Kaldi text)")
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("prep-mustc", help="MuST-C layout -> Kaldi data dirs")
+    p.add_argument("corpus_dir", type=Path, help="the en-<tgt> directory or its parent")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--tgt-lang", default="de")
+    p.add_argument("--splits", help="comma-separated (default: all present)")
+    p.set_defaults(func=cmd_prep_mustc)
+
+    p = sub.add_parser("make-mini-corpus", help="synthesise the mini En-De corpus in MuST-C layout")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-dev", type=int, default=100)
+    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--utts-per-talk", type=int, default=20)
+    p.add_argument("--variability", type=float, default=0.3, help="share of human variation in references")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--nj", type=int, default=2)
+    p.set_defaults(func=cmd_make_mini_corpus)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except KdstError as e:
+        print(f"kdst {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kdst {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

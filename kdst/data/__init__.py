@@ -1,0 +1,1 @@
+"""Data: Kaldi data dirs, audio, features, tokenizers and corpus preparation."""

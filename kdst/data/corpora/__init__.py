@@ -1,0 +1,1 @@
+"""Corpus-specific preparation: real layouts (MuST-C) and the synthetic mini corpus."""

@@ -1,0 +1,210 @@
+"""Kaldi data directories: the ``key value`` files every stage reads and writes.
+
+A data dir holds ``wav.scp`` (recording -> path or ``cmd |``), optional
+``segments`` (utterance -> recording start end), ``utt2spk``/``spk2utt``,
+``text`` (the task's target), ``text.<lang>`` per language, and after
+features ``feats.scp`` and ``utt2num_frames``.  Every file is sorted by key
+in ``LC_ALL=C`` (byte) order with unique keys.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from kdst.data.split import merge_scp, split_lines
+from kdst.errors import DataError
+
+# Files keyed by utterance id; wav.scp is keyed by recording id (the same
+# as the utterance id when there is no segments file).
+UTTERANCE_FILES = ("text", "utt2spk", "segments", "feats.scp", "utt2num_frames", "utt2dur")
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: str
+    line: int  # 1-based line number in the file it came from
+
+
+def c_sort_key(key: str) -> bytes:
+    """Byte order of the key, which is what ``LC_ALL=C sort`` uses."""
+    return key.encode("utf-8")
+
+
+def iter_entries(path: str | os.PathLike, *, allow_empty_value: bool = False) -> Iterator[Entry]:
+    """Yield the ``key value`` lines of a Kaldi file; a malformed line is a DataError."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not valid UTF-8 (byte {e.start})", number) from None
+            key, _, value = line.strip().partition(" ")
+            value = value.strip()
+            if not key:
+                raise DataError(path, "empty line", number)
+            if not value and not allow_empty_value:
+                raise DataError(path, f"no value for key '{key}'", number)
+            yield Entry(key, value, number)
+
+
+def read_kv(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict[str, str]:
+    """Read a Kaldi ``key value`` file into a dict; duplicate keys are a DataError."""
+    out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for e in iter_entries(path, allow_empty_value=allow_empty_value):
+        if e.key in out:
+            raise DataError(path, f"duplicate key '{e.key}' (first on line {first_line[e.key]})", e.line)
+        out[e.key] = e.value
+        first_line[e.key] = e.line
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_kv(path: str | os.PathLike, items: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+    """Write ``key value`` lines sorted in C order, atomically."""
+    pairs = items.items() if isinstance(items, Mapping) else items
+    lines = sorted(pairs, key=lambda kv: c_sort_key(kv[0]))
+    atomic_write_text(path, "".join(f"{k} {v}\n" for k, v in lines))
+
+
+def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, str]:
+    speakers: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk, key=c_sort_key):
+        speakers.setdefault(utt2spk[utt], []).append(utt)
+    return {spk: " ".join(utts) for spk, utts in speakers.items()}
+
+
+@dataclass(frozen=True)
+class Segment:
+    recording: str
+    start: float
+    end: float
+
+
+def parse_segment(path: str | os.PathLike, entry: Entry) -> Segment:
+    fields = entry.value.split()
+    if len(fields) != 3:
+        raise DataError(path, f"expected 'utt recording start end', got '{entry.key} {entry.value}'", entry.line)
+    try:
+        start, end = float(fields[1]), float(fields[2])
+    except ValueError:
+        raise DataError(path, f"start/end are not numbers: '{entry.value}'", entry.line) from None
+    return Segment(fields[0], start, end)
+
+
+class DataDir:
+    """Read access to a Kaldi data dir, keyed by utterance id.
+
+    Files are read lazily and cached; a file that is absent reads as None.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DataError(self.path, "not a directory")
+        self._cache: dict[str, dict[str, str] | None] = {}
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return self.file(name).is_file()
+
+    def read(self, name: str) -> dict[str, str] | None:
+        if name not in self._cache:
+            self._cache[name] = read_kv(self.file(name)) if self.has(name) else None
+        return self._cache[name]
+
+    def require(self, name: str) -> dict[str, str]:
+        table = self.read(name)
+        if table is None:
+            raise DataError(self.file(name), "missing")
+        return table
+
+    def text_languages(self) -> list[str]:
+        """The ``<lang>`` suffixes of the ``text.<lang>`` files present."""
+        return sorted(p.name[len("text."):] for p in self.path.glob("text.*") if p.is_file()
+                      and not p.name.endswith(".tmp"))
+
+    def utterances(self) -> list[str]:
+        """Utterance ids in C order, from utt2spk (every data dir has one)."""
+        return sorted(self.require("utt2spk"), key=c_sort_key)
+
+    def segments(self) -> dict[str, Segment] | None:
+        if not self.has("segments"):
+            return None
+        path = self.file("segments")
+        return {e.key: parse_segment(path, e) for e in iter_entries(path)}
+
+    def recording_of(self) -> dict[str, str]:
+        """utterance -> recording id (itself when there is no segments file)."""
+        segments = self.segments()
+        if segments is None:
+            return {u: u for u in self.require("wav.scp")}
+        return {u: s.recording for u, s in segments.items()}
+
+
+def write_data_dir(path: str | os.PathLike, files: Mapping[str, Mapping[str, str]]) -> None:
+    """Write a data dir from ``{file name: {key: value}}``; spk2utt is derived from utt2spk."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, table in files.items():
+        write_kv(path / name, table)
+    if "utt2spk" in files:
+        write_kv(path / "spk2utt", spk2utt_from_utt2spk(files["utt2spk"]))
+
+
+def subset_data_dir(src: str | os.PathLike, dst: str | os.PathLike, utterances: Iterable[str]) -> None:
+    """Copy the given utterances (and the recordings they use) of ``src`` into ``dst``."""
+    data = DataDir(src)
+    keep = set(utterances)
+    files: dict[str, dict[str, str]] = {}
+    for name in (*UTTERANCE_FILES, *(f"text.{lang}" for lang in data.text_languages())):
+        table = data.read(name)
+        if table is not None:
+            files[name] = {k: v for k, v in table.items() if k in keep}
+    recordings = {r for u, r in data.recording_of().items() if u in keep}
+    files["wav.scp"] = {k: v for k, v in data.require("wav.scp").items() if k in recordings}
+    write_data_dir(dst, files)
+    if data.has("cmvn.ark"):  # global statistics stay valid for a subset
+        (Path(dst) / "cmvn.ark").write_bytes(data.file("cmvn.ark").read_bytes())
+
+
+def split_data_dir(path: str | os.PathLike, n: int) -> Path:
+    """Split a data dir into ``path/split<n>/{1..n}`` for ``n`` parallel jobs.
+
+    Utterances of one recording stay in one part, so each job decodes each
+    talk-level audio file once.
+    """
+    data = DataDir(path)
+    recording_of = data.recording_of()
+    parts = split_lines(data.utterances(), n, group_of=lambda utt: recording_of[utt])
+    out = data.path / f"split{n}"
+    for index, utterances in enumerate(parts, start=1):
+        subset_data_dir(data.path, out / str(index), utterances)
+    return out
+
+
+def merge_into_data_dir(path: str | os.PathLike, scps: list[Path]) -> None:
+    """Merge feature shards (``X.scp`` with ``X.utt2num_frames`` beside) into feats.scp + utt2num_frames."""
+    data = Path(path)
+    merge_scp(scps, data / "feats.scp")
+    merge_scp([scp.with_suffix(".utt2num_frames") for scp in scps], data / "utt2num_frames")

@@ -1,0 +1,169 @@
+"""Tokenizers: sentencepiece (bpe / unigram) and characters, behind one interface.
+
+A tokenizer lives in a directory:
+
+    tokenizer.yaml   {type: bpe|unigram|char, vocab_size: N}
+    tokens.txt       the token list, one token per line; the line number is the id
+    sp.model         the sentencepiece model (bpe / unigram only)
+
+Ids are the same for every type, so models and losses never care which one
+produced them: 0 ``<blank>`` (padding, CTC and RNN-T blank), 1 ``<unk>``,
+2 ``<sos/eos>``, then the units.  Sentencepiece is trained with exactly these
+special ids, so its ids and the token list agree without any remapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import sentencepiece as spm
+import yaml
+
+from kdst.data.kaldi_dir import iter_entries
+from kdst.errors import DataError, KdstError
+
+BLANK, UNK, SOS_EOS = "<blank>", "<unk>", "<sos/eos>"
+BLANK_ID, UNK_ID, SOS_EOS_ID = 0, 1, 2
+SPECIALS = (BLANK, UNK, SOS_EOS)
+SPACE = "\u2581"  # sentencepiece's word boundary, reused for characters
+TYPES = ("bpe", "unigram", "char")
+
+
+class Tokenizer(Protocol):
+    tokens: list[str]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class SentencePieceTokenizer:
+    def __init__(self, directory: Path):
+        self.model = spm.SentencePieceProcessor(model_file=os.fspath(directory / "sp.model"))
+        self.tokens = read_token_list(directory / "tokens.txt")
+        if len(self.tokens) != self.model.get_piece_size():
+            raise DataError(directory / "tokens.txt", f"{len(self.tokens)} tokens but sp.model has "
+                                                      f"{self.model.get_piece_size()}")
+
+    def encode(self, text: str) -> list[int]:
+        return self.model.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.model.decode([i for i in ids if i not in (BLANK_ID, SOS_EOS_ID)])
+
+
+class CharTokenizer:
+    def __init__(self, directory: Path):
+        self.tokens = read_token_list(directory / "tokens.txt")
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids.get(c, UNK_ID) for c in " ".join(text.split()).replace(" ", SPACE)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.tokens[i] for i in ids if i not in (BLANK_ID, SOS_EOS_ID)).replace(SPACE, " ").strip()
+
+
+def read_token_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(path, "token list missing")
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    if tuple(tokens[:3]) != SPECIALS:
+        raise DataError(path, f"the first tokens must be {', '.join(SPECIALS)}", 1)
+    return tokens
+
+
+def _read_texts(paths: Iterable[str | os.PathLike], kaldi_text: bool) -> list[str]:
+    """Lines of plain text files, or the values of Kaldi ``text`` files (keys dropped)."""
+    texts = []
+    for path in paths:
+        if kaldi_text:
+            texts += [e.value for e in iter_entries(path)]
+        else:
+            texts += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise KdstError(f"no training text in {', '.join(map(str, paths))}")
+    return texts
+
+
+def train_tokenizer(out_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, type: str = "bpe",
+                    vocab_size: int = 1000, character_coverage: float = 1.0,
+                    kaldi_text: bool = True) -> None:
+    """Train a tokenizer on text files and write it to ``out_dir`` (atomically, as a directory)."""
+    if type not in TYPES:
+        raise KdstError(f"unknown tokenizer type '{type}'; choose from {', '.join(TYPES)}")
+    texts = _read_texts(inputs, kaldi_text)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        tokens = _char_units(texts) if type == "char" else _train_sentencepiece(tmp, texts, type, vocab_size,
+                                                                                   character_coverage)
+        (tmp / "tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+        (tmp / "tokenizer.yaml").write_text(yaml.safe_dump({"type": type, "vocab_size": len(tokens)}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():  # a directory cannot be renamed over another: move the old one aside first
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def _char_units(texts: list[str]) -> list[str]:
+    counts = Counter(c for t in texts for c in " ".join(t.split()).replace(" ", SPACE))
+    return [*SPECIALS, *sorted(counts, key=lambda c: (-counts[c], c))]
+
+
+def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_size: int,
+                         character_coverage: float) -> list[str]:
+    corpus = directory / "train.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=os.fspath(corpus), model_prefix=os.fspath(directory / "sp"), model_type=type,
+        vocab_size=vocab_size, character_coverage=character_coverage,
+        pad_id=BLANK_ID, pad_piece=BLANK, unk_id=UNK_ID, unk_piece=UNK,
+        bos_id=-1, eos_id=SOS_EOS_ID, eos_piece=SOS_EOS,
+        # Small corpora cannot fill a large vocabulary: take what they give.
+        hard_vocab_limit=False, num_threads=2,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
+    )
+    corpus.unlink()
+    (directory / "sp.vocab").unlink()
+    model = spm.SentencePieceProcessor(model_file=os.fspath(directory / "sp.model"))
+    return [model.id_to_piece(i) for i in range(model.get_piece_size())]
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    directory = Path(directory)
+    config_path = directory / "tokenizer.yaml"
+    if not config_path.is_file():
+        raise DataError(config_path, "missing: not a kdst tokenizer directory")
+    kind = (yaml.safe_load(config_path.read_text()) or {}).get("type")
+    if kind == "char":
+        return CharTokenizer(directory)
+    if kind in ("bpe", "unigram"):
+        return SentencePieceTokenizer(directory)
+    raise DataError(config_path, f"unknown tokenizer type '{kind}'")
+
+
+def tokenizer_fingerprint(directory: str | os.PathLike) -> str:
+    """A digest of what defines the ids; teacher outputs record it to catch mismatches."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.yaml", "tokens.txt", "sp.model"):
+        path = Path(directory) / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+

@@ -1,0 +1,296 @@
+"""``kdst validate-data`` and ``kdst fix-data``: check a Kaldi data dir, repair what can be.
+
+Validation reports every problem as one line ``FILE:LINE: what is wrong`` so
+that a user (or an editor's quickfix list) can jump to it.  Fixing keeps the
+utterances that are complete and consistent in every file, backs the originals
+up under ``DIR/.backup/`` and says how many were dropped and why.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdst.data.audio import AudioError, audio_duration
+from kdst.data.kaldi_dir import c_sort_key, spk2utt_from_utt2spk, write_kv
+from kdst.errors import DataError
+
+# Files keyed by utterance id that must cover exactly the utterances of utt2spk.
+_UTTERANCE_FILES = ("text", "segments", "feats.scp", "utt2num_frames", "utt2dur")
+# Segment ends may overshoot the audio by rounding of the times written.
+_SEGMENT_END_TOLERANCE = 0.05
+_MAX_PROBLEMS_PER_FILE = 20
+
+
+@dataclass
+class Table:
+    """A leniently read ``key value`` file: the good lines and what was wrong with the rest."""
+
+    path: Path
+    values: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+    problems: list[tuple[int, str, str | None]] = field(default_factory=list)  # (line, message, key)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}:{self.lines[key]}"
+
+
+def read_table(path: Path, *, is_text: bool = False) -> Table:
+    table = Table(path)
+    previous: bytes | None = None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                key = raw.split(maxsplit=1)[0].decode("utf-8", "replace") if raw.strip() else None
+                table.problems.append((number, f"not valid UTF-8 (byte {e.start})", key))
+                continue
+            key, _, value = line.strip().partition(" ")
+            value = value.strip()
+            if not key:
+                table.problems.append((number, "empty line", None))
+                continue
+            if not value:
+                what = f"empty text for utterance '{key}'" if is_text else f"no value for key '{key}'"
+                table.problems.append((number, what, key))
+                continue
+            if key in table.values:
+                table.problems.append((number, f"duplicate key '{key}' (first on line {table.lines[key]})", None))
+                continue
+            order = c_sort_key(key)
+            if previous is not None and order < previous:
+                table.problems.append((number, f"not sorted (LC_ALL=C): '{key}' comes after "
+                                               f"'{previous.decode()}'", None))
+            previous = order
+            table.values[key] = value
+            table.lines[key] = number
+    return table
+
+
+def _present_files(path: Path) -> list[str]:
+    names = [n for n in ("wav.scp", "utt2spk", "spk2utt", *_UTTERANCE_FILES) if (path / n).is_file()]
+    return names + sorted(p.name for p in path.glob("text.*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _read_all(path: Path) -> dict[str, Table]:
+    return {name: read_table(path / name, is_text=name == "text" or name.startswith("text."))
+            for name in _present_files(path)}
+
+
+def _parse_segment(value: str) -> tuple[str, float, float] | str:
+    fields_ = value.split()
+    if len(fields_) != 3:
+        return f"expected 'utt recording start end', got {len(fields_) + 1} fields"
+    try:
+        start, end = float(fields_[1]), float(fields_[2])
+    except ValueError:
+        return f"start/end are not numbers: '{value}'"
+    if start < 0:
+        return f"segment starts before 0 ({start})"
+    if end <= start:
+        return f"segment ends ({end}) before it starts ({start})"
+    return fields_[0], start, end
+
+
+def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[str]:
+    """All problems of the data dir, each ``FILE:LINE: what is wrong``; empty when it is valid."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: not a directory"]
+    problems: list[str] = []
+    for name in ("wav.scp", "utt2spk"):
+        if not (path / name).is_file():
+            problems.append(f"{path / name}: missing (every data dir needs it)")
+    tables = _read_all(path)
+    per_file: Counter[str] = Counter()
+
+    def report(table: Table, line: int | None, message: str) -> None:
+        per_file[table.path.name] += 1
+        if per_file[table.path.name] <= _MAX_PROBLEMS_PER_FILE:
+            problems.append(f"{table.path}:{line}: {message}" if line else f"{table.path}: {message}")
+
+    for table in tables.values():
+        for line, message, _ in table.problems:
+            report(table, line, message)
+    if "utt2spk" not in tables or "wav.scp" not in tables:
+        return problems + _overflow(per_file, path)
+
+    utt2spk, wav = tables["utt2spk"], tables["wav.scp"]
+    utt_files = [n for n in tables if n in _UTTERANCE_FILES or n.startswith("text.")]
+    if "segments" not in tables:
+        utt_files.append("wav.scp")  # recordings are the utterances
+    for name in utt_files:
+        table = tables[name]
+        for key in table.values.keys() - utt2spk.values.keys():
+            report(table, table.lines[key], f"utterance '{key}' is not in utt2spk")
+        for key in sorted(utt2spk.values.keys() - table.values.keys(), key=c_sort_key):
+            if not any(k == key for _, _, k in table.problems):  # already reported on its own line
+                report(utt2spk, utt2spk.lines[key], f"utterance '{key}' has no entry in {name}")
+
+    _check_speakers(tables, report)
+    durations: dict[str, float] = {}
+    if check_audio:
+        durations, errors = _durations(wav)
+        for rec, error in errors.items():
+            report(wav, wav.lines[rec], f"recording '{rec}': {error}")
+    if "segments" in tables:
+        _check_segments(tables["segments"], wav, durations, report)
+    if "feats.scp" in tables:
+        _check_feats(tables["feats.scp"], path, report)
+    for name in ("utt2num_frames", "utt2dur"):
+        if name in tables:
+            cast = int if name == "utt2num_frames" else float
+            for key, value in tables[name].values.items():
+                try:
+                    ok = cast(value) > 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    report(tables[name], tables[name].lines[key], f"'{value}' is not a positive number")
+    return problems + _overflow(per_file, path)
+
+
+def _overflow(per_file: Counter[str], path: Path) -> list[str]:
+    return [f"{path / name}: ... and {n - _MAX_PROBLEMS_PER_FILE} more problem(s)"
+            for name, n in per_file.items() if n > _MAX_PROBLEMS_PER_FILE]
+
+
+def _check_speakers(tables: dict[str, Table], report) -> None:
+    utt2spk = tables["utt2spk"]
+    previous = None
+    for utt in sorted(utt2spk.values, key=c_sort_key):
+        speaker = utt2spk.values[utt]
+        if previous is not None and c_sort_key(speaker) < c_sort_key(previous):
+            report(utt2spk, utt2spk.lines[utt], f"speaker '{speaker}' after '{previous}': utterance ids must sort "
+                                                f"in speaker order (prefix them with the speaker id)")
+            break
+        previous = speaker
+    if "spk2utt" in tables:
+        spk2utt, expected = tables["spk2utt"], spk2utt_from_utt2spk(utt2spk.values)
+        for speaker, utts in spk2utt.values.items():
+            if speaker not in expected:
+                report(spk2utt, spk2utt.lines[speaker], f"speaker '{speaker}' is not in utt2spk")
+            elif set(utts.split()) != set(expected[speaker].split()):
+                report(spk2utt, spk2utt.lines[speaker], f"utterances of speaker '{speaker}' differ from utt2spk "
+                                                        f"(run kdst fix-data to regenerate spk2utt)")
+        for speaker in expected.keys() - spk2utt.values.keys():
+            report(spk2utt, None, f"speaker '{speaker}' of utt2spk is missing")
+
+
+def _durations(wav: Table) -> tuple[dict[str, float], dict[str, str]]:
+    """Duration of every readable recording, and why the others cannot be read."""
+    durations, errors = {}, {}
+    for rec, value in wav.values.items():
+        try:
+            durations[rec] = audio_duration(value)
+        except AudioError as e:
+            errors[rec] = str(e)
+    return durations, errors
+
+
+def _check_segments(segments: Table, wav: Table, durations: dict[str, float], report) -> None:
+    for utt, value in segments.values.items():
+        parsed = _parse_segment(value)
+        if isinstance(parsed, str):
+            report(segments, segments.lines[utt], parsed)
+            continue
+        rec, _, end = parsed
+        if rec not in wav.values:
+            report(segments, segments.lines[utt], f"recording '{rec}' is not in wav.scp")
+        elif rec in durations and end > durations[rec] + _SEGMENT_END_TOLERANCE:
+            report(segments, segments.lines[utt], f"segment ends at {end} s, past the end of recording '{rec}' "
+                                                  f"({durations[rec]:.3f} s)")
+
+
+def _check_feats(feats: Table, path: Path, report) -> None:
+    seen: dict[str, bool] = {}
+    for utt, value in feats.values.items():
+        ark = value.rsplit(":", 1)[0] if ":" in value else value
+        if ark not in seen:
+            seen[ark] = (path / ark).is_file() if not ark.startswith("/") else Path(ark).is_file()
+            if not seen[ark]:
+                report(feats, feats.lines[utt], f"feature archive not found: {ark}")
+
+
+# --- fix -----------------------------------------------------------------------
+
+@dataclass
+class FixReport:
+    total: int
+    kept: int
+    reasons: Counter[str]
+
+    def __str__(self) -> str:
+        dropped = self.total - self.kept
+        text = f"kept {self.kept} of {self.total} utterances"
+        if dropped:
+            text += f"; dropped {dropped}: " + ", ".join(f"{n} {why}" for why, n in self.reasons.most_common())
+        return text
+
+
+def fix_data_dir(path: str | Path, *, check_audio: bool = False) -> FixReport:
+    """Keep the utterances that are complete and consistent everywhere; back up the originals."""
+    path = Path(path)
+    tables = _read_all(path)
+    if "utt2spk" not in tables or "wav.scp" not in tables:
+        missing = [n for n in ("utt2spk", "wav.scp") if n not in tables]
+        raise DataError(path / missing[0], "missing: cannot fix a data dir without it")
+    wav = tables["wav.scp"]
+    all_utts = set().union(*(t.values.keys() | {k for _, _, k in t.problems if k}
+                             for n, t in tables.items() if n != "wav.scp" and n != "spk2utt"))
+    if "segments" not in tables:
+        all_utts |= wav.values.keys()
+
+    reasons: dict[str, str] = {}  # utterance -> why it is dropped (the first reason found)
+
+    def drop(utt: str, why: str) -> None:
+        reasons.setdefault(utt, why)
+
+    for name, table in tables.items():
+        if name == "spk2utt":
+            continue
+        for _, message, key in table.problems:
+            if key is not None and name != "wav.scp":
+                drop(key, "with empty text in " + name if message.startswith("empty text")
+                     else f"with a bad line in {name}")
+    utt_files = [n for n in tables if n in _UTTERANCE_FILES or n.startswith("text.") or n == "utt2spk"]
+    for name in utt_files:
+        for utt in all_utts - tables[name].values.keys():
+            drop(utt, f"missing from {name}")
+
+    durations = _durations(wav)[0] if check_audio else None
+    if "segments" in tables:
+        for utt, value in tables["segments"].values.items():
+            parsed = _parse_segment(value)
+            if isinstance(parsed, str):
+                drop(utt, "with a bad segment")
+            elif parsed[0] not in wav.values:
+                drop(utt, "whose recording is not in wav.scp")
+            elif durations is not None and parsed[0] not in durations:
+                drop(utt, "with unreadable audio")
+            elif durations is not None and parsed[2] > durations[parsed[0]] + _SEGMENT_END_TOLERANCE:
+                drop(utt, "with a segment past the end of the audio")
+    else:
+        for utt in all_utts - wav.values.keys():
+            drop(utt, "missing from wav.scp")
+        if durations is not None:
+            for utt in all_utts & wav.values.keys() - durations.keys():
+                drop(utt, "with unreadable audio")
+
+    keep = all_utts - reasons.keys()
+    backup = path / ".backup"
+    backup.mkdir(exist_ok=True)
+    for name in tables:
+        shutil.copy2(path / name, backup / name)
+    for name in utt_files:
+        write_kv(path / name, {k: v for k, v in tables[name].values.items() if k in keep})
+    if "segments" in tables:
+        used = {tables["segments"].values[u].split()[0] for u in keep}
+    else:
+        used = keep
+    write_kv(path / "wav.scp", {k: v for k, v in wav.values.items() if k in used})
+    write_kv(path / "spk2utt", spk2utt_from_utt2spk({u: tables["utt2spk"].values[u] for u in keep}))
+    return FixReport(total=len(all_utts), kept=len(keep), reasons=Counter(reasons.values()))

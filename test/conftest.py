@@ -1,0 +1,44 @@
+"""Shared fixtures: real audio files and Kaldi data dirs built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import write_wav
+from kdst.data.kaldi_dir import write_data_dir
+
+@pytest.fixture
+def segmented_dir(tmp_path: Path) -> Path:
+    """A valid data dir: two 3 s talks, two segments each, text + text.en + text.de."""
+    files: dict[str, dict[str, str]] = {n: {} for n in ("wav.scp", "segments", "utt2spk", "text", "text.en",
+                                                        "text.de")}
+    for talk in (1, 2):
+        rec = f"ted_{talk:05d}"
+        files["wav.scp"][rec] = str(write_wav(tmp_path / "wav" / f"ted_{talk}.wav", 3.0, seed=talk))
+        for start, end in ((0.2, 1.4), (1.6, 2.9)):
+            utt = f"{rec}_{int(start * 1000):07d}_{int(end * 1000):07d}"
+            files["segments"][utt] = f"{rec} {start:.3f} {end:.3f}"
+            files["utt2spk"][utt] = rec
+            files["text.en"][utt] = f"the dog sees the cat {talk}"
+            files["text.de"][utt] = f"der Hund sieht die Katze {talk}"
+            files["text"][utt] = files["text.de"][utt]
+    data = tmp_path / "data"
+    write_data_dir(data, files)
+    return data
+
+
+@pytest.fixture
+def plain_dir(tmp_path: Path) -> Path:
+    """A valid data dir without segments: one file per utterance."""
+    files: dict[str, dict[str, str]] = {n: {} for n in ("wav.scp", "utt2spk", "text")}
+    for i in range(3):
+        utt = f"spk1-utt{i}"
+        files["wav.scp"][utt] = str(write_wav(tmp_path / "wav" / f"{i}.wav", 1.0 + 0.5 * i, seed=i))
+        files["utt2spk"][utt] = "spk1"
+        files["text"][utt] = f"hello number {i}"
+    data = tmp_path / "plain"
+    write_data_dir(data, files)
+    return data
+
