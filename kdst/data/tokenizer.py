@@ -15,6 +15,7 @@ special ids, so its ids and the token list agree without any remapping.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -128,10 +129,11 @@ def _char_units(texts: list[str]) -> list[str]:
 
 def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_size: int,
                          character_coverage: float) -> list[str]:
-    corpus = directory / "train.txt"
-    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    # Training from an iterator into memory keeps file paths out of the model,
+    # so the same text always gives the same bytes (and fingerprint).
+    model_bytes = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=os.fspath(corpus), model_prefix=os.fspath(directory / "sp"), model_type=type,
+        sentence_iterator=iter(texts), model_writer=model_bytes, model_type=type,
         vocab_size=vocab_size, character_coverage=character_coverage,
         pad_id=BLANK_ID, pad_piece=BLANK, unk_id=UNK_ID, unk_piece=UNK,
         bos_id=-1, eos_id=SOS_EOS_ID, eos_piece=SOS_EOS,
@@ -139,9 +141,8 @@ def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_siz
         hard_vocab_limit=False, num_threads=2,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
     )
-    corpus.unlink()
-    (directory / "sp.vocab").unlink()
-    model = spm.SentencePieceProcessor(model_file=os.fspath(directory / "sp.model"))
+    (directory / "sp.model").write_bytes(model_bytes.getvalue())
+    model = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
     return [model.id_to_piece(i) for i in range(model.get_piece_size())]
 
 
