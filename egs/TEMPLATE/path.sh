@@ -1,5 +1,5 @@
 # Sourced by every recipe: puts kdst's venv on PATH and fixes the locale.
-KDST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KDST_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 export KDST_ROOT
 [ -d "$KDST_ROOT/tools/venv/bin" ] && export PATH=$KDST_ROOT/tools/venv/bin:$PATH
 if ! command -v kdst >/dev/null 2>&1; then

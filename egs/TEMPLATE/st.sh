@@ -10,7 +10,7 @@
 #   4-12 (teacher training, KD, decoding, scoring) come with the trainer.
 set -euo pipefail
 
-template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh cd-s into its recipe dir
 usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
 
