@@ -48,25 +48,27 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_fbank(args: argparse.Namespace) -> int:
     from kdst.data.features import FbankOptions, write_fbank_shard
-    from kdst.data.kaldi_dir import merge_into_data_dir, split_data_dir
+    from kdst.data.kaldi_dir import DataDir, merge_into_data_dir, split_data_dir
 
     options = FbankOptions.from_yaml(args.config)
     name = args.name or f"raw_fbank_{Path(args.data_dir).name}"
-    if args.nj <= 1:
+    # A job reads whole recordings, so there can be no more jobs than recordings.
+    nj = min(args.nj, len(set(DataDir(args.data_dir).recording_of().values())))
+    if nj <= 1:
         scp = write_fbank_shard(args.data_dir, args.feat_dir, name, options)
         if args.name is None:  # a whole data dir, not a job of a split one
             merge_into_data_dir(args.data_dir, [scp])
         return 0
-    splits = split_data_dir(args.data_dir, args.nj)
+    splits = split_data_dir(args.data_dir, nj)
     job_cmd = [sys.executable, "-m", "kdst.cli", "fbank", "--nj", "1", "--name", f"{name}.JOB"]
     if args.config:
         job_cmd += ["--config", str(args.config.resolve())]
     job_cmd += [str(splits.resolve() / "JOB"), str(args.feat_dir.resolve())]
     log = Path(args.feat_dir) / "log" / f"{name}.JOB.log"
-    status = _run_jobs(args.cmd, args.nj, log, job_cmd)
+    status = _run_jobs(args.cmd, nj, log, job_cmd)
     if status != 0:
         return status
-    merge_into_data_dir(args.data_dir, [Path(args.feat_dir) / f"{name}.{j}.scp" for j in range(1, args.nj + 1)])
+    merge_into_data_dir(args.data_dir, [Path(args.feat_dir) / f"{name}.{j}.scp" for j in range(1, nj + 1)])
     return 0
 
 

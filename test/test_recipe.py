@@ -69,7 +69,7 @@ def test_option_equals_form(recipe: Path):
 @needs["sox"]
 def test_data_stages_end_to_end_and_idempotent(recipe: Path):
     args = ["--corpus-opts", TINY_CORPUS, "--speed-perturb", "0.9,1.0,1.1",
-            "--src-vocab-size", "40", "--tgt-vocab-size", "40"]
+            "--src-vocab-size", "60", "--tgt-vocab-size", "60"]
     result = run_recipe(recipe, *args)
     assert result.returncode == 0, result.stderr
     assert "stages 4-12 (teacher, KD, decoding, scoring) are not implemented yet" in result.stderr
@@ -81,11 +81,11 @@ def test_data_stages_end_to_end_and_idempotent(recipe: Path):
         feats = kaldiio.load_scp(str(data / "feats.scp"))
         assert len(feats) == n and all(m.shape[1] == 80 for m in feats.values())
     assert (recipe / "data" / "train_sp" / "cmvn.ark").is_file()
-    source = load_tokenizer(recipe / "data" / "tokens" / "en_bpe40")
-    target = load_tokenizer(recipe / "data" / "tokens" / "de_bpe40")
+    source = load_tokenizer(recipe / "data" / "tokens" / "en_bpe60")
+    target = load_tokenizer(recipe / "data" / "tokens" / "de_bpe60")
     some_text = next(iter(DataDir(recipe / "data" / "train").require("text.de").values()))
     assert target.decode(target.encode(some_text)) == some_text
-    assert len(source.tokens) <= 40
+    assert len(source.tokens) <= 60
 
     # A second run with the same options does nothing.
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "data").rglob("*") if p.is_file()}
@@ -95,7 +95,7 @@ def test_data_stages_end_to_end_and_idempotent(recipe: Path):
     assert stamps == {p: p.stat().st_mtime_ns for p in (recipe / "data").rglob("*") if p.is_file()}
 
     # A changed option re-runs its stage (and only the stages from there on).
-    changed = run_recipe(recipe, *args[:-1], "30")
+    changed = run_recipe(recipe, *args[:-1], "50")
     assert changed.returncode == 0, changed.stderr
     assert "stage 2: done already" in changed.stderr and "stage 3: train_tokenizers" in changed.stderr
-    assert (recipe / "data" / "tokens" / "de_bpe30").is_dir()
+    assert (recipe / "data" / "tokens" / "de_bpe50").is_dir()

@@ -132,6 +132,17 @@ def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_siz
     # Training from an iterator into memory keeps file paths out of the model,
     # so the same text always gives the same bytes (and fingerprint).
     model_bytes = io.BytesIO()
+    try:
+        _spm_train(texts, model_bytes, type, vocab_size, character_coverage)
+    except RuntimeError as e:  # sentencepiece reports bad settings this way, e.g. too small a vocabulary
+        raise KdstError(f"sentencepiece: {str(e).split('] ')[-1]}") from None
+    (directory / "sp.model").write_bytes(model_bytes.getvalue())
+    model = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
+    return [model.id_to_piece(i) for i in range(model.get_piece_size())]
+
+
+def _spm_train(texts: list[str], model_bytes: io.BytesIO, type: str, vocab_size: int,
+               character_coverage: float) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model_bytes, model_type=type,
         vocab_size=vocab_size, character_coverage=character_coverage,
@@ -141,9 +152,6 @@ def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_siz
         hard_vocab_limit=False, num_threads=2,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
     )
-    (directory / "sp.model").write_bytes(model_bytes.getvalue())
-    model = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
-    return [model.id_to_piece(i) for i in range(model.get_piece_size())]
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:

@@ -104,3 +104,9 @@ def test_speed_perturbation_through_sox_pipes(segmented_dir: Path, tmp_path: Pat
     base = "ted_00001_0000200_0001400"
     assert frames[f"sp0.9-{base}"] > frames[base] > frames[f"sp1.1-{base}"]
     assert scp.is_file()
+
+
+def test_more_jobs_than_recordings(segmented_dir: Path, tmp_path: Path):
+    assert main(["fbank", "--nj", "8", str(segmented_dir), str(tmp_path / "f")]) == 0
+    assert len(list((tmp_path / "f" / "log").glob("*.log"))) == 2  # one job per recording
+    assert len(kaldiio.load_scp(str(segmented_dir / "feats.scp"))) == 4

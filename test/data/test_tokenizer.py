@@ -56,6 +56,8 @@ def test_retraining_replaces_the_directory_and_changes_the_fingerprint(kaldi_tex
 def test_errors(kaldi_text: Path, tmp_path: Path):
     with pytest.raises(KdstError, match="unknown tokenizer type"):
         train_tokenizer(tmp_path / "t", [kaldi_text], type="wordpiece")
+    with pytest.raises(KdstError, match=r"sentencepiece: Vocabulary size is smaller than required_chars"):
+        train_tokenizer(tmp_path / "t", [kaldi_text], vocab_size=10)
     with pytest.raises(DataError, match="not a kdst tokenizer directory"):
         load_tokenizer(tmp_path)
     (tmp_path / "bad").write_bytes(b"utt1 caf\xe9\n")

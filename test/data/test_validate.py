@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-import pytest
 
 from kdst.cli import main
 from kdst.data.kaldi_dir import DataDir
