@@ -25,7 +25,8 @@ import yaml
 from tqdm import tqdm
 
 from kdst.data.audio import TARGET_RATE, iter_utterances
-from kdst.data.kaldi_dir import DataDir, atomic_write_text, iter_entries, write_data_dir, write_kv
+from kdst.data.files import atomic_write_text
+from kdst.data.kaldi_dir import DataDir, iter_entries, write_data_dir, write_kv
 from kdst.errors import DataError, KdstError
 
 log = logging.getLogger(__name__)

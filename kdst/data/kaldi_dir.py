@@ -10,11 +10,11 @@ in ``LC_ALL=C`` (byte) order with unique keys.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from kdst.data.files import atomic_write_text
 from kdst.data.split import merge_scp, split_lines
 from kdst.errors import DataError
 
@@ -64,20 +64,6 @@ def read_kv(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict
     return out
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_kv(path: str | os.PathLike, items: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
     """Write ``key value`` lines sorted in C order, atomically."""
     pairs = items.items() if isinstance(items, Mapping) else items
@@ -102,11 +88,15 @@ class Segment:
 def parse_segment(path: str | os.PathLike, entry: Entry) -> Segment:
     fields = entry.value.split()
     if len(fields) != 3:
-        raise DataError(path, f"expected 'utt recording start end', got '{entry.key} {entry.value}'", entry.line)
+        raise DataError(path, f"expected 'utt recording start end', got {len(fields) + 1} fields", entry.line)
     try:
         start, end = float(fields[1]), float(fields[2])
     except ValueError:
         raise DataError(path, f"start/end are not numbers: '{entry.value}'", entry.line) from None
+    if start < 0:
+        raise DataError(path, f"segment starts before 0 ({start})", entry.line)
+    if end <= start:
+        raise DataError(path, f"segment ends ({end}) before it starts ({start})", entry.line)
     return Segment(fields[0], start, end)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import bisect
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
+from kdst.data.files import atomic_write_text
 from kdst.errors import DataError, KdstError
 
 PathLike = str | os.PathLike
@@ -125,23 +125,6 @@ def _read_lines(path: PathLike) -> list[str]:
     return [line + "\n" for line in lines]
 
 
-def _atomic_write_lines(path: PathLike, lines: Iterable[str]) -> None:
-    """Write lines to a temporary file beside ``path`` and rename it over ``path``.
-
-    Readers (and a re-run after a crash) never see a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def split_scp(path: PathLike, n: int, out_paths: Sequence[PathLike],
               group_of: Callable[[str], str] | None = None) -> list[int]:
     """Split the Kaldi file ``path`` into ``n`` parts written to ``out_paths``; returns the line counts."""
@@ -155,7 +138,7 @@ def split_scp(path: PathLike, n: int, out_paths: Sequence[PathLike],
     except KdstError as e:
         raise DataError(path, str(e)) from None
     for out, part in zip(out_paths, parts):
-        _atomic_write_lines(out, part)
+        atomic_write_text(out, "".join(part))
     return [len(part) for part in parts]
 
 
@@ -177,5 +160,5 @@ def merge_scp(in_paths: Sequence[PathLike], out_path: PathLike) -> int:
         if previous[0] == row[0]:
             first = f"{os.fspath(in_paths[previous[1]])}:{previous[2]}"
             raise DataError(in_paths[row[1]], f"duplicate key '{row[0]}' (first at {first})", row[2])
-    _atomic_write_lines(out_path, (row[3] for row in rows))
+    atomic_write_text(out_path, "".join(row[3] for row in rows))
     return len(rows)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdst.data.audio import AudioError, audio_duration
-from kdst.data.kaldi_dir import c_sort_key, spk2utt_from_utt2spk, write_kv
+from kdst.data.kaldi_dir import (UTTERANCE_FILES, Entry, Segment, c_sort_key, parse_segment,
+                                 spk2utt_from_utt2spk, write_kv)
 from kdst.errors import DataError
 
 # Files keyed by utterance id that must cover exactly the utterances of utt2spk.
-_UTTERANCE_FILES = ("text", "segments", "feats.scp", "utt2num_frames", "utt2dur")
+_UTTERANCE_FILES = tuple(n for n in UTTERANCE_FILES if n != "utt2spk")
 # Segment ends may overshoot the audio by rounding of the times written.
 _SEGMENT_END_TOLERANCE = 0.05
 _MAX_PROBLEMS_PER_FILE = 20
@@ -80,19 +81,12 @@ def _read_all(path: Path) -> dict[str, Table]:
             for name in _present_files(path)}
 
 
-def _parse_segment(value: str) -> tuple[str, float, float] | str:
-    fields_ = value.split()
-    if len(fields_) != 3:
-        return f"expected 'utt recording start end', got {len(fields_) + 1} fields"
+def _parse_segment(table: Table, utt: str) -> Segment | str:
+    """The segment of ``utt``, or what is wrong with its line."""
     try:
-        start, end = float(fields_[1]), float(fields_[2])
-    except ValueError:
-        return f"start/end are not numbers: '{value}'"
-    if start < 0:
-        return f"segment starts before 0 ({start})"
-    if end <= start:
-        return f"segment ends ({end}) before it starts ({start})"
-    return fields_[0], start, end
+        return parse_segment(table.path, Entry(utt, table.values[utt], table.lines[utt]))
+    except DataError as e:
+        return e.message
 
 
 def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[str]:
@@ -193,11 +187,11 @@ def _durations(wav: Table) -> tuple[dict[str, float], dict[str, str]]:
 
 def _check_segments(segments: Table, wav: Table, durations: dict[str, float], report) -> None:
     for utt, value in segments.values.items():
-        parsed = _parse_segment(value)
-        if isinstance(parsed, str):
-            report(segments, segments.lines[utt], parsed)
+        segment = _parse_segment(segments, utt)
+        if isinstance(segment, str):
+            report(segments, segments.lines[utt], segment)
             continue
-        rec, _, end = parsed
+        rec, end = segment.recording, segment.end
         if rec not in wav.values:
             report(segments, segments.lines[utt], f"recording '{rec}' is not in wav.scp")
         elif rec in durations and end > durations[rec] + _SEGMENT_END_TOLERANCE:
@@ -263,15 +257,15 @@ def fix_data_dir(path: str | Path, *, check_audio: bool = False) -> FixReport:
 
     durations = _durations(wav)[0] if check_audio else None
     if "segments" in tables:
-        for utt, value in tables["segments"].values.items():
-            parsed = _parse_segment(value)
-            if isinstance(parsed, str):
+        for utt in tables["segments"].values:
+            segment = _parse_segment(tables["segments"], utt)
+            if isinstance(segment, str):
                 drop(utt, "with a bad segment")
-            elif parsed[0] not in wav.values:
+            elif segment.recording not in wav.values:
                 drop(utt, "whose recording is not in wav.scp")
-            elif durations is not None and parsed[0] not in durations:
+            elif durations is not None and segment.recording not in durations:
                 drop(utt, "with unreadable audio")
-            elif durations is not None and parsed[2] > durations[parsed[0]] + _SEGMENT_END_TOLERANCE:
+            elif durations is not None and segment.end > durations[segment.recording] + _SEGMENT_END_TOLERANCE:
                 drop(utt, "with a segment past the end of the audio")
     else:
         for utt in all_utts - wav.values.keys():
