@@ -122,8 +122,7 @@ def cmd_prep_mustc(args: argparse.Namespace) -> int:
     from kdst.data.corpora.mustc import prepare_mustc
 
     splits = tuple(args.splits.split(",")) if args.splits else None
-    for split, stats in prepare_mustc(args.corpus_dir, args.out_dir, tgt_lang=args.tgt_lang, splits=splits).items():
-        print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    prepare_mustc(args.corpus_dir, args.out_dir, tgt_lang=args.tgt_lang, splits=splits)  # logs per split
     return 0
 
 
@@ -131,9 +130,8 @@ def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
     from kdst.data.corpora.mini_speech import make_corpus
 
     sizes = {"train": args.num_train, "dev": args.num_dev, "tst-COMMON": args.num_test}
-    stats = make_corpus(args.out_dir, sizes=sizes, seed=args.seed, utts_per_talk=args.utts_per_talk,
-                        nj=args.nj, variability=args.variability)
-    print(f"{args.out_dir}: {stats}")
+    make_corpus(args.out_dir, sizes=sizes, seed=args.seed, utts_per_talk=args.utts_per_talk,  # logs its stats
+                nj=args.nj, variability=args.variability)
     return 0
 
 

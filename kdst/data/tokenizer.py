@@ -26,6 +26,7 @@ from typing import Iterable, Protocol
 import sentencepiece as spm
 import yaml
 
+from kdst.data.files import umask
 from kdst.data.kaldi_dir import iter_entries
 from kdst.errors import DataError, KdstError
 
@@ -103,7 +104,7 @@ def train_tokenizer(out_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private
     try:
         tokens = _char_units(texts) if type == "char" else _train_sentencepiece(tmp, texts, type, vocab_size,
                                                                                    character_coverage)

@@ -65,3 +65,8 @@ def test_split_keeps_recordings_together(segmented_dir: Path):
     parts = [DataDir(out / str(i)) for i in (1, 2)]
     assert [list(p.require("wav.scp")) for p in parts] == [["ted_00001"], ["ted_00002"]]
     assert sum(len(p.utterances()) for p in parts) == 4
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path):
+    write_kv(tmp_path / "text", {"a": "b"})
+    assert (tmp_path / "text").stat().st_mode & 0o044 == 0o044
