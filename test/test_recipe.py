@@ -17,6 +17,7 @@ from kdst.data.tokenizer import load_tokenizer
 from kdst.data.validate import validate_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")
 TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
 
 
@@ -26,7 +27,8 @@ def recipe(tmp_path: Path) -> Path:
     egs = tmp_path / "egs"
     (egs / "TEMPLATE").parent.mkdir(parents=True)
     (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    shutil.copytree(REPO / "egs" / "mini" / "st1", egs / "mini" / "st1", symlinks=True)
+    shutil.copytree(REPO / "egs" / "mini" / "st1", egs / "mini" / "st1", symlinks=True,
+                    ignore=shutil.ignore_patterns(*RECIPE_OUTPUTS))  # a user's earlier run
     return egs / "mini" / "st1"
 
 
