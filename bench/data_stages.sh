@@ -14,9 +14,9 @@ tar -C "$root/egs/mini/st1" --exclude=./corpus --exclude=./data --exclude=./dump
   --exclude=./.stages -cf - . | tar -C "$work/egs/mini/st1" -xf -
 export PATH=$root/tools/venv/bin:$PATH
 start=$SECONDS
-"$work/egs/mini/st1/run.sh" --stop-stage 3 "$@" 2>"$work/log"
+"$work/egs/mini/st1/run.sh" --stop-stage 3 "$@" >"$work/log" 2>&1
 total=$((SECONDS - start))
-audio_h=$(python3 -c "import json; print(json.load(open('$work/egs/mini/st1/corpus/en-de/.complete'))['total_hours'])" \
+audio_h=$(python3 -c "import json; print(json.load(open('$work/egs/mini/st1/corpus/en-de/.complete'))['stats']['total_hours'])" \
   2>/dev/null || echo "?")
 echo "| stage | seconds |"
 echo "|---|---|"
