@@ -1,0 +1,109 @@
+"""One attention encoder-decoder for speech translation, ASR and MT.
+
+A batch is a dict:
+
+    ids          list[str]           utterance ids (for error messages and teacher outputs)
+    src          (B, T, F) float     features, or (B, S) long source tokens for MT
+    src_lengths  (B,) long
+    tgt          (B, U) long         target token ids without <sos>/<eos>, padded with 0
+    tgt_lengths  (B,) long
+
+``forward(batch)`` returns ``(loss, stats)``: the loss to minimise (a scalar,
+normalised by the number of target tokens) and float statistics to log.  Losses
+added later (word-level KD) wrap this model and use ``decoder_logits``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
+from kdst.models.decoder import TransformerDecoder
+from kdst.models.encoders import SpeechEncoder, TextEncoder, lengths_to_mask
+
+
+def decoder_io(tgt: torch.Tensor, tgt_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder input ``<sos> y`` and output ``y <eos>``, both (B, U+1), padded with 0."""
+    b = tgt.shape[0]
+    sos = tgt.new_full((b, 1), SOS_EOS_ID)
+    inputs = torch.cat([sos, tgt], dim=1)
+    outputs = torch.cat([tgt, tgt.new_full((b, 1), BLANK_ID)], dim=1)
+    outputs[torch.arange(b, device=tgt.device), tgt_lengths] = SOS_EOS_ID
+    return inputs, outputs
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: TransformerDecoder, vocab_size: int, d_model: int,
+                 ctc_weight: float = 0.0, label_smoothing: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.vocab_size = vocab_size
+        self.ctc_weight = ctc_weight
+        self.label_smoothing = label_smoothing
+        self.ctc = nn.Linear(d_model, vocab_size) if ctc_weight > 0 else None
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output (B, T', D) and its lengths."""
+        return self.encoder(src, src_lengths)
+
+    def decoder_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoder logits (B, U+1, V), the targets they predict, encoder output and lengths."""
+        memory, memory_lengths = self.encode(batch["src"], batch["src_lengths"])
+        inputs, targets = decoder_io(batch["tgt"], batch["tgt_lengths"])
+        logits = self.decoder(inputs, memory, lengths_to_mask(memory_lengths, memory.shape[1]))
+        return logits, targets, memory, memory_lengths
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, targets, memory, memory_lengths = self.decoder_logits(batch)
+        loss, stats = self.attention_loss(logits, targets)
+        if self.ctc is not None:
+            ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
+            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
+            stats["ctc"] = ctc.item()
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Label-smoothed cross-entropy per counted token; stats hold the plain NLL and accuracy too."""
+        mask = targets != BLANK_ID
+        flat_logits, flat_targets = logits[mask].float(), targets[mask]
+        ntokens = max(int(mask.sum()), 1)
+        loss = F.cross_entropy(flat_logits, flat_targets, reduction="sum",
+                               label_smoothing=self.label_smoothing) / ntokens
+        with torch.no_grad():
+            nll = F.cross_entropy(flat_logits, flat_targets, reduction="sum") / ntokens
+            acc = (flat_logits.argmax(-1) == flat_targets).float().sum() / ntokens
+        return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(ntokens)}
+
+    def ctc_loss(self, memory: torch.Tensor, memory_lengths: torch.Tensor, tgt: torch.Tensor,
+                 tgt_lengths: torch.Tensor) -> torch.Tensor:
+        log_probs = self.ctc(memory).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        loss = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum",
+                          zero_infinity=True)
+        return loss / max(int(tgt_lengths.sum()), 1)
+
+
+def build_model(config: dict) -> EncoderDecoder:
+    """Build from the ``model`` section of a training config (see conf/model/*.yaml)."""
+    config = dict(config)
+    d_model = config.pop("d_model", 256)
+    vocab_size = config.pop("vocab_size")
+    encoder_cfg = dict(config.pop("encoder", {}))
+    decoder_cfg = dict(config.pop("decoder", {}))
+    kind = config.pop("input", "speech")
+    if kind == "speech":
+        encoder = SpeechEncoder(input_dim=config.pop("input_dim", 80), d_model=d_model, **encoder_cfg)
+    elif kind == "text":
+        encoder_cfg.pop("type", None)
+        encoder = TextEncoder(vocab_size=config.pop("src_vocab_size"), d_model=d_model, **encoder_cfg)
+    else:
+        raise ValueError(f"model input must be 'speech' or 'text', not '{kind}'")
+    decoder = TransformerDecoder(vocab_size, d_model=d_model, **decoder_cfg)
+    model = EncoderDecoder(encoder, decoder, vocab_size, d_model, ctc_weight=config.pop("ctc_weight", 0.0),
+                           label_smoothing=config.pop("label_smoothing", 0.1))
+    if config:
+        raise ValueError(f"unknown model option(s): {', '.join(sorted(config))}")
+    return model
