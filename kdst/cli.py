@@ -135,6 +135,27 @@ def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdst.train.trainer import load_config, run
+
+    run(load_config(args.config, args.set), args.exp_dir, resume=args.resume)
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from kdst.train.checkpoint import average
+
+    out = average(args.exp_dir, args.num, by=args.by)
+    print(f"{out}: average of the {args.num} {args.by} epoch checkpoints")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from kdst import metrics
+
+    return metrics.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -186,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-text", action="store_true", help="train inputs are plain lines, not Kaldi text")
     p.add_argument("--keyed", action="store_true", help="encode/decode lines are 'key text' (Kaldi text)")
     p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (torchrun for several GPUs)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue the run in --exp-dir where it stopped")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=20 (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("average", help="average the weights of the best or last epoch checkpoints")
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--num", type=int, default=5)
+    p.add_argument("--by", choices=("best", "last"), default="best", help="best: lowest validation loss")
+    p.set_defaults(func=cmd_average)
+
+    from kdst import metrics
+
+    p = sub.add_parser("score", help="BLEU/chrF/TER (sacrebleu) and WER/CER of hypotheses against references")
+    metrics.add_arguments(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prep-mustc", help="MuST-C layout -> Kaldi data dirs")
     p.add_argument("corpus_dir", type=Path, help="the en-<tgt> directory or its parent")

@@ -1,0 +1,132 @@
+"""Training examples from Kaldi data dirs, length-bucketed dynamic batches, and collation.
+
+An example is ``(utt id, source, target ids)``: the source is a (frames, 80)
+feature matrix (speech) or a list of token ids (MT, from ``text.<src lang>``).
+Everything is keyed by utterance id, so any extra per-utterance data (teacher
+outputs, pseudo labels) can be joined safely.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import kaldiio
+import numpy as np
+import torch
+
+from kdst.data.features import GlobalCMVN, read_utt2num_frames
+from kdst.data.kaldi_dir import DataDir
+from kdst.data.tokenizer import Tokenizer
+from kdst.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    src: np.ndarray | list[int]
+    tgt: list[int]
+
+
+class SpeechDataset:
+    """Features (feats.scp, global CMVN) -> target tokens from a text file of the data dir."""
+
+    def __init__(self, data_dir: str | Path, tokenizer: Tokenizer, *, text: str = "text",
+                 cmvn: str | Path | None = None):
+        data = DataDir(data_dir)
+        self.feats = kaldiio.load_scp(str(data.file("feats.scp")))  # lazy: reads on access
+        frames = read_utt2num_frames(data.file("utt2num_frames"))
+        texts = data.require(text)
+        missing = [u for u in frames if u not in texts]
+        if missing:
+            raise DataError(data.file(text), f"{len(missing)} utterance(s) with features have no text, "
+                                             f"e.g. '{missing[0]}' (run kdst fix-data)")
+        self.targets = {u: tokenizer.encode(texts[u]) for u in frames}
+        self.cmvn = GlobalCMVN.load(cmvn) if cmvn else None
+        self.ids = sorted(frames)
+        self.src_lengths = {u: frames[u] for u in self.ids}
+
+    def __getitem__(self, utt: str) -> Example:
+        feats = self.feats[utt]
+        if self.cmvn is not None:
+            feats = self.cmvn(feats)
+        return Example(utt, feats.astype(np.float32), self.targets[utt])
+
+
+class TextDataset:
+    """Source text -> target text (the MT teacher): two text files of one data dir."""
+
+    def __init__(self, data_dir: str | Path, src_tokenizer: Tokenizer, tokenizer: Tokenizer, *,
+                 src_text: str = "text.en", text: str = "text"):
+        data = DataDir(data_dir)
+        sources, targets = data.require(src_text), data.require(text)
+        self.ids = sorted(u for u in sources if u in targets)
+        self.sources = {u: src_tokenizer.encode(sources[u]) for u in self.ids}
+        self.targets = {u: tokenizer.encode(targets[u]) for u in self.ids}
+        self.src_lengths = {u: len(self.sources[u]) for u in self.ids}
+
+    def __getitem__(self, utt: str) -> Example:
+        return Example(utt, self.sources[utt], self.targets[utt])
+
+
+def make_batches(lengths: dict[str, int], max_units: int, *, max_items: int = 10_000,
+                 seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[list[str]]:
+    """Length-bucketed dynamic batches: ids of similar length together, padded size ≤ max_units.
+
+    The order depends only on (seed, epoch), so every rank and every resumed
+    run sees the same batches.  Lengths are jittered a little per epoch so
+    batches differ between epochs.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    ids = sorted(lengths)
+    if shuffle:
+        ids.sort(key=lambda u: lengths[u] * (1 + 0.1 * rng.random()))
+    else:
+        ids.sort(key=lambda u: lengths[u])
+    batches: list[list[str]] = []
+    current: list[str] = []
+    longest = 0
+    for utt in ids:
+        longest_if_added = max(longest, lengths[utt])
+        if current and (longest_if_added * (len(current) + 1) > max_units or len(current) >= max_items):
+            batches.append(current)
+            current, longest_if_added = [], lengths[utt]
+        current.append(utt)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def shard_batches(batches: list[list[str]], rank: int, world_size: int) -> list[list[str]]:
+    """Batches of one DDP rank: every world_size-th, the list cut so every rank gets as many."""
+    usable = len(batches) - len(batches) % world_size
+    if usable == 0:
+        raise ValueError(f"{len(batches)} batches cannot feed {world_size} ranks: lower the batch size")
+    return batches[rank:usable:world_size]
+
+
+def collate(examples: Sequence[Example]) -> dict:
+    """Pad a list of examples into a batch dict (see kdst.models.encoder_decoder)."""
+    src_lengths = torch.tensor([len(e.src) for e in examples])
+    tgt_lengths = torch.tensor([len(e.tgt) for e in examples])
+    if isinstance(examples[0].src, np.ndarray):
+        src = torch.zeros(len(examples), int(src_lengths.max()), examples[0].src.shape[1])
+    else:
+        src = torch.zeros(len(examples), int(src_lengths.max()), dtype=torch.long)
+    tgt = torch.zeros(len(examples), max(int(tgt_lengths.max()), 1), dtype=torch.long)
+    for i, e in enumerate(examples):
+        src[i, : len(e.src)] = torch.as_tensor(e.src)
+        tgt[i, : len(e.tgt)] = torch.as_tensor(e.tgt, dtype=torch.long)
+    return {"ids": [e.id for e in examples], "src": src, "src_lengths": src_lengths,
+            "tgt": tgt, "tgt_lengths": tgt_lengths}
+
+
+def iterate(dataset, batches: list[list[str]], start: int = 0) -> Iterator[dict]:
+    """Collated batches from position ``start`` on (for resuming inside an epoch)."""
+    for ids in batches[start:]:
+        yield collate([dataset[u] for u in ids])

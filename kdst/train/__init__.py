@@ -1,0 +1,1 @@
+"""Training: the trainer program and checkpoints."""

@@ -1,0 +1,286 @@
+"""``kdst train``: one training program for one CPU process, one GPU and many (torchrun + DDP).
+
+Read it top to bottom: ``build`` makes data, model and optimiser from the
+config; ``compute_loss`` runs one batch; ``train_one_epoch`` steps through the
+batches of an epoch from where a resumed run left off; ``validate``; ``run``
+ties them together with checkpoints.  The model's ``forward(batch)`` returns
+``(loss, stats)``, so new losses plug in without the trainer knowing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from kdst.data.dataset import SpeechDataset, TextDataset, iterate, make_batches, shard_batches
+from kdst.data.specaugment import SpecAugmentOptions, spec_augment
+from kdst.data.tokenizer import load_tokenizer
+from kdst.errors import KdstError
+from kdst.models import build_model
+from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
+
+log = logging.getLogger("kdst.train")
+
+
+@dataclass
+class Progress:
+    """Where training is; saved in every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of this epoch (this rank's share) already trained on
+    step: int = 0            # optimiser steps so far
+    history: dict[int, float] = field(default_factory=dict)  # epoch -> validation loss
+
+
+# --- setup -----------------------------------------------------------------------
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A YAML config with ``section.key=value`` overrides (values parsed as YAML)."""
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise KdstError(f"override '{item}' is not key=value")
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
+def build_datasets(data: dict) -> tuple[object, object, dict]:
+    """Train and validation datasets, and the vocabulary sizes the model needs."""
+    tokenizer = load_tokenizer(data["tokenizer"])
+    sizes = {"vocab_size": len(tokenizer.tokens)}
+    if data.get("input", "speech") == "text":
+        src_tokenizer = load_tokenizer(data["src_tokenizer"])
+        sizes["src_vocab_size"] = len(src_tokenizer.tokens)
+        make = lambda d: TextDataset(d, src_tokenizer, tokenizer, src_text=data["src_text"],  # noqa: E731
+                                     text=data.get("text", "text"))
+    else:
+        make = lambda d: SpeechDataset(d, tokenizer, text=data.get("text", "text"), cmvn=data.get("cmvn"))  # noqa: E731
+    return make(data["train"]), make(data["valid"]), sizes
+
+
+def lr_lambda(optim: dict):
+    """Learning-rate multiplier per step: noam (warmup, then 1/sqrt), linear decay or constant."""
+    warmup = max(int(optim.get("warmup_steps", 1000)), 1)
+    schedule = optim.get("schedule", "noam")
+    if schedule == "noam":
+        return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+    if schedule == "linear":
+        total = int(optim["total_steps"])
+        return lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1)))
+    if schedule == "constant":
+        return lambda step: min((step + 1) / warmup, 1.0)
+    raise KdstError(f"unknown schedule '{schedule}' (noam, linear, constant)")
+
+
+# --- distributed -------------------------------------------------------------------
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device from torchrun's environment (one process: 0, 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is True on any: ranks must take the same branch or DDP hangs."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+# --- one batch, one epoch ---------------------------------------------------------------
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def compute_loss(model, batch: dict, config: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
+    batch = to_device(batch, device)
+    specaug = config["train"].get("specaugment")
+    if specaug and model.training and batch["src"].dim() == 3:
+        batch["src"] = spec_augment(batch["src"], batch["src_lengths"], SpecAugmentOptions(**specaug))
+    bf16 = device.type == "cuda" and config["train"].get("bf16", True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return model(batch)
+
+
+def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str]], progress: Progress,
+                    config: dict, device: torch.device, writer, stop_requested) -> bool:
+    """Train from ``progress.batch_in_epoch`` to the end of the epoch; False if stopped early."""
+    train = config["train"]
+    accum, max_steps = int(train.get("accum_grad", 1)), int(train.get("max_steps", 0))
+    model.train()
+    bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
+               disable=not sys.stderr.isatty(), mininterval=1.0)
+    started, steps_at_start = time.monotonic(), progress.step
+    for batch in iterate(dataset, batches, progress.batch_in_epoch):
+        micro = progress.batch_in_epoch % accum
+        last_micro = micro == accum - 1 or progress.batch_in_epoch == len(batches) - 1
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss, stats = compute_loss(model, batch, config, device)
+            if any_rank(not torch.isfinite(loss).item(), device):
+                handle_bad_loss(batch, progress, train.get("nan", "skip"))
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                (loss / accum).backward()
+        progress.batch_in_epoch += 1
+        bar.update()
+        if last_micro:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(train.get("clip", 5.0)))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            if progress.step % int(train.get("log_interval", 50)) == 0:
+                rate = (progress.step - steps_at_start) / max(time.monotonic() - started, 1e-9)
+                log_stats(writer, progress, {**stats, "grad_norm": float(grad_norm),
+                                             "lr": scheduler.get_last_lr()[0], "steps_per_s": rate})
+            if any_rank(stop_requested(), device) or (max_steps and progress.step >= max_steps):
+                bar.close()
+                return False
+    bar.close()
+    return True
+
+
+def handle_bad_loss(batch: dict, progress: Progress, policy: str) -> None:
+    message = (f"non-finite loss at epoch {progress.epoch}, step {progress.step}; "
+               f"utterances of the batch: {' '.join(batch['ids'])}")
+    if policy == "stop":
+        raise KdstError(message + " (train.nan: stop)")
+    log.warning("%s: batch skipped (train.nan: skip)", message)
+
+
+def log_stats(writer, progress: Progress, stats: dict[str, float]) -> None:
+    log.info("epoch %d step %d: %s", progress.epoch, progress.step,
+             " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    if writer is not None:
+        for key, value in stats.items():
+            writer.add_scalar(f"train/{key}", value, progress.step)
+
+
+@torch.no_grad()
+def validate(model, dataset, config: dict, device: torch.device) -> dict[str, float]:
+    """Token-weighted validation statistics, summed over ranks."""
+    model.eval()
+    batches = make_batches(dataset.src_lengths, int(config["data"]["max_units"]), shuffle=False)
+    if dist.is_initialized():
+        batches = batches[dist.get_rank()::dist.get_world_size()]
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # nll*n, acc*n, n
+    for batch in iterate(dataset, batches):
+        _, stats = compute_loss(model, batch, config, device)
+        n = stats["ntokens"]
+        totals += torch.tensor([stats["nll"] * n, stats["acc"] * n, n], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    n = max(totals[2].item(), 1.0)
+    return {"nll": totals[0].item() / n, "acc": totals[1].item() / n, "ntokens": totals[2].item()}
+
+
+# --- the whole run ---------------------------------------------------------------------
+
+def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
+    """Train as configured; checkpoints go to ``exp_dir`` (rank 0 writes)."""
+    exp_dir = Path(exp_dir)
+    rank, world_size, device = init_distributed()
+    train = config["train"]
+    torch.manual_seed(int(train.get("seed", 1)))
+    train_set, valid_set, sizes = build_datasets(config["data"])
+    config["model"] = {**config["model"], **sizes}
+    model = build_model(config["model"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["optim"]["lr"]),
+                                  betas=tuple(config["optim"].get("betas", (0.9, 0.98))),
+                                  weight_decay=float(config["optim"].get("weight_decay", 0.0)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config["optim"]))
+    progress = Progress()
+    last = exp_dir / "last.pt"
+    if last.is_file() and not resume:
+        raise KdstError(f"{exp_dir} has a training run already: pass --resume to continue it, or remove it")
+    if resume and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        progress = Progress(**saved["progress"])
+        set_rng_state(saved["rng"][rank] if isinstance(saved["rng"], list) else saved["rng"])
+        log.info("resumed from %s: epoch %d, batch %d, step %d", last, progress.epoch, progress.batch_in_epoch,
+                 progress.step)
+    if rank == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        log.info("model: %.2fM parameters; %d training utterances; %d process(es) on %s",
+                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.ids), world_size, device)
+    ddp_model = DistributedDataParallel(model) if world_size > 1 else model
+    writer = SummaryWriter(str(exp_dir / "tensorboard")) if rank == 0 else None
+    signals: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the step, save, then stop
+        signal.signal(signum, lambda s, f: signals.append(s))
+
+    def checkpoint(path: Path) -> None:
+        rngs = [None] * world_size
+        if world_size > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if rank == 0:
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "progress": asdict(progress), "rng": rngs,
+                         "config": config}, path)
+
+    epochs = int(train.get("epochs", 10))
+    while progress.epoch <= epochs:
+        batches = shard_batches(make_batches(train_set.src_lengths, int(config["data"]["max_units"]),
+                                             max_items=int(config["data"].get("max_items", 10_000)),
+                                             seed=int(train.get("seed", 1)), epoch=progress.epoch),
+                                rank, world_size)
+        finished = train_one_epoch(ddp_model, optimizer, scheduler, train_set, batches, progress, config, device,
+                                   writer, lambda: bool(signals))
+        if not finished:
+            checkpoint(last)
+            why = f"signal {signals[0]}" if signals else f"train.max_steps={train.get('max_steps')}"
+            log.info("stopped at epoch %d, step %d (%s); continue with --resume", progress.epoch, progress.step, why)
+            break
+        stats = validate(model, valid_set, config, device)
+        progress.history[progress.epoch] = stats["nll"]
+        log.info("epoch %d done: validation nll=%.4f acc=%.4f", progress.epoch, stats["nll"], stats["acc"])
+        if writer is not None:
+            for key in ("nll", "acc"):
+                writer.add_scalar(f"valid/{key}", stats[key], progress.step)
+        epoch = progress.epoch
+        progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+        checkpoint(exp_dir / f"epoch-{epoch}.pt")
+        checkpoint(last)
+        if rank == 0:
+            prune(exp_dir, progress.history, int(train.get("keep_best", 5)))
+    if writer is not None:
+        writer.close()
+    return progress
