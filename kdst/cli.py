@@ -10,6 +10,7 @@ import logging
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from kdst.errors import KdstError
@@ -48,38 +49,76 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_fbank(args: argparse.Namespace) -> int:
     from kdst.data.features import FbankOptions, write_fbank_shard
-    from kdst.data.kaldi_dir import DataDir, merge_into_data_dir, split_data_dir
+    from kdst.data.kaldi_dir import merge_into_data_dir
 
     options = FbankOptions.from_yaml(args.config)
     name = args.name or f"raw_fbank_{Path(args.data_dir).name}"
-    # A job reads whole recordings, so there can be no more jobs than recordings.
-    nj = min(args.nj, len(set(DataDir(args.data_dir).recording_of().values())))
+    nj = _jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         scp = write_fbank_shard(args.data_dir, args.feat_dir, name, options)
         if args.name is None:  # a whole data dir, not a job of a split one
             merge_into_data_dir(args.data_dir, [scp])
         return 0
-    splits = split_data_dir(args.data_dir, nj)
-    job_cmd = [sys.executable, "-m", "kdst.cli", "fbank", "--nj", "1", "--name", f"{name}.JOB"]
+    job_args = ["fbank", "--nj", "1", "--name", f"{name}.JOB"]
     if args.config:
-        job_cmd += ["--config", str(args.config.resolve())]
-    job_cmd += [str(splits.resolve() / "JOB"), str(args.feat_dir.resolve())]
-    log = Path(args.feat_dir) / "log" / f"{name}.JOB.log"
-    status = _run_jobs(args.cmd, nj, log, job_cmd)
-    if status != 0:
-        return status
-    merge_into_data_dir(args.data_dir, [Path(args.feat_dir) / f"{name}.{j}.scp" for j in range(1, nj + 1)])
-    return 0
+        job_args += ["--config", str(args.config.resolve())]
+    status = _run_split_jobs(args.data_dir, nj, args.cmd, Path(args.feat_dir) / "log" / f"{name}.JOB.log",
+                             job_args, [str(args.feat_dir.resolve())])
+    if status == 0:
+        merge_into_data_dir(args.data_dir, [Path(args.feat_dir) / f"{name}.{j}.scp" for j in range(1, nj + 1)])
+    return status
 
 
-def _run_jobs(cmd: str | None, nj: int, log: Path, job_cmd: list[str]) -> int:
-    """Run ``job_cmd`` as JOB=1:nj through the launcher command of cmd.sh (in-process by default)."""
+def _jobs_for(data_dir: Path, nj: int) -> int:
+    """A job reads whole recordings, so there can be no more jobs than recordings."""
+    from kdst.data.kaldi_dir import DataDir
+
+    return min(nj, len(set(DataDir(data_dir).recording_of().values())))
+
+
+def _run_split_jobs(data_dir: Path, nj: int, cmd: str | None, log: Path, kdst_args: list[str],
+                    after_part: list[str]) -> int:
+    """Split ``data_dir`` into ``nj`` parts and run ``kdst <kdst_args> <part> <after_part>`` on each.
+
+    The jobs go through the launcher command of cmd.sh (``--cmd``), or run
+    in-process through the local launcher when none is given.
+    """
     from kdst import launch
+    from kdst.data.kaldi_dir import split_data_dir
 
-    argv = [f"JOB=1:{nj}", str(log), *job_cmd]
+    parts = split_data_dir(data_dir, nj).resolve()
+    argv = [f"JOB=1:{nj}", str(log), sys.executable, "-m", "kdst.cli", *kdst_args, str(parts / "JOB"), *after_part]
     if cmd is None:
         return launch.launch(argv)
     return subprocess.call([*shlex.split(cmd), *argv])
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from kdst.decode.decode import decode_data_dir, merge_job_outputs
+    from kdst.decode.search import SearchOptions
+
+    options = SearchOptions(beam=args.beam, nbest=args.nbest, max_len_ratio=args.max_len_ratio,
+                            max_len_bias=args.max_len_bias, min_len_ratio=args.min_len_ratio,
+                            length_penalty=args.length_penalty)
+    nj = _jobs_for(args.data_dir, args.nj)
+    if nj <= 1:
+        decode_data_dir(args.checkpoint, args.data_dir, args.output_dir, options, greedy=args.greedy,
+                        batch_units=args.batch_units, device=args.device)
+        return 0
+    start = time.perf_counter()
+    job_args = ["decode", "--nj", "1", "--checkpoint", str(args.checkpoint.resolve()), "--beam", str(args.beam),
+                "--nbest", str(args.nbest), "--max-len-ratio", str(args.max_len_ratio),
+                "--max-len-bias", str(args.max_len_bias), "--min-len-ratio", str(args.min_len_ratio),
+                "--length-penalty", str(args.length_penalty), "--batch-units", str(args.batch_units),
+                *(["--greedy"] if args.greedy else []), *(["--device", args.device] if args.device else []),
+                "--data-dir"]
+    jobs_dir = args.output_dir.resolve() / f"split{nj}"
+    status = _run_split_jobs(args.data_dir, nj, args.cmd, args.output_dir / "log" / "decode.JOB.log", job_args,
+                             ["--output-dir", str(jobs_dir / "JOB")])
+    if status == 0:
+        merge_job_outputs([jobs_dir / str(j) for j in range(1, nj + 1)], args.output_dir,
+                          time.perf_counter() - start)
+    return status
 
 
 def cmd_compute_cmvn(args: argparse.Namespace) -> int:
@@ -156,6 +195,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return metrics.run(args)
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from kdst import results
+
+    return results.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -185,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
     p.add_argument("--name", help=argparse.SUPPRESS)  # set for the jobs of a split data dir
     p.set_defaults(func=cmd_fbank)
+
+    p = sub.add_parser("decode", help="beam search over a data dir: hyp.txt, nbest.txt, decode_stats.json")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--nbest", type=int, default=1)
+    p.add_argument("--greedy", action="store_true", help="greedy search instead of beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="score = logprob / length**this")
+    p.add_argument("--max-len-ratio", type=float, default=1.0, help="of the encoder output length")
+    p.add_argument("--max-len-bias", type=int, default=5)
+    p.add_argument("--min-len-ratio", type=float, default=0.0)
+    p.add_argument("--batch-units", type=int, default=20000, help="padded frames (or tokens) per batch")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
+    p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("compute-cmvn", help="global CMVN statistics (Kaldi matrix) of a feats.scp")
     p.add_argument("feats_scp", type=Path)
@@ -227,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="BLEU/chrF/TER (sacrebleu) and WER/CER of hypotheses against references")
     metrics.add_arguments(p)
     p.set_defaults(func=cmd_score)
+
+    from kdst import results
+
+    p = sub.add_parser("results", help="score decoded systems into exp/results.json and RESULTS.md")
+    results.add_arguments(p)
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("prep-mustc", help="MuST-C layout -> Kaldi data dirs")
     p.add_argument("corpus_dir", type=Path, help="the en-<tgt> directory or its parent")

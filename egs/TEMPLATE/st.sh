@@ -7,14 +7,19 @@
 #
 #   0 corpus (mini: synthesise it)      1 data prep -> data/{train,dev,tst-COMMON}
 #   2 features + global CMVN            3 tokenizers
-#   4-12 (teacher training, KD, decoding, scoring) come with the trainer.
+#   4 MT teacher training               5 teacher evaluation (decode + score)
+#   6 teacher top-k cache  7 teacher n-best  8 rescoring   (KD: not implemented yet)
+#   9 student training per --kd-modes   10 fine-tuning of the word-KD student (not implemented yet)
+#   11 decoding                         12 scoring -> exp/results.json, exp/RESULTS.md
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh cd-s into its recipe dir
 usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
 
-Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers."
+Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
+5 teacher evaluation, 9 students (--kd-modes), 11 decoding, 12 scoring.
+Stages 6-8 and 10 (teacher outputs, rescoring, fine-tuning) are not implemented yet."
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
 
@@ -35,19 +40,28 @@ opt src_token_type bpe "source tokenizer: bpe, unigram or char"
 opt src_vocab_size 1000 "source vocabulary (bpe/unigram)"
 opt tgt_token_type bpe "target tokenizer: bpe, unigram or char"
 opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)"
+opt mt_config conf/train_mt.yaml "training config of the MT teacher"
+opt st_config conf/train_st.yaml "training config of the ST students"
+opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
+opt kd_modes none "students to train: none (baseline on gold references); KD modes come later"
+opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
+opt beam 5 "beam size for decoding"
+opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
+opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)"
+opt decode_nj 2 "parallel decoding jobs"
 parse_options "$@"
 
-last_stage=3  # the stages this version of kdst implements
-if [ "$stage" -gt "$last_stage" ]; then
-  echo "$prog: stage $stage is not implemented yet: this version of kdst has stages 0-$last_stage" \
-       "(corpus, data, features, tokenizers)" >&2
+implemented=" 0 1 2 3 4 5 9 11 12 "  # the stages this version of kdst has
+if [[ $implemented != *" $stage "* ]] && [ "$stage" -eq "$stop_stage" ]; then
+  echo "$prog: stage $stage is not implemented yet (implemented:$implemented)" >&2
   exit 2
 fi
-if [ "$stop_stage" -gt "$last_stage" ]; then
-  log "stages $((last_stage + 1))-$stop_stage (teacher, KD, decoding, scoring) are not implemented yet;" \
-      "running stages $stage-$last_stage"
-  stop_stage=$last_stage
-fi
+for mode in $kd_modes; do
+  if [ "$mode" != none ]; then
+    echo "$prog: --kd-modes $mode is not implemented yet: only 'none' (the baseline) is" >&2
+    exit 2
+  fi
+done
 
 . ./path.sh
 . ./cmd.sh
@@ -64,6 +78,10 @@ tgt_tokens=data/tokens/${tgt_lang}_${tgt_token_type}${tgt_vocab_size}
 run_stage() {
   local n=$1 signature
   [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 0
+  if [[ $implemented != *" $n "* ]]; then
+    log "stage $n: $3 is not implemented yet; skipped"
+    return 0
+  fi
   signature=$(stage_signature "$n" "$2")
   if stage_is_done "$n" "$signature"; then
     log "stage $n: done already (remove $stage_dir/stage$n.done to redo)"
@@ -107,8 +125,69 @@ train_tokenizers() {
     --type "$tgt_token_type" --vocab-size "$tgt_vocab_size"
 }
 
+mt_data="--set data.train=data/$train_set --set data.valid=data/$dev_set --set data.src_text=text.$src_lang
+  --set data.tokenizer=$tgt_tokens --set data.src_tokenizer=$src_tokens"
+st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tgt_tokens
+  --set data.cmvn=data/$train_sp/cmvn.ark"
+
+# train_model EXP_DIR CONFIG "DATA OVERRIDES": resumes an interrupted run, then averages checkpoints.
+train_model() {
+  mkdir -p "$1"
+  # shellcheck disable=SC2086
+  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
+  kdst average --exp-dir "$1" --num "$n_average"
+}
+
+# decode_sets EXP_DIR MAX_LEN_RATIO SETS...
+decode_sets() {
+  local exp=$1 ratio=$2 set
+  shift 2
+  for set in "$@"; do
+    kdst decode --checkpoint "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+      --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$ratio" \
+      --nj "$decode_nj" --cmd "$decode_cmd"
+  done
+}
+
+train_teacher() { train_model exp/mt_teacher "$mt_config" "$mt_data"; }
+
+evaluate_teacher() {
+  # shellcheck disable=SC2086
+  decode_sets exp/mt_teacher "$mt_max_len_ratio" $dev_set $test_sets
+  kdst results --systems mt_teacher --sets "$test_sets"
+}
+
+train_students() {
+  local mode
+  for mode in $kd_modes; do
+    train_model "exp/st_$mode" "$st_config" "$st_data"
+  done
+}
+
+decode_students() {
+  local mode
+  for mode in $kd_modes; do
+    # shellcheck disable=SC2086
+    decode_sets "exp/st_$mode" "$st_max_len_ratio" $test_sets
+  done
+}
+
+score_all() {
+  kdst results --systems "mt_teacher $(for m in $kd_modes; do echo "st_$m"; done)" --sets "$test_sets"
+}
+
+stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
 run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set" train_tokenizers
+run_stage 4 "$(stage_opts "$mt_config")" train_teacher
+run_stage 5 "$beam $mt_max_len_ratio $test_sets" evaluate_teacher
+run_stage 6 "" teacher_topk_cache
+run_stage 7 "" teacher_nbest
+run_stage 8 "" rescore_nbest
+run_stage 9 "$(stage_opts "$st_config") $kd_modes" train_students
+run_stage 10 "" finetune_word_kd
+run_stage 11 "$beam $st_max_len_ratio $kd_modes" decode_students
+run_stage 12 "$kd_modes $test_sets" score_all
 log "done: stages $stage-$stop_stage"

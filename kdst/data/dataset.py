@@ -19,7 +19,7 @@ import torch
 
 from kdst.data.features import GlobalCMVN, read_utt2num_frames
 from kdst.data.kaldi_dir import DataDir
-from kdst.data.tokenizer import Tokenizer
+from kdst.data.tokenizer import Tokenizer, load_tokenizer
 from kdst.errors import DataError
 
 
@@ -33,17 +33,20 @@ class Example:
 class SpeechDataset:
     """Features (feats.scp, global CMVN) -> target tokens from a text file of the data dir."""
 
-    def __init__(self, data_dir: str | Path, tokenizer: Tokenizer, *, text: str = "text",
+    def __init__(self, data_dir: str | Path, tokenizer: Tokenizer, *, text: str | None = "text",
                  cmvn: str | Path | None = None):
         data = DataDir(data_dir)
         self.feats = kaldiio.load_scp(str(data.file("feats.scp")))  # lazy: reads on access
         frames = read_utt2num_frames(data.file("utt2num_frames"))
-        texts = data.require(text)
-        missing = [u for u in frames if u not in texts]
-        if missing:
-            raise DataError(data.file(text), f"{len(missing)} utterance(s) with features have no text, "
-                                             f"e.g. '{missing[0]}' (run kdst fix-data)")
-        self.targets = {u: tokenizer.encode(texts[u]) for u in frames}
+        if text is None:  # decoding needs no targets
+            self.targets = {u: [] for u in frames}
+        else:
+            texts = data.require(text)
+            missing = [u for u in frames if u not in texts]
+            if missing:
+                raise DataError(data.file(text), f"{len(missing)} utterance(s) with features have no text, "
+                                                 f"e.g. '{missing[0]}' (run kdst fix-data)")
+            self.targets = {u: tokenizer.encode(texts[u]) for u in frames}
         self.cmvn = GlobalCMVN.load(cmvn) if cmvn else None
         self.ids = sorted(frames)
         self.src_lengths = {u: frames[u] for u in self.ids}
@@ -59,16 +62,27 @@ class TextDataset:
     """Source text -> target text (the MT teacher): two text files of one data dir."""
 
     def __init__(self, data_dir: str | Path, src_tokenizer: Tokenizer, tokenizer: Tokenizer, *,
-                 src_text: str = "text.en", text: str = "text"):
+                 src_text: str = "text.en", text: str | None = "text"):
         data = DataDir(data_dir)
-        sources, targets = data.require(src_text), data.require(text)
+        sources = data.require(src_text)
+        targets = data.require(text) if text is not None else {u: "" for u in sources}
         self.ids = sorted(u for u in sources if u in targets)
         self.sources = {u: src_tokenizer.encode(sources[u]) for u in self.ids}
-        self.targets = {u: tokenizer.encode(targets[u]) for u in self.ids}
+        self.targets = {u: tokenizer.encode(targets[u]) if targets[u] else [] for u in self.ids}
         self.src_lengths = {u: len(self.sources[u]) for u in self.ids}
 
     def __getitem__(self, utt: str) -> Example:
         return Example(utt, self.sources[utt], self.targets[utt])
+
+
+def make_dataset(data: dict, data_dir: str | Path, *, with_targets: bool = True):
+    """The dataset of ``data_dir`` as the ``data`` section of a config describes it."""
+    tokenizer = load_tokenizer(data["tokenizer"])
+    text = data.get("text", "text") if with_targets else None
+    if data.get("input", "speech") == "text":
+        return TextDataset(data_dir, load_tokenizer(data["src_tokenizer"]), tokenizer, src_text=data["src_text"],
+                           text=text)
+    return SpeechDataset(data_dir, tokenizer, text=text, cmvn=data.get("cmvn"))
 
 
 def make_batches(lengths: dict[str, int], max_units: int, *, max_items: int = 10_000,

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdst.data.dataset import SpeechDataset, TextDataset, iterate, make_batches, shard_batches
+from kdst.data.dataset import iterate, make_batches, make_dataset, shard_batches
 from kdst.data.specaugment import SpecAugmentOptions, spec_augment
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
@@ -66,16 +66,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
 
 def build_datasets(data: dict) -> tuple[object, object, dict]:
     """Train and validation datasets, and the vocabulary sizes the model needs."""
-    tokenizer = load_tokenizer(data["tokenizer"])
-    sizes = {"vocab_size": len(tokenizer.tokens)}
+    sizes = {"vocab_size": len(load_tokenizer(data["tokenizer"]).tokens)}
     if data.get("input", "speech") == "text":
-        src_tokenizer = load_tokenizer(data["src_tokenizer"])
-        sizes["src_vocab_size"] = len(src_tokenizer.tokens)
-        make = lambda d: TextDataset(d, src_tokenizer, tokenizer, src_text=data["src_text"],  # noqa: E731
-                                     text=data.get("text", "text"))
-    else:
-        make = lambda d: SpeechDataset(d, tokenizer, text=data.get("text", "text"), cmvn=data.get("cmvn"))  # noqa: E731
-    return make(data["train"]), make(data["valid"]), sizes
+        sizes["src_vocab_size"] = len(load_tokenizer(data["src_tokenizer"]).tokens)
+    return make_dataset(data, data["train"]), make_dataset(data, data["valid"]), sizes
 
 
 def lr_lambda(optim: dict):

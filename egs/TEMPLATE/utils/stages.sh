@@ -9,10 +9,13 @@ stage_dir=${stage_dir:-.stages}
 
 log() { echo "$(date '+%F %T') [${prog:-$(basename "$0")}] $*" >&2; }
 
-# stage_signature N OPTION_TEXT -> prints the signature of stage N
+# stage_signature N OPTION_TEXT -> prints the signature of stage N: its options and the
+# marker of the nearest earlier stage that has finished (stages a recipe lacks have none).
 stage_signature() {
-  local previous=""
-  [ "$1" -gt 0 ] && [ -f "$stage_dir/stage$(($1 - 1)).done" ] && previous=$(cat "$stage_dir/stage$(($1 - 1)).done")
+  local previous="" n
+  for ((n = $1 - 1; n >= 0; n--)); do
+    if [ -f "$stage_dir/stage$n.done" ]; then previous=$(cat "$stage_dir/stage$n.done"); break; fi
+  done
   printf '%s\n%s\n' "$2" "$previous" | sha256sum | cut -d' ' -f1
 }
 

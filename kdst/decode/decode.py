@@ -1,0 +1,88 @@
+"""``kdst decode``: a data dir through a trained model's beam search, into hypotheses and n-best lists.
+
+Outputs in ``out_dir`` (see docs/FORMATS.md):
+
+    hyp.txt             <utt> <1-best text>                  (Kaldi text, sorted)
+    nbest.txt           <utt>-<rank> <score> <logprob> <text> (rank 1 = best)
+    decode_stats.json   utterances, seconds, sentences/s, real-time factor (speech), parameters
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kdst.data.dataset import iterate, make_batches, make_dataset
+from kdst.data.files import atomic_write_text
+from kdst.data.split import merge_scp
+from kdst.data.tokenizer import load_tokenizer
+from kdst.decode.search import SearchOptions, beam_search, greedy_search
+from kdst.train.checkpoint import load_model
+
+log = logging.getLogger("kdst.decode")
+FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
+
+
+def decode_data_dir(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+                    options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
+                    device: str | None = None) -> dict:
+    """Decode every utterance of ``data_dir``; returns the statistics it also writes."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, config = load_model(checkpoint, device)
+    tokenizer = load_tokenizer(config["data"]["tokenizer"])
+    dataset = make_dataset(config["data"], data_dir, with_targets=False)
+    batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)  # similar lengths together
+    hyps: dict[str, str] = {}
+    nbest_lines: list[tuple[str, str]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset.ids), desc="decode", disable=not sys.stderr.isatty(), mininterval=1.0)
+    with torch.inference_mode():
+        for batch in iterate(dataset, batches):
+            src, lengths = batch["src"].to(device), batch["src_lengths"].to(device)
+            if greedy:
+                results = [[h] for h in greedy_search(model, src, lengths, options.max_len_ratio,
+                                                      options.max_len_bias, options.max_len)]
+            else:
+                results = beam_search(model, src, lengths, options)
+            for utt, nbest in zip(batch["ids"], results):
+                texts = [tokenizer.decode(h.tokens) for h in nbest]
+                hyps[utt] = texts[0] if texts else ""
+                for rank, (h, text) in enumerate(zip(nbest, texts), start=1):
+                    nbest_lines.append((f"{utt}-{rank}", f"{h.score:.6f} {h.logprob:.6f} {text}".rstrip()))
+            bar.update(len(batch["ids"]))
+    bar.close()
+    seconds = time.perf_counter() - start
+    out = Path(out_dir)
+    atomic_write_text(out / "hyp.txt", "".join(f"{u} {hyps[u]}".rstrip() + "\n" for u in sorted(hyps)))
+    atomic_write_text(out / "nbest.txt", "".join(f"{k} {v}\n" for k, v in sorted(nbest_lines)))
+    stats = {"utterances": len(hyps), "seconds": round(seconds, 3),
+             "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 2),
+             "params": sum(p.numel() for p in model.parameters()), "device": str(device),
+             "beam": 1 if greedy else options.beam}
+    if config["data"].get("input", "speech") == "speech":
+        audio_s = sum(dataset.src_lengths.values()) * FRAME_SHIFT_S
+        stats["rtf"] = round(seconds / max(audio_s, 1e-9), 4)
+    atomic_write_text(out / "decode_stats.json", json.dumps(stats, indent=1) + "\n")
+    log.info("%s: %d utterances in %.1f s (%.1f sentences/s)", out, len(hyps), seconds, stats["sentences_per_s"])
+    return stats
+
+
+def merge_job_outputs(job_dirs: list[Path], out_dir: Path, seconds: float) -> dict:
+    """Merge the outputs of parallel decoding jobs; ``seconds`` is their wall time together."""
+    for name in ("hyp.txt", "nbest.txt"):
+        merge_scp([d / name for d in job_dirs], out_dir / name)
+    parts = [json.loads((d / "decode_stats.json").read_text()) for d in job_dirs]
+    total = sum(p["utterances"] for p in parts)
+    stats = {**parts[0], "utterances": total, "seconds": round(seconds, 3), "jobs": len(job_dirs),
+             "sentences_per_s": round(total / max(seconds, 1e-9), 2)}
+    if "rtf" in stats:
+        audio_s = sum(p["seconds"] / p["rtf"] for p in parts)
+        stats["rtf"] = round(seconds / audio_s, 4)
+    atomic_write_text(out_dir / "decode_stats.json", json.dumps(stats, indent=1) + "\n")
+    return stats
