@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import yaml
+
+from kdst.data.corpora.mini_text import generate_pairs
+from kdst.data.kaldi_dir import write_data_dir
+from kdst.data.tokenizer import train_tokenizer
 
 RATE = 16000
 
@@ -28,3 +33,31 @@ def write_wav(path: Path, seconds: float, rate: int = RATE, seed: int = 0, subty
 needs = {tool: pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed "
                                   f"(tools/install.sh installs it as root)")
          for tool in ("sox", "flac", "espeak-ng")}
+
+
+def make_mt_task(root: Path, sizes=(("train", 64, 1), ("dev", 16, 2))) -> Path:
+    """A tiny En->De MT task (text.en -> text) from the synthetic grammar, with char tokenizers."""
+    for split, n, seed in sizes:
+        pairs = generate_pairs(n, seed=seed, variability=0.0)
+        ids = [f"utt{i:03d}" for i in range(n)]
+        write_data_dir(root / split, {"text.en": dict(zip(ids, (p.en for p in pairs))),
+                                      "text": dict(zip(ids, (p.de for p in pairs))),
+                                      "utt2spk": {u: u for u in ids}})
+    train_tokenizer(root / "tok_en", [root / "train" / "text.en"], type="char")
+    train_tokenizer(root / "tok_de", [root / "train" / "text"], type="char")
+    return root
+
+
+def write_config(root: Path, path: Path, **train) -> Path:
+    """A training config for the tiny MT task of make_mt_task; ``train`` overrides the train section."""
+    config = {
+        "data": {"input": "text", "train": str(root / "train"), "valid": str(root / "dev"),
+                 "src_text": "text.en", "text": "text", "tokenizer": str(root / "tok_de"),
+                 "src_tokenizer": str(root / "tok_en"), "max_units": 1200},
+        "model": {"input": "text", "d_model": 32, "encoder": {"layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.1},
+                  "decoder": {"layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.1}, "label_smoothing": 0.1},
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "noam"},
+        "train": {"epochs": 3, "seed": 7, "log_interval": 1, "keep_best": 2, **train},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -145,11 +145,11 @@ class DataDir:
         return {e.key: parse_segment(path, e) for e in iter_entries(path)}
 
     def recording_of(self) -> dict[str, str]:
-        """utterance -> recording id (itself when there is no segments file)."""
+        """utterance -> recording id (itself when there is no segments file, or no audio: MT data)."""
         segments = self.segments()
-        if segments is None:
-            return {u: u for u in self.require("wav.scp")}
-        return {u: s.recording for u, s in segments.items()}
+        if segments is not None:
+            return {u: s.recording for u, s in segments.items()}
+        return {u: u for u in (self.read("wav.scp") or self.require("utt2spk"))}
 
 
 def write_data_dir(path: str | os.PathLike, files: Mapping[str, Mapping[str, str]]) -> None:
@@ -171,8 +171,9 @@ def subset_data_dir(src: str | os.PathLike, dst: str | os.PathLike, utterances: 
         table = data.read(name)
         if table is not None:
             files[name] = {k: v for k, v in table.items() if k in keep}
-    recordings = {r for u, r in data.recording_of().items() if u in keep}
-    files["wav.scp"] = {k: v for k, v in data.require("wav.scp").items() if k in recordings}
+    if data.has("wav.scp"):
+        recordings = {r for u, r in data.recording_of().items() if u in keep}
+        files["wav.scp"] = {k: v for k, v in data.require("wav.scp").items() if k in recordings}
     write_data_dir(dst, files)
     if data.has("cmvn.ark"):  # global statistics stay valid for a subset
         (Path(dst) / "cmvn.ark").write_bytes(data.file("cmvn.ark").read_bytes())

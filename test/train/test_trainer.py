@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from kdst.data.corpora.mini_text import generate_pairs
+from helpers import make_mt_task, write_config
+
 from kdst.data.dataset import make_batches, TextDataset
-from kdst.data.kaldi_dir import write_data_dir
-from kdst.data.tokenizer import load_tokenizer, train_tokenizer
+from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
 from kdst.models.encoder_decoder import EncoderDecoder
 from kdst.train.checkpoint import average, epoch_checkpoints, load_model
@@ -23,31 +23,7 @@ from kdst.train.trainer import load_config, run
 
 @pytest.fixture(scope="module")
 def mt_data(tmp_path_factory) -> Path:
-    """A tiny En->De MT task (text.en -> text) from the synthetic grammar, with char tokenizers."""
-    root = tmp_path_factory.mktemp("mt")
-    for split, n, seed in (("train", 64, 1), ("dev", 16, 2)):
-        pairs = generate_pairs(n, seed=seed, variability=0.0)
-        ids = [f"utt{i:03d}" for i in range(n)]
-        write_data_dir(root / split, {"text.en": dict(zip(ids, (p.en for p in pairs))),
-                                      "text": dict(zip(ids, (p.de for p in pairs))),
-                                      "utt2spk": {u: u for u in ids}})
-    train_tokenizer(root / "tok_en", [root / "train" / "text.en"], type="char")
-    train_tokenizer(root / "tok_de", [root / "train" / "text"], type="char")
-    return root
-
-
-def write_config(root: Path, path: Path, **train) -> Path:
-    config = {
-        "data": {"input": "text", "train": str(root / "train"), "valid": str(root / "dev"),
-                 "src_text": "text.en", "text": "text", "tokenizer": str(root / "tok_de"),
-                 "src_tokenizer": str(root / "tok_en"), "max_units": 1200},
-        "model": {"input": "text", "d_model": 32, "encoder": {"layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.1},
-                  "decoder": {"layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.1}, "label_smoothing": 0.1},
-        "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "noam"},
-        "train": {"epochs": 3, "seed": 7, "log_interval": 1, "keep_best": 2, **train},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return make_mt_task(tmp_path_factory.mktemp("mt"))
 
 
 def weights(exp_dir: Path) -> dict[str, torch.Tensor]:
