@@ -41,9 +41,12 @@ def _transformer_blocks(d_model: int, heads: int, ff_dim: int, layers: int, drop
 
 class SpeechEncoder(nn.Module):
     def __init__(self, input_dim: int = 80, d_model: int = 256, type: str = "conformer", layers: int = 12,
-                 heads: int = 4, ff_dim: int = 1024, kernel_size: int = 31, dropout: float = 0.1):
+                 heads: int = 4, ff_dim: int = 1024, kernel_size: int = 31, dropout: float = 0.1,
+                 subsampling_channels: int | None = None):
         super().__init__()
-        self.subsampling = Conv2dSubsampling(input_dim, d_model, channels=d_model)
+        # The second 3x3 convolution costs channels^2 per output position: on a CPU it can
+        # outweigh the whole encoder, so small models take fewer channels than d_model.
+        self.subsampling = Conv2dSubsampling(input_dim, d_model, channels=subsampling_channels or d_model)
         self.positions = SinusoidalPositions(d_model)
         self.dropout = nn.Dropout(dropout)
         self.type = type

@@ -86,6 +86,19 @@ def lr_lambda(optim: dict):
     raise KdstError(f"unknown schedule '{schedule}' (noam, linear, constant)")
 
 
+def check_resumable(saved: dict, config: dict, path: Path) -> None:
+    """A run continues only with what defines it unchanged; the length of training may change."""
+    changeable = {"epochs", "max_steps", "log_interval", "keep_best", "nan"}
+    for section in ("data", "model", "optim", "train"):
+        old, new = saved.get(section, {}), config.get(section, {})
+        if section == "train":
+            old, new = ({k: v for k, v in d.items() if k not in changeable} for d in (old, new))
+        if old != new:
+            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise KdstError(f"{path} was trained with another {section} config ({', '.join(keys)} differ): "
+                            f"remove {path.parent} to start afresh, or train into another --exp-dir")
+
+
 # --- distributed -------------------------------------------------------------------
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -221,6 +234,7 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
         raise KdstError(f"{exp_dir} has a training run already: pass --resume to continue it, or remove it")
     if resume and last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
+        check_resumable(saved["config"], config, last)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

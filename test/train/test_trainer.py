@@ -123,3 +123,12 @@ def test_non_finite_loss_names_the_utterances(mt_data: Path, tmp_path: Path, mon
             run(config, tmp_path / "exp")
         assert any("utt005" in r.message and "skipped" in r.message for r in caplog.records)
         assert all(torch.isfinite(w).all() for w in weights(tmp_path / "exp").values())
+
+
+def test_resume_refuses_another_model_config(mt_data: Path, tmp_path: Path):
+    config_path = write_config(mt_data, tmp_path / "c.yaml", epochs=1)
+    run(load_config(config_path), tmp_path / "exp")
+    with pytest.raises(KdstError, match=r"was trained with another model config \(d_model differ\)"):
+        run(load_config(config_path, ["model.d_model=64"]), tmp_path / "exp", resume=True)
+    # the length of training may change
+    assert run(load_config(config_path, ["train.epochs=2"]), tmp_path / "exp", resume=True).epoch == 3
