@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -80,17 +81,20 @@ def _run_split_jobs(data_dir: Path, nj: int, cmd: str | None, log: Path, kdst_ar
                     after_part: list[str]) -> int:
     """Split ``data_dir`` into ``nj`` parts and run ``kdst <kdst_args> <part> <after_part>`` on each.
 
-    The jobs go through the launcher command of cmd.sh (``--cmd``), or run
-    in-process through the local launcher when none is given.
+    The jobs go through the launcher command of cmd.sh (``--cmd``), by default
+    ``kdst launch`` on this machine.
     """
-    from kdst import launch
     from kdst.data.kaldi_dir import split_data_dir
 
     parts = split_data_dir(data_dir, nj).resolve()
     argv = [f"JOB=1:{nj}", str(log), sys.executable, "-m", "kdst.cli", *kdst_args, str(parts / "JOB"), *after_part]
-    if cmd is None:
-        return launch.launch(argv)
-    return subprocess.call([*shlex.split(cmd), *argv])
+    launcher = shlex.split(cmd) if cmd else [sys.executable, "-m", "kdst.launch"]
+    env = dict(os.environ)
+    on_this_machine = cmd is None or (launcher[:2] == ["kdst", "launch"] and "--backend" not in launcher)
+    if on_this_machine and "OMP_NUM_THREADS" not in env:
+        # The jobs share this machine's cores; torch would give each of them all the cores.
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // nj))
+    return subprocess.call([*launcher, *argv], env=env)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

@@ -93,112 +93,144 @@ def _encode(model, src, src_lengths, max_len_ratio, max_len_bias, max_len, min_l
     return memory, mask, max_lens, min_lens
 
 
-def _allowed_logp(logp: torch.Tensor, t: int, max_lens: torch.Tensor, min_lens: torch.Tensor | None):
-    """Mask (to -inf) blank always, <eos> before the min length, every other token at the max length."""
-    vocab = torch.arange(logp.shape[1], device=logp.device)
-    is_eos = vocab == EOS_ID
-    allowed = ~is_eos & (vocab != BLANK_ID) & (t < max_lens)[:, None]
-    allowed |= is_eos if min_lens is None else is_eos & (t >= min_lens)[:, None]
-    return logp.masked_fill(~allowed, NEG_INF)
+def _mask_lengths(logp: torch.Tensor, t: int, min_rows: torch.Tensor, max_rows: torch.Tensor,
+                  min_max: int, max_min: int) -> None:
+    """In place: blank never; <eos> not before the min length; nothing but <eos> at the max length.
+    ``min_max`` / ``max_min`` (smallest max / largest min length of the rows) skip work when no row needs it."""
+    logp[:, BLANK_ID] = NEG_INF
+    if t < max_min:
+        logp[:, EOS_ID].masked_fill_(t < min_rows, NEG_INF)
+    if t >= min_max:
+        eos = logp[:, EOS_ID].clone()
+        logp.masked_fill_((t >= max_rows)[:, None], NEG_INF)
+        logp[:, EOS_ID] = eos
 
 
-def _reorder(state, rows: torch.Tensor, block_rows: torch.Tensor | None):
-    """State for the new beams ``rows``.  ``block_rows`` (any row of each kept utterance, K per utterance)
-    is None when no utterance retired: the encoder-side tensors are the same for every beam of an
-    utterance, so they only need selecting when utterances leave."""
+def _slots(parent: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+    """Where each new beam (A, K, in rank order) goes among its utterance's K rows: the best child of a
+    beam takes its parent's row, whose cached keys/values then need no copying; the other children
+    fill the rows left free, in order.  A permutation of 0..K-1 per utterance."""
+    k = parent.shape[1]
+    same = parent[:, :, None] == parent[:, None, :]
+    first = ~(same & earlier).any(2)  # no better sibling
+    claimed = ((parent[:, :, None] == torch.arange(k, device=parent.device)) & first[:, :, None]).any(1)
+    free = torch.argsort(claimed.to(torch.uint8), dim=1, stable=True)  # free rows first, in order
+    rank = (torch.cumsum(~first, dim=1) - 1).clamp(min=0)
+    return torch.where(first, parent, free.gather(1, rank))
+
+
+def _reorder(state, rows: torch.Tensor, moved: torch.Tensor | None, block_rows: torch.Tensor | None):
+    """State for the new beams ``rows`` (N', one per new row).
+
+    With no utterance retired (``block_rows`` None), only the rows ``moved`` (where rows[i] != i) are
+    rewritten, in place: the state is the fresh one the decoder step returned, and the encoder-side
+    tensors are the same for every beam of an utterance.  Otherwise every tensor is selected anew,
+    the encoder-side ones with ``block_rows`` (K rows of each kept utterance)."""
     if type(state) is not DecoderState:
         return state.select(rows)
+    if block_rows is None:
+        if moved.numel():
+            src = rows.index_select(0, moved)
+            for kv in state.self_kv:
+                for x in kv:
+                    x.index_copy_(0, moved, x.index_select(0, src))
+        return state
     pick = lambda kv, idx: (kv[0].index_select(0, idx), kv[1].index_select(0, idx))  # noqa: E731
-    cross, mask = state.cross_kv, state.memory_mask
-    if block_rows is not None:
-        cross, mask = [pick(kv, block_rows) for kv in cross], mask.index_select(0, block_rows)
-    return DecoderState([pick(kv, rows) for kv in state.self_kv], cross, mask, state.length)
+    return DecoderState([pick(kv, rows) for kv in state.self_kv], [pick(kv, block_rows) for kv in state.cross_kv],
+                        state.memory_mask.index_select(0, block_rows), state.length)
 
 
 def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor,
                 options: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
     """n-best hypotheses per utterance, best first (fewer than nbest only if no more can exist)."""
+    if src.shape[0] == 0:
+        return []
     with _EvalMode(model), torch.inference_mode():
         return _beam_search(model, src, src_lengths, options)
 
 
 def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypothesis]]:
-    if src.shape[0] == 0:
-        return []
-    memory, mask, max_lens_list, min_lens_list = _encode(model, src, src_lengths, opt.max_len_ratio,
-                                                         opt.max_len_bias, opt.max_len, opt.min_len_ratio)
-    device, k, lp = memory.device, opt.beam, opt.length_penalty
-    b = memory.shape[0]
+    memory, mask, max_lens, min_lens = _encode(model, src, src_lengths, opt.max_len_ratio, opt.max_len_bias,
+                                               opt.max_len, opt.min_len_ratio)
+    device, k, lp, b = memory.device, opt.beam, opt.length_penalty, memory.shape[0]
     results: list[list[Hypothesis]] = [[] for _ in range(b)]
-    cap = max(max_lens_list) + 1  # token columns; the last one is only written by dead beams
+    cap = max(max_lens) + 1  # token columns; the last one is only written by dead beams
     beams = torch.arange(k, device=device)
+    earlier = torch.ones(k, k, dtype=torch.bool, device=device).tril(-1)  # [j, i]: i ranks before j
     state = model.decoder.init_state(memory, mask).select(torch.arange(b, device=device).repeat_interleave(k))
 
-    # Per active utterance (A of them; rows are utterance-major, N = A*K).
-    utt_ids = torch.arange(b, device=device)
-    max_lens = torch.tensor(max_lens_list, device=device)
-    min_lens = torch.tensor(min_lens_list, device=device)
-    bound_div = (max_lens.double() + 1).pow(lp).float()  # (max_len + 1) ** length_penalty
-    scores = torch.full((b, k), NEG_INF, device=device)
-    scores[:, 0] = 0.0  # only beam 0 is live at the first step
+    # Per active utterance: A of them, rows utterance-major (N = A*K).  Python lists mirror the lengths.
+    utt = dict(ids=torch.arange(b, device=device), max_rows=torch.tensor(max_lens, device=device),
+               min_rows=torch.tensor(min_lens, device=device),
+               bound_div=(torch.tensor(max_lens, device=device, dtype=torch.float64) + 1).pow(lp).float(),
+               scores=torch.full((b, k), NEG_INF, device=device),  # raw log-prob of the live beams
+               fin_norm=torch.full((b, k), NEG_INF, device=device),  # finished: best first
+               fin_raw=torch.full((b, k), NEG_INF, device=device),
+               fin_len=torch.zeros(b, k, dtype=torch.long, device=device),
+               fin_tok=torch.zeros(b, k, cap, dtype=torch.long, device=device))
+    utt["scores"][:, 0] = 0.0  # only beam 0 is live at the first step
+    max_rows, min_rows = utt["max_rows"].repeat_interleave(k), utt["min_rows"].repeat_interleave(k)
     seqs = torch.zeros(b * k, cap, dtype=torch.long, device=device)
     last = torch.full((b * k,), EOS_ID, dtype=torch.long, device=device)  # <sos>
-    fin_norm = torch.full((b, k), NEG_INF, device=device)
-    fin_raw = torch.full((b, k), NEG_INF, device=device)
-    fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
-    fin_tok = torch.zeros(b, k, cap, dtype=torch.long, device=device)
 
     for t in range(cap):
-        a = scores.shape[0]
+        a = len(max_lens)
         logits, state = model.decoder.step(last, state)
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         vocab = logp.shape[1]
-        logp = _allowed_logp(logp, t, max_lens.repeat_interleave(k), min_lens.repeat_interleave(k))
-        cand = (scores.reshape(-1, 1) + logp).view(a, k * vocab)
+        _mask_lengths(logp, t, min_rows, max_rows, min(max_lens), max(min_lens))
+        cand = logp.add_(utt["scores"].view(-1, 1)).view(a, k * vocab)
         top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K), best first
-        src_beam, tok = idx // vocab, idx % vocab
+        parent, tok = idx.div(vocab, rounding_mode="floor"), idx.remainder(vocab)
         is_eos = tok == EOS_ID
 
-        # <eos> among the first K candidates: finished; merge with the kept ones (one topk for all).
-        done_now = is_eos[:, :k] & torch.isfinite(top[:, :k])
-        new_norm = torch.where(done_now, top[:, :k] / float((t + 1) ** lp), NEG_INF)
-        new_tok = seqs.view(a, k, cap).gather(1, src_beam[:, :k, None].expand(a, k, cap))
-        fin_norm, pick = torch.cat([fin_norm, new_norm], 1).topk(k, dim=1)
-        fin_raw = torch.cat([fin_raw, top[:, :k]], 1).gather(1, pick)
-        fin_len = torch.cat([fin_len, torch.full_like(fin_len, t)], 1).gather(1, pick)
-        fin_tok = torch.cat([fin_tok, new_tok], 1).gather(1, pick[:, :, None].expand(a, k, cap))
+        # <eos> among the first K candidates: finished; merged with the kept ones by one topk for all.
+        ended = is_eos[:, :k] & (top[:, :k] > NEG_INF)
+        if bool(ended.any()):
+            new_norm = torch.where(ended, top[:, :k] / float((t + 1) ** lp), NEG_INF)
+            new_tok = seqs.view(a, k, cap).gather(1, parent[:, :k, None].expand(a, k, cap))
+            utt["fin_norm"], pick = torch.cat([utt["fin_norm"], new_norm], 1).topk(k, dim=1)
+            utt["fin_raw"] = torch.cat([utt["fin_raw"], top[:, :k]], 1).gather(1, pick)
+            utt["fin_len"] = torch.cat([utt["fin_len"], torch.full_like(utt["fin_len"], t)], 1).gather(1, pick)
+            utt["fin_tok"] = torch.cat([utt["fin_tok"], new_tok], 1).gather(1, pick[:, :, None].expand(a, k, cap))
 
-        # The best K candidates that are not <eos> live on (stable sort keeps their rank order).
+        # The best K candidates that are not <eos> live on, each placed by _slots.
         live = torch.argsort(is_eos.to(torch.uint8), dim=1, stable=True)[:, :k]
-        scores, tok, src_beam = top.gather(1, live), tok.gather(1, live), src_beam.gather(1, live)
-        rows = (src_beam + torch.arange(a, device=device)[:, None] * k).view(-1)
+        scores, tok, parent = top.gather(1, live), tok.gather(1, live), parent.gather(1, live)
+        slot = _slots(parent, earlier)
+        scores, tok, parent = (torch.empty_like(x).scatter_(1, slot, x) for x in (scores, tok, parent))
+        utt["scores"] = scores
 
         # Done: `beam` finished and the best live beam's bound cannot beat the worst of them.
-        done = scores[:, 0] / bound_div <= fin_norm[:, -1]
+        done = scores.max(dim=1).values / utt["bound_div"] <= utt["fin_norm"][:, -1]
+        rows = (parent + torch.arange(a, device=device)[:, None] * k).view(-1)
         if bool(done.any()):
-            _collect(results, utt_ids[done], fin_norm[done], fin_raw[done], fin_len[done], fin_tok[done],
-                     opt.nbest)
+            _collect(results, {n: x[done] for n, x in utt.items()}, opt.nbest)
             keep = ~done
-            if not bool(keep.any()):
+            kept = keep.nonzero().squeeze(1).tolist()
+            if not kept:
                 break
-            rows = rows.view(a, k)[keep].view(-1)
-            block_rows = (torch.arange(a, device=device)[keep][:, None] * k + beams[None, :]).view(-1)
-            utt_ids, max_lens, min_lens, bound_div = utt_ids[keep], max_lens[keep], min_lens[keep], bound_div[keep]
-            scores, tok = scores[keep], tok[keep]
-            fin_norm, fin_raw, fin_len, fin_tok = fin_norm[keep], fin_raw[keep], fin_len[keep], fin_tok[keep]
+            utt = {n: x[keep] for n, x in utt.items()}
+            max_lens, min_lens = [max_lens[i] for i in kept], [min_lens[i] for i in kept]
+            max_rows, min_rows = utt["max_rows"].repeat_interleave(k), utt["min_rows"].repeat_interleave(k)
+            block_rows = (keep.nonzero() * k + beams).view(-1)
+            rows, tok = rows.view(a, k)[keep].view(-1), tok[keep]
+            state = _reorder(state, rows, None, block_rows)
+            seqs = seqs.index_select(0, rows)
         else:
-            block_rows = None
-        state = _reorder(state, rows, block_rows)
-        seqs = seqs.index_select(0, rows)
-        seqs[:, t] = tok.reshape(-1)
+            moved = (rows != torch.arange(a * k, device=device)).nonzero().squeeze(1)
+            state = _reorder(state, rows, moved, None)
+            seqs = seqs.index_select(0, rows)
         last = tok.reshape(-1)
+        seqs[:, t] = last
     return results
 
 
-def _collect(results, utt_ids, norm, raw, lengths, tokens, nbest):
-    """Write the n-best of finished utterances (rows of the per-utterance tensors) into ``results``."""
-    for u, ns, rs, ls, ts in zip(utt_ids.tolist(), norm[:, :nbest].tolist(), raw[:, :nbest].tolist(),
-                                 lengths[:, :nbest].tolist(), tokens[:, :nbest].tolist()):
+def _collect(results, utt: dict, nbest: int) -> None:
+    """Write the n-best of done utterances (their rows of the per-utterance tensors) into ``results``."""
+    for u, ns, rs, ls, ts in zip(utt["ids"].tolist(), utt["fin_norm"][:, :nbest].tolist(),
+                                 utt["fin_raw"][:, :nbest].tolist(), utt["fin_len"][:, :nbest].tolist(),
+                                 utt["fin_tok"][:, :nbest].tolist()):
         results[u] = [Hypothesis(tuple(tk[:n]), s, r) for s, r, n, tk in zip(ns, rs, ls, ts) if s != NEG_INF]
 
 
@@ -208,19 +240,20 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, max_len_r
     if src.shape[0] == 0:
         return []
     with _EvalMode(model), torch.inference_mode():
-        memory, mask, max_lens_list, _ = _encode(model, src, src_lengths, max_len_ratio, max_len_bias, max_len)
+        memory, mask, max_lens, _ = _encode(model, src, src_lengths, max_len_ratio, max_len_bias, max_len)
         device, b = memory.device, memory.shape[0]
         results: list[Hypothesis | None] = [None] * b
-        cap = max(max_lens_list) + 1
+        cap = max(max_lens) + 1
         state = model.decoder.init_state(memory, mask)
         utt_ids = torch.arange(b, device=device)
-        max_lens = torch.tensor(max_lens_list, device=device)
+        max_rows = torch.tensor(max_lens, device=device)
         last = torch.full((b,), EOS_ID, dtype=torch.long, device=device)
         seqs = torch.zeros(b, cap, dtype=torch.long, device=device)
         total = torch.zeros(b, device=device)
         for t in range(cap):
             logits, state = model.decoder.step(last, state)
-            logp = _allowed_logp(torch.log_softmax(logits.float(), dim=-1), t, max_lens, None)
+            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+            _mask_lengths(logp, t, None, max_rows, min(max_lens), 0)
             best, last = logp.max(dim=-1)
             total = total + best
             seqs[:, t] = last
@@ -228,10 +261,10 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, max_len_r
             if bool(ended.any()):
                 for u, s, tk in zip(utt_ids[ended].tolist(), total[ended].tolist(), seqs[ended].tolist()):
                     results[u] = Hypothesis(tuple(tk[:t]), s, s)
-                keep = ~ended
-                if not bool(keep.any()):
+                kept = (~ended).nonzero().squeeze(1)
+                if not kept.numel():
                     break
-                rows = keep.nonzero().squeeze(1)
-                state = state.select(rows)
-                utt_ids, max_lens, last, seqs, total = (x[rows] for x in (utt_ids, max_lens, last, seqs, total))
+                state = state.select(kept)
+                max_lens = [max_lens[i] for i in kept.tolist()]
+                utt_ids, max_rows, last, seqs, total = (x[kept] for x in (utt_ids, max_rows, last, seqs, total))
         return results  # type: ignore[return-value]

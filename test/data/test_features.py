@@ -69,10 +69,11 @@ def test_parallel_jobs_equal_one_job(segmented_dir: Path, tmp_path: Path):
     assert validate_data_dir(segmented_dir) == []
 
 
-def test_failed_job_is_reported(segmented_dir: Path, tmp_path: Path, capsys):
+def test_failed_job_is_reported(segmented_dir: Path, tmp_path: Path, capfd):
     (segmented_dir / "wav.scp").write_text("ted_00001 exit 1 |\nted_00002 exit 1 |\n")
     assert main(["fbank", "--nj", "2", str(segmented_dir), str(tmp_path / "f")]) != 0
-    assert "failed" in capsys.readouterr().err
+    err = capfd.readouterr().err  # the launcher is a subprocess
+    assert "kdst launch: 2 / 2 failed" in err and "raw_fbank_data.1.log" in err
     assert not (segmented_dir / "feats.scp").exists()
 
 

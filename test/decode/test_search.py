@@ -15,6 +15,15 @@ from kdst.models.encoders import lengths_to_mask
 EOS = 2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only adds waiting, a lot of it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mt_model(vocab: int = 6, seed: int = 0, scale: float = 5.0, eos_bias: float = 0.0):
     torch.manual_seed(seed)
     model = build_model({"input": "text", "src_vocab_size": 20, "vocab_size": vocab, "d_model": 16,
@@ -100,9 +109,10 @@ def reference_beam_search(model, src, src_lengths, beam, nbest, length_penalty, 
         live, finished = [((), 0.0)], []
         for t in range(max_len + 1):
             cands = []
-            for seq, score in live:
-                logits = model.decoder(torch.tensor([(EOS, *seq)]), memory, mask)[0, -1]
-                for v, lp in enumerate(logits.float().log_softmax(-1).tolist()):
+            inputs = torch.tensor([(EOS, *seq) for seq, _ in live])  # every live beam has t tokens
+            logits = model.decoder(inputs, memory.expand(len(live), -1, -1), mask.expand(len(live), -1))[:, -1]
+            for (seq, score), logp in zip(live, logits.float().log_softmax(-1).tolist()):
+                for v, lp in enumerate(logp):
                     if v == 0 or (v == EOS and t < min_len) or (v != EOS and t == max_len):
                         continue
                     cands.append((score + lp, seq, v))
