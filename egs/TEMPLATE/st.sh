@@ -128,7 +128,7 @@ train_tokenizers() {
 mt_data="--set data.train=data/$train_set --set data.valid=data/$dev_set --set data.src_text=text.$src_lang
   --set data.tokenizer=$tgt_tokens --set data.src_tokenizer=$src_tokens"
 st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tgt_tokens
-  --set data.cmvn=data/$train_sp/cmvn.ark"
+  --set data.cmvn=data/$train_sp/cmvn.ark --set data.ctc_text=text.$src_lang --set data.ctc_tokenizer=$src_tokens"
 
 # train_model EXP_DIR CONFIG "DATA OVERRIDES": resumes an interrupted run, then averages checkpoints.
 train_model() {

@@ -28,13 +28,14 @@ class Example:
     id: str
     src: np.ndarray | list[int]
     tgt: list[int]
+    ctc: list[int] | None = None  # CTC targets when they differ from tgt (ST: the source transcript)
 
 
 class SpeechDataset:
     """Features (feats.scp, global CMVN) -> target tokens from a text file of the data dir."""
 
     def __init__(self, data_dir: str | Path, tokenizer: Tokenizer, *, text: str | None = "text",
-                 cmvn: str | Path | None = None):
+                 cmvn: str | Path | None = None, ctc_text: str | None = None, ctc_tokenizer: Tokenizer | None = None):
         data = DataDir(data_dir)
         self.feats = kaldiio.load_scp(str(data.file("feats.scp")))  # lazy: reads on access
         frames = read_utt2num_frames(data.file("utt2num_frames"))
@@ -47,6 +48,14 @@ class SpeechDataset:
                 raise DataError(data.file(text), f"{len(missing)} utterance(s) with features have no text, "
                                                  f"e.g. '{missing[0]}' (run kdst fix-data)")
             self.targets = {u: tokenizer.encode(texts[u]) for u in frames}
+        self.ctc_targets = None
+        if ctc_text is not None and text is not None:
+            transcripts = data.require(ctc_text)
+            missing = [u for u in frames if u not in transcripts]
+            if missing:
+                raise DataError(data.file(ctc_text), f"{len(missing)} utterance(s) with features have no text, "
+                                                     f"e.g. '{missing[0]}' (run kdst fix-data)")
+            self.ctc_targets = {u: ctc_tokenizer.encode(transcripts[u]) for u in frames}
         self.cmvn = GlobalCMVN.load(cmvn) if cmvn else None
         self.ids = sorted(frames)
         self.src_lengths = {u: frames[u] for u in self.ids}
@@ -55,7 +64,8 @@ class SpeechDataset:
         feats = self.feats[utt]
         if self.cmvn is not None:
             feats = self.cmvn(feats)
-        return Example(utt, feats.astype(np.float32), self.targets[utt])
+        ctc = self.ctc_targets[utt] if self.ctc_targets is not None else None
+        return Example(utt, feats.astype(np.float32), self.targets[utt], ctc)
 
 
 class TextDataset:
@@ -82,7 +92,9 @@ def make_dataset(data: dict, data_dir: str | Path, *, with_targets: bool = True)
     if data.get("input", "speech") == "text":
         return TextDataset(data_dir, load_tokenizer(data["src_tokenizer"]), tokenizer, src_text=data["src_text"],
                            text=text)
-    return SpeechDataset(data_dir, tokenizer, text=text, cmvn=data.get("cmvn"))
+    ctc_tokenizer = load_tokenizer(data["ctc_tokenizer"]) if data.get("ctc_text") else None
+    return SpeechDataset(data_dir, tokenizer, text=text, cmvn=data.get("cmvn"), ctc_text=data.get("ctc_text"),
+                         ctc_tokenizer=ctc_tokenizer)
 
 
 def make_batches(lengths: dict[str, int], max_units: int, *, max_items: int = 10_000,
@@ -127,17 +139,26 @@ def shard_batches(batches: list[list[str]], rank: int, world_size: int) -> list[
 def collate(examples: Sequence[Example]) -> dict:
     """Pad a list of examples into a batch dict (see kdst.models.encoder_decoder)."""
     src_lengths = torch.tensor([len(e.src) for e in examples])
-    tgt_lengths = torch.tensor([len(e.tgt) for e in examples])
+    tgt, tgt_lengths = _pad([e.tgt for e in examples])
     if isinstance(examples[0].src, np.ndarray):
         src = torch.zeros(len(examples), int(src_lengths.max()), examples[0].src.shape[1])
     else:
         src = torch.zeros(len(examples), int(src_lengths.max()), dtype=torch.long)
-    tgt = torch.zeros(len(examples), max(int(tgt_lengths.max()), 1), dtype=torch.long)
     for i, e in enumerate(examples):
         src[i, : len(e.src)] = torch.as_tensor(e.src)
-        tgt[i, : len(e.tgt)] = torch.as_tensor(e.tgt, dtype=torch.long)
-    return {"ids": [e.id for e in examples], "src": src, "src_lengths": src_lengths,
-            "tgt": tgt, "tgt_lengths": tgt_lengths}
+    batch = {"ids": [e.id for e in examples], "src": src, "src_lengths": src_lengths,
+             "tgt": tgt, "tgt_lengths": tgt_lengths}
+    if examples[0].ctc is not None:
+        batch["ctc_tgt"], batch["ctc_tgt_lengths"] = _pad([e.ctc for e in examples])
+    return batch
+
+
+def _pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in sequences])
+    padded = torch.zeros(len(sequences), max(int(lengths.max()), 1), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        padded[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return padded, lengths
 
 
 def iterate(dataset, batches: list[list[str]], start: int = 0) -> Iterator[dict]:

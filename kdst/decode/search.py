@@ -1,11 +1,17 @@
 """Batched beam search and greedy search for the attention encoder-decoder.
 
-All B utterances x K beams live in one tensor of N = B*K rows; the decoder's
-cached state is reordered with ``index_select`` after each step.  At each step
-the 2K best of the K*V extensions of each utterance are taken (fairseq's rule):
-an <eos> extension among the first K of them becomes a finished hypothesis, and
-the best K other extensions become the next live beams.  Blank (0) is never
-emitted; <sos> and <eos> share one id, so that id only ever ends a hypothesis.
+All B utterances x K beams live in one tensor of N = B*K rows, stepped together
+through the decoder's cached state.  At each step the 2K best of the K*V
+extensions of each utterance are taken (fairseq's rule): an <eos> extension
+among the first K of them becomes a finished hypothesis, and the best K other
+extensions become the next live beams.  Blank (0) is never emitted; <sos> and
+<eos> share one id, so that id only ever ends a hypothesis.  Log-probabilities
+are float32 whatever the model's dtype.
+
+The cached keys/values are reordered in place, and only the rows that change:
+the best child of a beam takes over its parent's row (see ``_slots``), which
+leaves most rows where they are.  The order of beams within an utterance
+carries no meaning.
 
 Finished hypotheses are scored ``logprob / len ** length_penalty`` (``len``
 counts <eos>) and each utterance keeps its ``beam`` best in fixed-size tensors,

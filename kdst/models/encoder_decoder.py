@@ -36,14 +36,16 @@ def decoder_io(tgt: torch.Tensor, tgt_lengths: torch.Tensor) -> tuple[torch.Tens
 
 class EncoderDecoder(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: TransformerDecoder, vocab_size: int, d_model: int,
-                 ctc_weight: float = 0.0, label_smoothing: float = 0.1):
+                 ctc_weight: float = 0.0, label_smoothing: float = 0.1, ctc_vocab_size: int | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.vocab_size = vocab_size
         self.ctc_weight = ctc_weight
         self.label_smoothing = label_smoothing
-        self.ctc = nn.Linear(d_model, vocab_size) if ctc_weight > 0 else None
+        # CTC over the target vocabulary (ASR), or over the source transcript's (ST: batches
+        # then carry ctc_tgt), which teaches the speech encoder to align from the start.
+        self.ctc = nn.Linear(d_model, ctc_vocab_size or vocab_size) if ctc_weight > 0 else None
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder output (B, T', D) and its lengths."""
@@ -60,7 +62,9 @@ class EncoderDecoder(nn.Module):
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
         loss, stats = self.attention_loss(logits, targets)
         if self.ctc is not None:
-            ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
+            targets, lengths = (batch["ctc_tgt"], batch["ctc_tgt_lengths"]) if "ctc_tgt" in batch else \
+                (batch["tgt"], batch["tgt_lengths"])
+            ctc = self.ctc_loss(memory, memory_lengths, targets, lengths)
             loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
             stats["ctc"] = ctc.item()
         stats["loss"] = loss.item()
@@ -103,7 +107,8 @@ def build_model(config: dict) -> EncoderDecoder:
         raise ValueError(f"model input must be 'speech' or 'text', not '{kind}'")
     decoder = TransformerDecoder(vocab_size, d_model=d_model, **decoder_cfg)
     model = EncoderDecoder(encoder, decoder, vocab_size, d_model, ctc_weight=config.pop("ctc_weight", 0.0),
-                           label_smoothing=config.pop("label_smoothing", 0.1))
+                           label_smoothing=config.pop("label_smoothing", 0.1),
+                           ctc_vocab_size=config.pop("ctc_vocab_size", None))
     if config:
         raise ValueError(f"unknown model option(s): {', '.join(sorted(config))}")
     return model

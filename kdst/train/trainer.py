@@ -69,6 +69,8 @@ def build_datasets(data: dict) -> tuple[object, object, dict]:
     sizes = {"vocab_size": len(load_tokenizer(data["tokenizer"]).tokens)}
     if data.get("input", "speech") == "text":
         sizes["src_vocab_size"] = len(load_tokenizer(data["src_tokenizer"]).tokens)
+    if data.get("ctc_text"):
+        sizes["ctc_vocab_size"] = len(load_tokenizer(data["ctc_tokenizer"]).tokens)
     return make_dataset(data, data["train"]), make_dataset(data, data["valid"]), sizes
 
 

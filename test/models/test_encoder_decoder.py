@@ -1,0 +1,107 @@
+"""The encoder-decoder: incremental decoding, losses, CTC targets, building from config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdst.models import build_model
+from kdst.models.encoder_decoder import decoder_io
+from kdst.models.encoders import lengths_to_mask
+
+SMALL = {"d_model": 32, "decoder": {"layers": 2, "heads": 2, "ff_dim": 64, "dropout": 0.1}}
+CONFIGS = {
+    "conformer": {**SMALL, "input": "speech", "vocab_size": 40, "ctc_weight": 0.3,
+                  "encoder": {"type": "conformer", "layers": 2, "heads": 2, "ff_dim": 64, "kernel_size": 7,
+                              "subsampling_channels": 8}},
+    "transformer": {**SMALL, "input": "speech", "vocab_size": 40,
+                    "encoder": {"type": "transformer", "layers": 2, "heads": 2, "ff_dim": 64}},
+    "text": {**SMALL, "input": "text", "vocab_size": 40, "src_vocab_size": 30,
+             "encoder": {"layers": 2, "heads": 2, "ff_dim": 64}},
+}
+
+
+def batch_for(kind: str, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "text":
+        src, src_lengths = torch.randint(3, 30, (3, 9), generator=g), torch.tensor([9, 5, 2])
+    else:
+        src, src_lengths = torch.randn(3, 57, 80, generator=g), torch.tensor([57, 40, 23])
+    tgt, tgt_lengths = torch.randint(3, 40, (3, 6), generator=g), torch.tensor([6, 4, 1])
+    tgt[torch.arange(6)[None, :] >= tgt_lengths[:, None]] = 0
+    return {"ids": ["a", "b", "c"], "src": src, "src_lengths": src_lengths, "tgt": tgt, "tgt_lengths": tgt_lengths}
+
+
+def test_decoder_io_places_sos_and_eos():
+    tgt, lengths = torch.tensor([[5, 6, 7], [8, 0, 0]]), torch.tensor([3, 1])
+    inputs, outputs = decoder_io(tgt, lengths)
+    assert inputs.tolist() == [[2, 5, 6, 7], [2, 8, 0, 0]]
+    assert outputs.tolist() == [[5, 6, 7, 2], [8, 2, 0, 0]]
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_incremental_decoding_equals_the_full_forward(kind: str):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[kind]).eval()
+    batch = batch_for(kind)
+    with torch.no_grad():
+        logits, _, memory, memory_lengths = model.decoder_logits(batch)
+        inputs, _ = decoder_io(batch["tgt"], batch["tgt_lengths"])
+        state = model.decoder.init_state(memory, lengths_to_mask(memory_lengths, memory.shape[1]))
+        steps = []
+        for u in range(inputs.shape[1]):
+            step_logits, state = model.decoder.step(inputs[:, u], state)
+            steps.append(step_logits)
+        # Reordering the state (as beam search does) keeps each row's history.
+        flipped = state.select(torch.tensor([2, 1, 0]))
+        assert torch.equal(flipped.self_kv[0][0][0], state.self_kv[0][0][2])
+    torch.testing.assert_close(torch.stack(steps, 1), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_does_not_change_a_sequence_result():
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["transformer"]).eval()
+    batch = batch_for("transformer")
+    with torch.no_grad():
+        logits, *_ = model.decoder_logits(batch)
+        alone = {k: (v[2:3] if torch.is_tensor(v) else v[2:3]) for k, v in batch.items()}
+        alone["src"] = alone["src"][:, :23]
+        alone["tgt"] = alone["tgt"][:, :1]
+        single, *_ = model.decoder_logits(alone)
+    torch.testing.assert_close(single[0, :2], logits[2, :2], rtol=1e-4, atol=1e-5)
+
+
+def test_loss_is_label_smoothed_cross_entropy_per_token():
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["text"]).eval()
+    batch = batch_for("text")
+    loss, stats = model(batch)
+    logits, targets, *_ = model.decoder_logits(batch)
+    mask = targets != 0
+    expected = F.cross_entropy(logits[mask], targets[mask], label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    assert stats["ntokens"] == float(mask.sum()) == 11 + 3  # tokens + one <eos> per utterance
+    assert stats["nll"] == pytest.approx(F.cross_entropy(logits[mask], targets[mask]).item(), rel=1e-5)
+
+
+def test_ctc_on_the_source_transcript():
+    torch.manual_seed(0)
+    config = {**CONFIGS["conformer"], "ctc_vocab_size": 20}
+    model = build_model(config).eval()
+    assert model.ctc.out_features == 20
+    batch = batch_for("conformer")
+    batch["ctc_tgt"], batch["ctc_tgt_lengths"] = torch.randint(3, 20, (3, 4)), torch.tensor([4, 3, 2])
+    loss, stats = model(batch)
+    memory, memory_lengths = model.encode(batch["src"], batch["src_lengths"])
+    ctc = model.ctc_loss(memory, memory_lengths, batch["ctc_tgt"], batch["ctc_tgt_lengths"])
+    assert stats["ctc"] == pytest.approx(ctc.item(), rel=1e-5)
+    torch.testing.assert_close(loss, 0.7 * torch.tensor(stats["ce"]) + 0.3 * ctc, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_options_are_errors():
+    with pytest.raises(ValueError, match="unknown model option"):
+        build_model({**CONFIGS["text"], "dropuot": 0.1})
+    with pytest.raises(ValueError, match="unknown speech encoder type"):
+        build_model({**CONFIGS["transformer"], "encoder": {"type": "lstm"}})
+
