@@ -212,14 +212,14 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
         rows = (parent + torch.arange(a, device=device)[:, None] * k).view(-1)
         if bool(done.any()):
             _collect(results, {n: x[done] for n, x in utt.items()}, opt.nbest)
-            keep = ~done
-            kept = keep.nonzero().squeeze(1).tolist()
+            keep = (~done).nonzero().squeeze(1)
+            kept = keep.tolist()
             if not kept:
                 break
             utt = {n: x[keep] for n, x in utt.items()}
             max_lens, min_lens = [max_lens[i] for i in kept], [min_lens[i] for i in kept]
             max_rows, min_rows = utt["max_rows"].repeat_interleave(k), utt["min_rows"].repeat_interleave(k)
-            block_rows = (keep.nonzero() * k + beams).view(-1)
+            block_rows = (keep[:, None] * k + beams).view(-1)
             rows, tok = rows.view(a, k)[keep].view(-1), tok[keep]
             state = _reorder(state, rows, None, block_rows)
             seqs = seqs.index_select(0, rows)
