@@ -39,23 +39,9 @@ class SpeechDataset:
         data = DataDir(data_dir)
         self.feats = kaldiio.load_scp(str(data.file("feats.scp")))  # lazy: reads on access
         frames = read_utt2num_frames(data.file("utt2num_frames"))
-        if text is None:  # decoding needs no targets
-            self.targets = {u: [] for u in frames}
-        else:
-            texts = data.require(text)
-            missing = [u for u in frames if u not in texts]
-            if missing:
-                raise DataError(data.file(text), f"{len(missing)} utterance(s) with features have no text, "
-                                                 f"e.g. '{missing[0]}' (run kdst fix-data)")
-            self.targets = {u: tokenizer.encode(texts[u]) for u in frames}
-        self.ctc_targets = None
-        if ctc_text is not None and text is not None:
-            transcripts = data.require(ctc_text)
-            missing = [u for u in frames if u not in transcripts]
-            if missing:
-                raise DataError(data.file(ctc_text), f"{len(missing)} utterance(s) with features have no text, "
-                                                     f"e.g. '{missing[0]}' (run kdst fix-data)")
-            self.ctc_targets = {u: ctc_tokenizer.encode(transcripts[u]) for u in frames}
+        # Decoding needs no targets (text None), and then no CTC targets either.
+        self.targets = _encode_texts(data, text, frames, tokenizer) if text else {u: [] for u in frames}
+        self.ctc_targets = _encode_texts(data, ctc_text, frames, ctc_tokenizer) if text and ctc_text else None
         self.cmvn = GlobalCMVN.load(cmvn) if cmvn else None
         self.ids = sorted(frames)
         self.src_lengths = {u: frames[u] for u in self.ids}
@@ -66,6 +52,16 @@ class SpeechDataset:
             feats = self.cmvn(feats)
         ctc = self.ctc_targets[utt] if self.ctc_targets is not None else None
         return Example(utt, feats.astype(np.float32), self.targets[utt], ctc)
+
+
+def _encode_texts(data: DataDir, name: str, utterances, tokenizer: Tokenizer) -> dict[str, list[int]]:
+    """Token ids of every utterance from the text file ``name``; a missing one is a DataError."""
+    texts = data.require(name)
+    missing = [u for u in utterances if u not in texts]
+    if missing:
+        raise DataError(data.file(name), f"{len(missing)} utterance(s) with features have no text, "
+                                         f"e.g. '{missing[0]}' (run kdst fix-data)")
+    return {u: tokenizer.encode(texts[u]) for u in utterances}
 
 
 class TextDataset:
