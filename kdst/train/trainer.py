@@ -252,8 +252,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     writer = SummaryWriter(str(exp_dir / "tensorboard")) if rank == 0 else None
     signals: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the step, save, then stop
-        signal.signal(signum, lambda s, f: signals.append(s))
+    previous_handlers = {signum: signal.signal(signum, lambda s, f: signals.append(s))  # finish the step,
+                         for signum in (signal.SIGINT, signal.SIGTERM)}                # save, then stop
 
     def checkpoint(path: Path) -> None:
         rngs = [None] * world_size
@@ -266,31 +266,37 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
                          "scheduler": scheduler.state_dict(), "progress": asdict(progress), "rng": rngs,
                          "config": config}, path)
 
-    epochs = int(train.get("epochs", 10))
-    while progress.epoch <= epochs:
-        batches = shard_batches(make_batches(train_set.src_lengths, int(config["data"]["max_units"]),
-                                             max_items=int(config["data"].get("max_items", 10_000)),
-                                             seed=int(train.get("seed", 1)), epoch=progress.epoch),
-                                rank, world_size)
-        finished = train_one_epoch(ddp_model, optimizer, scheduler, train_set, batches, progress, config, device,
-                                   writer, lambda: bool(signals))
-        if not finished:
+    try:
+        epochs = int(train.get("epochs", 10))
+        while progress.epoch <= epochs:
+            batches = shard_batches(make_batches(train_set.src_lengths, int(config["data"]["max_units"]),
+                                                 max_items=int(config["data"].get("max_items", 10_000)),
+                                                 seed=int(train.get("seed", 1)), epoch=progress.epoch),
+                                    rank, world_size)
+            finished = train_one_epoch(ddp_model, optimizer, scheduler, train_set, batches, progress, config,
+                                       device, writer, lambda: bool(signals))
+            if not finished:
+                checkpoint(last)
+                why = f"signal {signals[0]}" if signals else f"train.max_steps={train.get('max_steps')}"
+                log.info("stopped at epoch %d, step %d (%s); continue with --resume", progress.epoch,
+                         progress.step, why)
+                break
+            stats = validate(model, valid_set, config, device)
+            progress.history[progress.epoch] = stats["nll"]
+            log.info("epoch %d done: validation nll=%.4f acc=%.4f", progress.epoch, stats["nll"], stats["acc"])
+            if writer is not None:
+                for key in ("nll", "acc"):
+                    writer.add_scalar(f"valid/{key}", stats[key], progress.step)
+            epoch = progress.epoch
+            progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+            checkpoint(exp_dir / f"epoch-{epoch}.pt")
             checkpoint(last)
-            why = f"signal {signals[0]}" if signals else f"train.max_steps={train.get('max_steps')}"
-            log.info("stopped at epoch %d, step %d (%s); continue with --resume", progress.epoch, progress.step, why)
-            break
-        stats = validate(model, valid_set, config, device)
-        progress.history[progress.epoch] = stats["nll"]
-        log.info("epoch %d done: validation nll=%.4f acc=%.4f", progress.epoch, stats["nll"], stats["acc"])
+            if rank == 0:
+                prune(exp_dir, progress.history, int(train.get("keep_best", 5)))
+    finally:  # in-process callers (tests, notebooks) get their handlers back
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if writer is not None:
-            for key in ("nll", "acc"):
-                writer.add_scalar(f"valid/{key}", stats[key], progress.step)
-        epoch = progress.epoch
-        progress.epoch, progress.batch_in_epoch = epoch + 1, 0
-        checkpoint(exp_dir / f"epoch-{epoch}.pt")
-        checkpoint(last)
-        if rank == 0:
-            prune(exp_dir, progress.history, int(train.get("keep_best", 5)))
-    if writer is not None:
-        writer.close()
+            writer.close()
     return progress
+

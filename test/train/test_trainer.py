@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -53,7 +54,9 @@ def test_learns_and_keeps_checkpoints(mt_data: Path, tmp_path: Path):
 
 def test_existing_run_needs_resume(mt_data: Path, tmp_path: Path):
     config_path = write_config(mt_data, tmp_path / "c.yaml", epochs=1)
+    before = signal.getsignal(signal.SIGINT)
     run(load_config(config_path), tmp_path / "exp")
+    assert signal.getsignal(signal.SIGINT) is before, "the caller's Ctrl-C handler is restored"
     with pytest.raises(KdstError, match="pass --resume"):
         run(load_config(config_path), tmp_path / "exp")
 
