@@ -298,5 +298,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
             signal.signal(signum, handler)
         if writer is not None:
             writer.close()
+    if world_size > 1:  # left alive, the process group's threads abort the interpreter at exit
+        dist.barrier()
+        dist.destroy_process_group()
     return progress
 

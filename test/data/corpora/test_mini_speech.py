@@ -11,14 +11,14 @@ import pytest
 import soundfile
 import yaml
 
+from helpers import needs
 from kdst.data.corpora import mini_speech
 from kdst.data.corpora.mini_speech import HELDOUT_VARIANTS, TRAIN_VARIANTS, make_corpus, pick_speaker
 from kdst.errors import KdstError
 
 SIZES = {"train": 6, "dev": 2, "tst-COMMON": 2}
 UTTS_PER_TALK = 3
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_espeak = needs["espeak-ng"]
 
 
 @pytest.fixture(scope="module")
