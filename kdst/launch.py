@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
 
 # Words that stay shell syntax instead of being quoted into arguments.
@@ -149,9 +150,7 @@ def run_job(job: Job, *, on_start: Callable[[subprocess.Popen], None] | None = N
         f.write(f"# Accounting: time={elapsed} threads=1\n"
                 f"# Ended ({ended}) at {_now()}, elapsed time {elapsed} seconds\n")
     if status_path is not None:
-        tmp = status_path.with_name(status_path.name + ".tmp")
-        tmp.write_text(f"{status}\n")
-        os.replace(tmp, status_path)
+        atomic_write_text(status_path, f"{status}\n")
     return status
 
 

@@ -25,7 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from kdst.data.audio import TARGET_RATE, iter_utterances
-from kdst.data.files import atomic_write_text
+from kdst.data.files import atomic_path, atomic_write_text
 from kdst.data.kaldi_dir import DataDir, iter_entries, write_data_dir, write_kv
 from kdst.errors import DataError, KdstError
 
@@ -153,10 +153,8 @@ def accumulate_cmvn(feature_matrices: Iterable[np.ndarray]) -> np.ndarray:
 def compute_global_cmvn(feats_scp: str | os.PathLike, out: str | os.PathLike) -> np.ndarray:
     """Accumulate statistics over every utterance of ``feats_scp`` into a Kaldi matrix file."""
     stats = accumulate_cmvn(mat for _, mat in kaldiio.load_scp_sequential(os.fspath(feats_scp)))
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    kaldiio.save_mat(os.fspath(tmp), stats)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        kaldiio.save_mat(os.fspath(tmp), stats)
     return stats
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdst.data.files import atomic_path
 from kdst.errors import KdstError
 from kdst.models import EncoderDecoder, build_model
 
@@ -18,9 +18,8 @@ _EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt")
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state() -> dict:

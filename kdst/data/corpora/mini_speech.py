@@ -38,6 +38,7 @@ import torch
 import torchaudio.functional
 
 from kdst.data.corpora.mini_text import generate_pairs
+from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
 
 log = logging.getLogger(__name__)
@@ -303,9 +304,7 @@ def make_corpus(root: str | os.PathLike, *, sizes: Mapping[str, int] | None = No
         shutil.rmtree(partial, ignore_errors=True)
         raise
     stats["elapsed"] = round(time.monotonic() - started, 1)
-    tmp_marker = marker.with_suffix(".tmp")
-    tmp_marker.write_text(json.dumps({"settings": settings, "stats": stats}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp_marker, marker)
+    atomic_write_text(marker, json.dumps({"settings": settings, "stats": stats}, indent=1) + "\n")
     log.info("mini corpus: %s utterances, %.2f h in %.0f s", stats["utterances"], stats["total_hours"],
              stats["elapsed"])
     return stats
