@@ -63,6 +63,32 @@ def decode(model, sents, batch_size: int, options: SearchOptions, device: str):
     return best, time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def count_row_steps(model) -> list[int]:
+    """Wraps the decoder's step to count the rows (beams) it is run for: one cell per step."""
+    counts, step = [], model.decoder.step
+
+    def counted(tokens, state):
+        counts.append(tokens.shape[0])
+        return step(tokens, state)
+
+    model.decoder.step = counted
+    return counts
+
+
+def matmul_rate(rows: int, d_model: int, device: str) -> float:
+    """FLOP/s of a plain (rows x d) @ (d x 4d) product, the decoder's largest, on this device."""
+    a, b = torch.randn(rows, d_model, device=device), torch.randn(d_model, 4 * d_model, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    repeats, start = 50, time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return repeats * 2 * rows * d_model * 4 * d_model / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -82,7 +108,15 @@ def main() -> None:
     options = SearchOptions(beam=args.beam, max_len_ratio=1.5, length_penalty=args.length_penalty)
     decode(model, sents[:4], 2, options, args.device)  # warm-up
     single, t_single, cpu_single = decode(model, sents, 1, options, args.device)
+    row_steps = count_row_steps(model)
     batched, t_batched, cpu_batched = decode(model, sents, args.batch_size, options, args.device)
+    del model.decoder.step
+
+    # The compute floor: the multiply-adds of the decoder's linear layers for every row of every step
+    # the batched search ran, at the speed of a plain matrix product as wide as its batch.
+    decoder_weights = sum(m.weight.numel() for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
+    flops = 2 * decoder_weights * sum(row_steps)
+    rate = matmul_rate(args.batch_size * args.beam, 256, args.device)
 
     agree = sum(a.tokens == b.tokens for a, b in zip(single, batched))
     close = sum(a.tokens == b.tokens or abs(a.score - b.score) < 1e-4 for a, b in zip(single, batched))
@@ -95,6 +129,10 @@ def main() -> None:
     print(f"one at a time: {t_single:.2f} s ({cpu_single:.2f} CPU s), {rate_single:.1f} sentences/s")
     print(f"batched ({args.batch_size}): {t_batched:.2f} s ({cpu_batched:.2f} CPU s), {rate_batched:.1f} sentences/s, "
           f"{rate_batched / rate_single:.1f}x ({cpu_single / cpu_batched:.1f}x in CPU time)")
+    print(f"decoder matmuls: {flops / 1e9:.1f} GFLOP over {sum(row_steps)} row-steps; a plain matmul at this width "
+          f"runs {rate / 1e9:.0f} GFLOP/s, so batched search could take no less than {flops / rate:.2f} s "
+          f"(one at a time / that floor = {t_single / (flops / rate):.1f}x; batched reaches "
+          f"{flops / rate / t_batched:.0%} of it)")
     print()
     print("| device | threads | beam | batch | sentences | one at a time (sent/s) | batched (sent/s) | speed-up "
           "| 1-best agree |")

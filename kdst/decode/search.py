@@ -42,7 +42,6 @@ from dataclasses import dataclass
 import torch
 
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
-from kdst.models.decoder import DecoderState
 from kdst.models.encoders import lengths_to_mask
 
 EOS_ID = SOS_EOS_ID
@@ -125,27 +124,6 @@ def _slots(parent: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
     return torch.where(first, parent, free.gather(1, rank))
 
 
-def _reorder(state, rows: torch.Tensor, moved: torch.Tensor | None, block_rows: torch.Tensor | None):
-    """State for the new beams ``rows`` (N', one per new row).
-
-    With no utterance retired (``block_rows`` None), only the rows ``moved`` (where rows[i] != i) are
-    rewritten, in place: the state is the fresh one the decoder step returned, and the encoder-side
-    tensors are the same for every beam of an utterance.  Otherwise every tensor is selected anew,
-    the encoder-side ones with ``block_rows`` (K rows of each kept utterance)."""
-    if type(state) is not DecoderState:
-        return state.select(rows)
-    if block_rows is None:
-        if moved.numel():
-            src = rows.index_select(0, moved)
-            for kv in state.self_kv:
-                for x in kv:
-                    x.index_copy_(0, moved, x.index_select(0, src))
-        return state
-    pick = lambda kv, idx: (kv[0].index_select(0, idx), kv[1].index_select(0, idx))  # noqa: E731
-    return DecoderState([pick(kv, rows) for kv in state.self_kv], [pick(kv, block_rows) for kv in state.cross_kv],
-                        state.memory_mask.index_select(0, block_rows), state.length)
-
-
 def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor,
                 options: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
     """n-best hypotheses per utterance, best first (fewer than nbest only if no more can exist)."""
@@ -161,9 +139,8 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
     device, k, lp, b = memory.device, opt.beam, opt.length_penalty, memory.shape[0]
     results: list[list[Hypothesis]] = [[] for _ in range(b)]
     cap = max(max_lens) + 1  # token columns; the last one is only written by dead beams
-    beams = torch.arange(k, device=device)
     earlier = torch.ones(k, k, dtype=torch.bool, device=device).tril(-1)  # [j, i]: i ranks before j
-    state = model.decoder.init_state(memory, mask).select(torch.arange(b, device=device).repeat_interleave(k))
+    state = model.decoder.init_state(memory, mask, group=k, capacity=cap)
 
     # Per active utterance: A of them, rows utterance-major (N = A*K).  Python lists mirror the lengths.
     utt = dict(ids=torch.arange(b, device=device), max_rows=torch.tensor(max_lens, device=device),
@@ -219,13 +196,11 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
             utt = {n: x[keep] for n, x in utt.items()}
             max_lens, min_lens = [max_lens[i] for i in kept], [min_lens[i] for i in kept]
             max_rows, min_rows = utt["max_rows"].repeat_interleave(k), utt["min_rows"].repeat_interleave(k)
-            block_rows = (keep[:, None] * k + beams).view(-1)
             rows, tok = rows.view(a, k)[keep].view(-1), tok[keep]
-            state = _reorder(state, rows, None, block_rows)
+            state = state.select(rows, keep)
             seqs = seqs.index_select(0, rows)
         else:
-            moved = (rows != torch.arange(a * k, device=device)).nonzero().squeeze(1)
-            state = _reorder(state, rows, moved, None)
+            state.reorder_(rows)
             seqs = seqs.index_select(0, rows)
         last = tok.reshape(-1)
         seqs[:, t] = last
@@ -250,7 +225,7 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, max_len_r
         device, b = memory.device, memory.shape[0]
         results: list[Hypothesis | None] = [None] * b
         cap = max(max_lens) + 1
-        state = model.decoder.init_state(memory, mask)
+        state = model.decoder.init_state(memory, mask, capacity=cap)
         utt_ids = torch.arange(b, device=device)
         max_rows = torch.tensor(max_lens, device=device)
         last = torch.full((b,), EOS_ID, dtype=torch.long, device=device)

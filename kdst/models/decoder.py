@@ -14,21 +14,63 @@ from kdst.models.attention import MultiHeadAttention, SinusoidalPositions
 class DecoderState:
     """What incremental decoding keeps between steps, batch-first everywhere.
 
-    ``self_kv[i]``: keys/values of layer i's self-attention over the tokens so far;
-    ``cross_kv[i]``: keys/values of the encoder output, computed once;
-    ``memory_mask``: (N, 1, 1, S), True where the encoder output is real.
+    The N rows are A utterances x ``group`` rows each (beams), utterance-major.  The
+    encoder side is stored once per utterance: every beam of an utterance attends to
+    the same encoder output, so beams are folded into the query dimension of the
+    cross-attention instead of copying its keys/values K times.
+
+    ``self_k[i]``/``self_v[i]``: layer i's self-attention keys/values, (N, H, capacity, D/H),
+    of which the first ``length`` positions are filled (preallocated: a step writes one
+    column instead of copying the whole cache);
+    ``cross_kv[i]``: layer i's keys/values of the encoder output, (A, H, S, D/H), the keys
+    stored transposed in memory (a (A, H, D/H, S) tensor, viewed) so that a step's
+    query-key product reads them without a copy;
+    ``memory_mask``: (A, 1, 1, S), True where the encoder output is real.
     """
 
-    self_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    self_k: list[torch.Tensor]
+    self_v: list[torch.Tensor]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
     memory_mask: torch.Tensor
+    group: int
     length: int  # tokens consumed so far
 
-    def select(self, index: torch.Tensor) -> "DecoderState":
-        """Rows ``index`` of the batch: reorders beams, or expands an utterance into K beams."""
-        pick = lambda kv: (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
-        return DecoderState([pick(kv) for kv in self.self_kv], [pick(kv) for kv in self.cross_kv],
-                            self.memory_mask.index_select(0, index), self.length)
+    def reorder_(self, rows: torch.Tensor, moved: torch.Tensor | None = None) -> None:
+        """In place, row i takes the history of row ``rows[i]`` (beams of the same utterance).
+        ``moved``: the rows where ``rows[i] != i``, if known; the others are left alone."""
+        if moved is None:
+            moved = (rows != torch.arange(rows.numel(), device=rows.device)).nonzero().squeeze(1)
+        if not moved.numel():
+            return
+        src = rows.index_select(0, moved)
+        for cache in (*self.self_k, *self.self_v):
+            filled = cache[:, :, :self.length]
+            filled.index_copy_(0, moved, filled.index_select(0, src))
+
+    def select(self, rows: torch.Tensor, utterances: torch.Tensor | None = None) -> "DecoderState":
+        """A new state of rows ``rows`` whose encoder side is that of ``utterances`` (A' of them,
+        ``rows`` then holds A' x group entries, utterance-major).  With one row per utterance
+        ``utterances`` defaults to ``rows``: any reordering or subset of the batch."""
+        if utterances is None:
+            if self.group != 1:
+                raise ValueError("select() on a state with several rows per utterance needs the utterances")
+            utterances = rows
+        if rows.numel() != utterances.numel() * self.group:
+            raise ValueError(f"{rows.numel()} rows for {utterances.numel()} utterances x {self.group}")
+        def pick(cache):  # only the filled positions are copied
+            out = cache.new_empty(rows.numel(), *cache.shape[1:])
+            torch.index_select(cache[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
+            return out
+
+        cross = [(k.transpose(2, 3).index_select(0, utterances).transpose(2, 3), v.index_select(0, utterances))
+                 for k, v in self.cross_kv]
+        return DecoderState([pick(k) for k in self.self_k], [pick(v) for v in self.self_v], cross,
+                            self.memory_mask.index_select(0, utterances), self.group, self.length)
+
+    def _grow(self) -> None:
+        """Doubles the capacity of the self-attention caches (only when a caller outruns its estimate)."""
+        grow = lambda x: torch.cat([x, torch.empty_like(x)], dim=2)  # noqa: E731
+        self.self_k, self.self_v = [grow(k) for k in self.self_k], [grow(v) for v in self.self_v]
 
 
 class DecoderLayer(nn.Module):
@@ -74,22 +116,37 @@ class TransformerDecoder(nn.Module):
             x = layer(x, layer.self_attn.project_kv(h), True, layer.cross_attn.project_kv(memory), mask)
         return self.output(self.norm(x))
 
-    def init_state(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> DecoderState:
-        n, d = memory.shape[0], memory.shape[-1]
+    def init_state(self, memory: torch.Tensor, memory_mask: torch.Tensor, group: int = 1,
+                   capacity: int = 64) -> DecoderState:
+        """State before the first step for ``group`` rows (beams) per utterance of ``memory`` (A, S, D),
+        with room for ``capacity`` tokens (it grows if a caller goes further)."""
+        n, d = memory.shape[0] * group, memory.shape[-1]
         heads = self.layers[0].self_attn.heads
-        empty = memory.new_zeros(n, heads, 0, d // heads)
-        return DecoderState(self_kv=[(empty, empty) for _ in self.layers],
-                            cross_kv=[layer.cross_attn.project_kv(memory) for layer in self.layers],
-                            memory_mask=memory_mask[:, None, None, :], length=0)
+        cache = lambda: memory.new_empty(n, heads, max(1, capacity), d // heads)  # noqa: E731  (read only once written)
+        cross_kv = []
+        for layer in self.layers:
+            k, v = layer.cross_attn.project_kv(memory)
+            cross_kv.append((k.transpose(2, 3).contiguous().transpose(2, 3), v.contiguous()))
+        return DecoderState(self_k=[cache() for _ in self.layers], self_v=[cache() for _ in self.layers],
+                            cross_kv=cross_kv,
+                            memory_mask=memory_mask[:, None, None, :], group=group, length=0)
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """Logits (N, V) for the next token after ``tokens`` (N,), the newest token of each row."""
-        x = self.positions(self.embed(tokens[:, None]), offset=state.length)
-        new_self_kv = []
-        for layer, (past_k, past_v), cross_kv in zip(self.layers, state.self_kv, state.cross_kv):
-            k, v = layer.self_attn.project_kv(layer.self_norm(x))
-            kv = (torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2))
-            new_self_kv.append(kv)
-            x = layer(x, kv, False, cross_kv, state.memory_mask)  # one query sees every past key
-        logits = self.output(self.norm(x[:, 0]))
-        return logits, DecoderState(new_self_kv, state.cross_kv, state.memory_mask, state.length + 1)
+        """Logits (N, V) for the next token after ``tokens`` (N,), the newest token of each row.
+        The state is updated in place (and returned).  For search: no dropout, whatever the mode."""
+        if state.length == state.self_k[0].shape[2]:
+            state._grow()
+        n, t = tokens.shape[0], state.length
+        x = self.positions(self.embed(tokens[:, None]), offset=t)
+        for layer, cache_k, cache_v, cross_kv in zip(self.layers, state.self_k, state.self_v, state.cross_kv):
+            h = layer.self_norm(x)
+            k, v = layer.self_attn.project_kv(h)
+            cache_k[:, :, t:t + 1] = k
+            cache_v[:, :, t:t + 1] = v
+            x = x + layer.self_attn.attend(h, cache_k[:, :, :t + 1], cache_v[:, :, :t + 1], explicit=True)
+            # The beams of an utterance are one query sequence over its encoder output.
+            h = layer.cross_norm(x).view(n // state.group, state.group, -1)
+            x = x + layer.cross_attn.attend(h, *cross_kv, mask=state.memory_mask, explicit=True).view(n, 1, -1)
+            x = x + layer.ff(layer.ff_norm(x))
+        state.length = t + 1
+        return self.output(self.norm(x[:, 0])), state

@@ -62,10 +62,44 @@ class SpeechEncoder(nn.Module):
         x, lengths = self.subsampling(feats, lengths)
         x = self.dropout(self.positions(x))
         if self.type == "conformer":
-            x, _ = self.blocks(x, lengths)
+            x = _conformer_blocks(self.blocks, x, ~lengths_to_mask(lengths, x.shape[1]))
         else:
             x = self.blocks(x, src_key_padding_mask=~lengths_to_mask(lengths, x.shape[1]))
         return x, lengths
+
+
+def _conformer_blocks(conformer: Conformer, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """torchaudio's Conformer layers on ``x`` (B, T, D), ``padding`` (B, T) True at padded frames.
+
+    torchaudio masks the padding in self-attention only: its depthwise convolution reads
+    the padded frames (non-zero after the feed-forward and pointwise layers), so an
+    utterance's output near its end would depend on what else is in the batch.  Here the
+    padded frames are zeroed right before each depthwise convolution, which then sees
+    exactly the zero padding it sees for the utterance alone (as ESPnet and WeNet do).
+    Same modules and parameter names as torchaudio's ``Conformer.forward``.
+    """
+    x = x.transpose(0, 1)  # (T, B, D), torchaudio's layout
+    for layer in conformer.conformer_layers:
+        x = x + 0.5 * layer.ffn1(x)
+        if layer.convolution_first:
+            x = x + _masked_convolution(layer.conv_module, x, padding)
+        h = layer.self_attn_layer_norm(x)
+        h, _ = layer.self_attn(query=h, key=h, value=h, key_padding_mask=padding, need_weights=False)
+        x = x + layer.self_attn_dropout(h)
+        if not layer.convolution_first:
+            x = x + _masked_convolution(layer.conv_module, x, padding)
+        x = layer.final_layer_norm(x + 0.5 * layer.ffn2(x))
+    return x.transpose(0, 1)
+
+
+def _masked_convolution(module, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ``_ConvolutionModule`` on ``x`` (T, B, D), padded frames zeroed before the depthwise conv."""
+    pointwise, glu, depthwise, *rest = module.sequential
+    h = glu(pointwise(module.layer_norm(x).permute(1, 2, 0)))  # (B, C, T)
+    h = depthwise(h.masked_fill(padding[:, None, :], 0.0))
+    for m in rest:
+        h = m(h)
+    return h.permute(2, 0, 1)
 
 
 class TextEncoder(nn.Module):

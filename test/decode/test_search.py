@@ -35,10 +35,11 @@ def mt_model(vocab: int = 6, seed: int = 0, scale: float = 5.0, eos_bias: float 
     return model.eval()
 
 
-def speech_model(seed: int = 0):
+def speech_model(encoder: str, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model({"input": "speech", "vocab_size": 10, "d_model": 16,
-                         "encoder": {"type": "transformer", "layers": 1, "heads": 2, "ff_dim": 32},
+                         "encoder": {"type": encoder, "layers": 1, "heads": 2, "ff_dim": 32, "kernel_size": 7,
+                                     "subsampling_channels": 8},
                          "decoder": {"layers": 2, "heads": 2, "ff_dim": 32}})
     with torch.no_grad():
         model.decoder.output.weight.mul_(4.0)
@@ -156,8 +157,9 @@ def test_batched_equals_one_at_a_time_mt(length_penalty):
     assert len({len(h[0].tokens) for h in hyps}) > 1  # utterances end at different steps
 
 
-def test_batched_equals_one_at_a_time_speech():
-    model = speech_model()
+@pytest.mark.parametrize("encoder", ["transformer", "conformer"])
+def test_batched_equals_one_at_a_time_speech(encoder):
+    model = speech_model(encoder)
     lengths = [40, 23, 61, 35, 17, 50]
     src = torch.randn(len(lengths), max(lengths), 80, generator=torch.Generator().manual_seed(3))
     for i, n in enumerate(lengths):

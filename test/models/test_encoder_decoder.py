@@ -48,21 +48,25 @@ def test_incremental_decoding_equals_the_full_forward(kind: str):
     with torch.no_grad():
         logits, _, memory, memory_lengths = model.decoder_logits(batch)
         inputs, _ = decoder_io(batch["tgt"], batch["tgt_lengths"])
-        state = model.decoder.init_state(memory, lengths_to_mask(memory_lengths, memory.shape[1]))
+        # capacity 2: the cache has to grow on the way
+        state = model.decoder.init_state(memory, lengths_to_mask(memory_lengths, memory.shape[1]), capacity=2)
         steps = []
         for u in range(inputs.shape[1]):
             step_logits, state = model.decoder.step(inputs[:, u], state)
             steps.append(step_logits)
         # Reordering the state (as beam search does) keeps each row's history.
         flipped = state.select(torch.tensor([2, 1, 0]))
-        assert torch.equal(flipped.self_kv[0][0][0], state.self_kv[0][0][2])
+        filled = state.length
+        assert torch.equal(flipped.self_k[0][0, :, :filled], state.self_k[0][2, :, :filled])
     torch.testing.assert_close(torch.stack(steps, 1), logits, rtol=1e-4, atol=1e-5)
 
 
-def test_padding_does_not_change_a_sequence_result():
+@pytest.mark.parametrize("kind", ["transformer", "conformer"])
+def test_padding_does_not_change_a_sequence_result(kind: str):
+    """Also for the Conformer, whose depthwise convolution must not read the padded frames."""
     torch.manual_seed(0)
-    model = build_model(CONFIGS["transformer"]).eval()
-    batch = batch_for("transformer")
+    model = build_model(CONFIGS[kind]).eval()
+    batch = batch_for(kind)
     with torch.no_grad():
         logits, *_ = model.decoder_logits(batch)
         alone = {k: (v[2:3] if torch.is_tensor(v) else v[2:3]) for k, v in batch.items()}
@@ -105,3 +109,36 @@ def test_unknown_options_are_errors():
     with pytest.raises(ValueError, match="unknown speech encoder type"):
         build_model({**CONFIGS["transformer"], "encoder": {"type": "lstm"}})
 
+
+
+def test_beams_share_the_encoder_side_of_the_state():
+    """group=K rows per utterance (cross-attention keys/values stored once) steps exactly like K copies
+    of the utterance; reorder_ within an utterance equals select; select can retire utterances."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["transformer"]).eval()
+    batch = batch_for("transformer")
+    k = 3
+    with torch.no_grad():
+        memory, memory_lengths = model.encode(batch["src"], batch["src_lengths"])
+        mask = lengths_to_mask(memory_lengths, memory.shape[1])
+        a = memory.shape[0]
+        grouped = model.decoder.init_state(memory, mask, group=k, capacity=4)
+        copies = model.decoder.init_state(memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), capacity=4)
+        g = torch.Generator().manual_seed(3)
+        for _ in range(6):
+            tokens = torch.randint(3, 10, (a * k,), generator=g)
+            got, grouped = model.decoder.step(tokens, grouped)
+            want, copies = model.decoder.step(tokens, copies)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            # a random permutation of the beams inside each utterance
+            rows = (torch.argsort(torch.rand(a, k, generator=g), 1) + torch.arange(a)[:, None] * k).view(-1)
+            grouped.reorder_(rows)
+            copies = copies.select(rows)
+        keep = torch.tensor([0, 2])
+        rows = (keep[:, None] * k + torch.arange(k)).view(-1)
+        grouped, copies = grouped.select(rows, keep), copies.select(rows)
+        tokens = torch.randint(3, 10, (rows.numel(),), generator=g)
+        torch.testing.assert_close(model.decoder.step(tokens, grouped)[0], model.decoder.step(tokens, copies)[0],
+                                   rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="needs the utterances"):
+            grouped.select(rows)
