@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +126,33 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_topk(args: argparse.Namespace) -> int:
+    from kdst.data.teacher_cache import TeacherCache, merge_caches
+    from kdst.distill.topk import write_cache
+
+    options = dict(k=args.k, mode=args.mode, text=args.text, batch_units=args.batch_units, device=args.device,
+                   seed=args.seed)
+    nj = _jobs_for(args.data_dir, args.nj)
+    if nj <= 1:
+        write_cache(args.teacher, args.data_dir, args.out, **options)
+    else:
+        job_args = ["topk", "--nj", "1", "--teacher", str(args.teacher.resolve()), "--k", str(args.k), "--mode",
+                    args.mode, "--batch-units", str(args.batch_units), "--seed", str(args.seed),
+                    *(["--text", args.text] if args.text else []), *(["--device", args.device] if args.device else []),
+                    "--data-dir"]
+        jobs_dir = args.out.resolve().parent / f"{args.out.name}.split{nj}"
+        status = _run_split_jobs(args.data_dir, nj, args.cmd, args.out.parent / "log" / f"{args.out.name}.JOB.log",
+                                 job_args, ["--out", str(jobs_dir / "JOB")])
+        if status != 0:
+            return status
+        merge_caches([jobs_dir / str(j) for j in range(1, nj + 1)], args.out)
+        shutil.rmtree(jobs_dir)
+    cache = TeacherCache(args.out)
+    print(f"{args.out}: {len(cache)} utterances, k={cache.k} ({cache.mode}), {cache.bytes_per_token():.1f} bytes "
+          f"per target token")
+    return 0
+
+
 def cmd_compute_cmvn(args: argparse.Namespace) -> int:
     from kdst.data.features import compute_global_cmvn
 
@@ -205,6 +233,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     return results.run(args)
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from kdst.distill import rescore
+
+    return rescore.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -251,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nj", type=int, default=1, help="parallel jobs")
     p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("topk", help="teacher top-k (or sampled) cache of a data dir for word-level KD")
+    p.add_argument("--teacher", type=Path, required=True, help="MT teacher checkpoint")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="cache directory to write")
+    p.add_argument("--k", type=int, default=8, help="entries (topk) or draws (sampled) per target token")
+    p.add_argument("--mode", choices=("topk", "sampled"), default="topk")
+    p.add_argument("--text", help="target text file of the data dir (default: the teacher's, e.g. text.de)")
+    p.add_argument("--seed", type=int, default=1, help="for --mode sampled")
+    p.add_argument("--batch-units", type=int, default=20000, help="padded tokens per batch")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
+    p.set_defaults(func=cmd_topk)
 
     p = sub.add_parser("compute-cmvn", help="global CMVN statistics (Kaldi matrix) of a feats.scp")
     p.add_argument("feats_scp", type=Path)
@@ -299,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="score decoded systems into exp/results.json and RESULTS.md")
     results.add_arguments(p)
     p.set_defaults(func=cmd_results)
+
+    from kdst.distill import rescore
+
+    p = sub.add_parser("rescore", help="one distillation target per utterance from a teacher n-best (Seq-KD)")
+    rescore.add_arguments(p)
+    p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("prep-mustc", help="MuST-C layout -> Kaldi data dirs")
     p.add_argument("corpus_dir", type=Path, help="the en-<tgt> directory or its parent")

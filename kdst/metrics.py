@@ -187,6 +187,9 @@ def score(ref_path, hyp_path, metrics: Sequence[str] = ("bleu",), *, alignment_p
           tokenize: str = "13a") -> dict:
     """Score a hypothesis file against a reference file; every value is in percent, rounded to 2 decimals.
 
+    With BLEU, ``len_ratio`` is also given: hypothesis / reference length in
+    BLEU tokens (sacrebleu's ``sys_len / ref_len``), a plain ratio rounded to 4 decimals.
+
     ``tokenize`` is sacrebleu's BLEU tokenizer (chrF and TER use their own
     defaults).  ``alignment_path`` gets a per-utterance alignment: of words,
     or of characters when CER is asked and WER is not.
@@ -203,8 +206,11 @@ def score(ref_path, hyp_path, metrics: Sequence[str] = ("bleu",), *, alignment_p
                 metric = BLEU(tokenize=tokenize) if name == "bleu" else CHRF() if name == "chrf" else TER()
             except Exception as e:  # an unknown tokenizer, or one whose extra is not installed
                 raise KdstError(f"BLEU tokenizer '{tokenize}' unavailable: {e!r}") from None
-            result[name] = round(metric.corpus_score(hyps, [refs]).score, 2)
+            corpus = metric.corpus_score(hyps, [refs])
+            result[name] = round(corpus.score, 2)
             signature[name] = str(metric.get_signature())
+            if name == "bleu":  # word-level KD tends to shorten outputs: the BP alone hides by how much
+                result["len_ratio"] = round(corpus.sys_len / corpus.ref_len, 4)
         else:
             counts = (wer if name == "wer" else cer)(refs, hyps)
             result[name] = round(counts.rate, 2)

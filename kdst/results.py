@@ -3,7 +3,9 @@
 A system is an experiment directory ``exp/<system>/`` holding one
 ``decode_<set>/`` per evaluation set (hyp.txt, decode_stats.json).  Each is scored
 against ``data/<set>/<text>`` and the scores are written beside the hypotheses
-(``score.json``), then gathered into one table.
+(``score.json``), then gathered into one table, with PNG charts beside it:
+``results.png`` (BLEU and chrF per system) and ``training_curves.png`` (the
+losses a system's trainer logged to ``exp/<system>/tensorboard/``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ import json
 from pathlib import Path
 
 from kdst import metrics
-from kdst.data.files import atomic_write_text
+from kdst.data.files import atomic_path, atomic_write_text
 from kdst.errors import KdstError
+
+RESULTS_PNG = "results.png"
+CURVES_PNG = "training_curves.png"
+# Scalar tags written by kdst.train.trainer: ``valid/<key>`` once per epoch from validate(),
+# ``train/<key>`` every log_interval steps from log_stats().  valid/nll is the validation loss
+# (and what checkpoints are ranked by); train/loss is the optimised loss (KD/CTC mixed in),
+# train/nll its cross-entropy part, used if an older log lacks train/loss.
+VALID_LOSS_TAGS = ("valid/nll",)
+TRAIN_LOSS_TAGS = ("train/loss", "train/nll")
 
 
 def score_system(decode_dir: Path, reference: Path, metric_names: list[str]) -> dict:
@@ -24,8 +35,15 @@ def score_system(decode_dir: Path, reference: Path, metric_names: list[str]) -> 
 
 
 def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str], *, text: str = "text",
-            metric_names: list[str] = ("bleu", "chrf", "ter")) -> dict:
-    """Score every (system, set) pair; keys are the system name, or ``system/set`` with several sets."""
+            metric_names: list[str] = ("bleu", "chrf", "ter"), baseline: str | None = None,
+            plots: bool = True) -> dict:
+    """Score every (system, set) pair; keys are the system name, or ``system/set`` with several sets.
+
+    ``baseline`` (one of ``systems``) adds a ΔBLEU column to RESULTS.md; ``plots``
+    writes the PNG charts beside it.
+    """
+    if baseline is not None and baseline not in systems:  # fail before the (slow) scoring
+        raise KdstError(f"--baseline {baseline}: not among the systems ({' '.join(systems)})")
     results: dict[str, dict] = {}
     signatures: dict[str, str] = {}
     for system in systems:
@@ -37,29 +55,161 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
             stats = json.loads((decode_dir / "decode_stats.json").read_text())
             signatures.update(score["signature"])
             entry = {m: score[m] for m in metric_names}
+            if "len_ratio" in score:
+                entry["len_ratio"] = score["len_ratio"]
             entry.update(n=score["n"], params=stats["params"], sentences_per_s=stats["sentences_per_s"])
             if "rtf" in stats:
                 entry["rtf"] = stats["rtf"]
             results[system if len(sets) == 1 else f"{system}/{test_set}"] = entry
-    table = {"systems": results, "signatures": signatures, "sets": list(sets)}
+    table = {"systems": results, "signatures": signatures, "sets": list(sets), "baseline": baseline}
     atomic_write_text(exp_root / "results.json", json.dumps(results, indent=1) + "\n")
+    charts: list[str] = []
+    if plots:
+        if plot_results(table, exp_root / RESULTS_PNG):
+            charts.append(RESULTS_PNG)
+        if plot_training_curves(exp_root, systems, exp_root / CURVES_PNG):
+            charts.append(CURVES_PNG)
+    table["charts"] = charts
     atomic_write_text(exp_root / "RESULTS.md", markdown(table))
     return results
+
+
+def baseline_key(name: str, baseline: str, sets: list[str]) -> str:
+    """The results key of ``baseline`` on the same evaluation set as the entry ``name``."""
+    return baseline if len(sets) == 1 else f"{baseline}/{name.rpartition('/')[2]}"
 
 
 def markdown(table: dict) -> str:
     results = table["systems"]
     metric_names = [m for m in metrics.METRICS if any(m in r for r in results.values())]
-    header = ["system", *(metrics.LABELS[m] for m in metric_names), "params", "sentences/s", "RTF"]
+    baseline = table.get("baseline") if "bleu" in metric_names else None  # ΔBLEU needs BLEU
+    with_ratio = any("len_ratio" in r for r in results.values())
+    labels = [metrics.LABELS[m] for m in metric_names]
+    if baseline is not None:
+        labels.insert(metric_names.index("bleu") + 1, "ΔBLEU")
+    # "len ratio" goes last so that the columns up to RTF keep their old order (parsed by scripts and tests).
+    header = ["system", *labels, "params", "sentences/s", "RTF", *(["len ratio"] if with_ratio else [])]
     lines = [f"# Results ({', '.join(table['sets'])})", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
-        cells = [name, *(f"{r[m]:.2f}" for m in metric_names), f"{r['params'] / 1e6:.2f}M",
+        scores = [f"{r[m]:.2f}" for m in metric_names]
+        if baseline is not None:
+            # + 0.0 turns a -0.0 into 0.0, so that equal scores read "+0.00".
+            delta = round(r["bleu"] - results[baseline_key(name, baseline, table["sets"])]["bleu"], 2) + 0.0
+            scores.insert(metric_names.index("bleu") + 1, f"{delta:+.2f}")
+        cells = [name, *scores, f"{r['params'] / 1e6:.2f}M",
                  f"{r['sentences_per_s']:.1f}", f"{r['rtf']:.3f}" if "rtf" in r else "-"]
+        if with_ratio:
+            cells.append(f"{r['len_ratio']:.3f}" if "len_ratio" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if baseline is not None:
+        lines += ["", f"ΔBLEU: BLEU minus that of {baseline} on the same set."]
+    if with_ratio:
+        lines += ["", "len ratio: hypothesis / reference length in BLEU tokens (below 1: outputs too short)."]
     lines += ["", "sacrebleu signatures:", ""]
     lines += [f"- {metrics.LABELS[m]}: `{sig}`" for m, sig in table["signatures"].items()]
+    for chart in table.get("charts", ()):
+        lines += ["", f"![{Path(chart).stem.replace('_', ' ')}]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+# --- charts ----------------------------------------------------------------------------
+
+def _figure(panels: int, width: float):
+    """A matplotlib Figure on an Agg canvas: no pyplot, so no global backend switch and no figure
+    kept alive by pyplot's registry (this runs inside other programs' processes too)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 3.6 * panels), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:  # the temporary name ends in .tmp, hence format=
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_results(table: dict, path: Path) -> bool:
+    """Bar chart of BLEU and chrF (else the first metric) per entry; False, and no file, if nothing to plot."""
+    results = table["systems"]
+    present = [m for m in metrics.METRICS if any(m in r for r in results.values())]
+    shown = [m for m in ("bleu", "chrf") if m in present] or present[:1]
+    if not shown:
+        path.unlink(missing_ok=True)  # a chart from an earlier run would not match RESULTS.md
+        return False
+    names = list(results)
+    baseline = table.get("baseline")
+    # With several sets a key is "system/set"; the system part decides the colour.
+    system_of = (lambda n: n) if len(table["sets"]) == 1 else (lambda n: n.rpartition("/")[0])
+    colors = ["tab:orange" if baseline is not None and system_of(n) == baseline else "tab:blue" for n in names]
+    slanted = len(names) > 4  # long names side by side would overlap
+    fig, axes = _figure(len(shown), max(4.0, 0.9 * len(names) + 2.0))
+    for ax, metric in zip(axes, shown):
+        values = [results[n].get(metric, float("nan")) for n in names]
+        bars = ax.bar(range(len(names)), values, color=colors)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30 if slanted else 0,
+                      ha="right" if slanted else "center", fontsize=8)
+        ax.set_ylabel(metrics.LABELS[metric])
+        ax.margins(y=0.15)  # room for the labels above the highest bar
+        title = f"{metrics.LABELS[metric]} ({', '.join(table['sets'])})"
+        ax.set_title(title + (f", baseline {baseline} in orange" if baseline is not None else ""), fontsize=10)
+    _save_png(fig, path)
+    return True
+
+
+def read_curves(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{"valid": [(step, value)...], "train": [...]}`` from a trainer's tensorboard log; missing ones left out."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    # size_guidance 0 keeps every point (the default samples scalars down to 10,000).  Event files
+    # of a resumed run are read in order, and the accumulator drops points a restart superseded.
+    acc = EventAccumulator(str(tensorboard_dir), size_guidance={SCALARS: 0})
+    acc.Reload()
+    tags = set(acc.Tags().get(SCALARS, ()))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for kind, candidates in (("valid", VALID_LOSS_TAGS), ("train", TRAIN_LOSS_TAGS)):
+        tag = next((t for t in candidates if t in tags), None)
+        if tag is not None:
+            points = {e.step: e.value for e in acc.Scalars(tag)}  # a step logged twice: the later one
+            curves[kind] = sorted(points.items())
+    return curves
+
+
+def plot_training_curves(exp_root: Path, systems: list[str], path: Path) -> bool:
+    """Validation loss per epoch and training loss per step of every system with a tensorboard log.
+
+    False, and no file, if no system has either curve.
+    """
+    curves = {}
+    for system in systems:
+        tb = exp_root / system / "tensorboard"
+        if tb.is_dir() and (found := read_curves(tb)):
+            curves[system] = found
+    kinds = [k for k in ("valid", "train") if any(k in c for c in curves.values())]
+    if not kinds:
+        path.unlink(missing_ok=True)  # a chart from an earlier run would not match RESULTS.md
+        return False
+    fig, axes = _figure(len(kinds), 7.0)
+    for ax, kind in zip(axes, kinds):
+        for system, found in curves.items():
+            if kind not in found:
+                continue
+            steps, values = zip(*found[kind])
+            # Validation runs once per finished epoch, logged at the global step: its n-th point is epoch n.
+            xs = range(1, len(values) + 1) if kind == "valid" else steps
+            ax.plot(xs, values, marker="o" if kind == "valid" else None, markersize=3, label=system)
+        ax.set_xlabel("epoch" if kind == "valid" else "step")
+        ax.set_ylabel("validation NLL per token" if kind == "valid" else "training loss")
+        ax.set_title("validation loss" if kind == "valid" else "training loss", fontsize=10)
+        if kind == "valid":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save_png(fig, path)
+    return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,10 +219,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sets", required=True, help="space-separated evaluation sets")
     parser.add_argument("--text", default="text", help="reference file of each set's data dir")
     parser.add_argument("--metrics", default="bleu,chrf,ter")
+    parser.add_argument("--baseline", metavar="SYSTEM",
+                        help="one of --systems: RESULTS.md gets a column of BLEU differences to it")
 
 
 def run(args: argparse.Namespace) -> int:
     collect(args.exp_dir, args.data_dir, args.systems.split(), args.sets.split(), text=args.text,
-            metric_names=metrics.parse_metrics(args.metrics))
+            metric_names=metrics.parse_metrics(args.metrics), baseline=args.baseline)
     print((args.exp_dir / "RESULTS.md").read_text(), end="")
     return 0

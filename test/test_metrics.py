@@ -58,7 +58,9 @@ def test_sacrebleu_scores_and_signatures(files):
         assert result["signature"][name] == str(metric.get_signature())
     assert result["signature"]["bleu"] == \
         f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
-    assert set(result) == {"bleu", "chrf", "ter", "n", "signature"}
+    bleu = sacrebleu.corpus_bleu(hyps, [refs])
+    assert result["len_ratio"] == round(bleu.sys_len / bleu.ref_len, 4) and 0 < result["len_ratio"] < 1
+    assert set(result) == {"bleu", "chrf", "ter", "len_ratio", "n", "signature"}
 
 
 def test_bleu_tokenizer_is_passed_on(files):
@@ -304,7 +306,7 @@ def test_run_json(files, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     result = json.loads(out)
-    assert set(result) == {"bleu", "chrf", "ter", "wer", "wer_counts", "n", "signature"}
+    assert set(result) == {"bleu", "chrf", "ter", "len_ratio", "wer", "wer_counts", "n", "signature"}
     assert result == score(ref, hyp, ["bleu", "chrf", "ter", "wer"])
     assert result["n"] == 5 and set(result["signature"]) == {"bleu", "chrf", "ter"}
     assert all(0 <= result[m] <= 100 for m in ("bleu", "chrf", "wer"))

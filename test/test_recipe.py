@@ -11,9 +11,11 @@ from pathlib import Path
 
 import kaldiio
 import pytest
+import yaml
 
 from helpers import needs
 from kdst.data.kaldi_dir import DataDir
+from kdst.data.teacher_cache import TeacherCache
 from kdst.data.tokenizer import load_tokenizer
 from kdst.data.validate import validate_data_dir
 
@@ -51,9 +53,9 @@ def test_help_lists_options_with_current_values(recipe: Path):
     (["--no-such-option", "1"], "unknown option --no-such-option (see --help)"),
     (["--nj"], "option --nj needs a value (see --help)"),
     (["stray"], "unexpected argument 'stray' (see --help)"),
-    (["--stage", "7", "--stop-stage", "7"],
-     "stage 7 is not implemented yet (implemented: 0 1 2 3 4 5 9 11 12 )"),
-    (["--kd-modes", "none word"], "--kd-modes word is not implemented yet: only 'none' (the baseline) is"),
+    (["--kd-modes", "none words"],
+     "unknown --kd-modes entry 'words' (none word seqkd seqinter seqkd+word seqinter+word)"),
+    (["--word-kd-source", "disk"], "--word-kd-source must be cache or online"),
 ])
 def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
     result = run_recipe(recipe, *args)
@@ -106,21 +108,40 @@ def test_data_stages_end_to_end_and_idempotent(recipe: Path):
 @pytest.mark.slow
 @needs["espeak-ng"]
 def test_all_stages_on_a_tiny_corpus(recipe: Path):
-    """Teacher, baseline student, decoding and scoring end to end (one epoch each: plumbing, not quality)."""
+    """Teacher, a student per KD mode, fine-tuning, decoding and scoring end to end (two epochs each:
+    plumbing, not quality)."""
     result = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--src-vocab-size", "60", "--tgt-vocab-size", "60",
                         "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
-                        "--beam", "3", "--decode-nj", "2")
+                        "--kd-modes", "none word seqkd seqinter seqinter+word", "--topk", "4",
+                        "--finetune-opts", "--set train.epochs=1", "--beam", "3", "--decode-nj", "2")
     assert result.returncode == 0, result.stderr
-    for n, what in ((6, "teacher_topk_cache"), (7, "teacher_nbest"), (8, "rescore_nbest"), (10, "finetune_word_kd")):
-        assert f"stage {n}: {what} is not implemented yet; skipped" in result.stderr
-    results = json.loads((recipe / "exp" / "results.json").read_text())
-    assert set(results) == {"mt_teacher", "st_none"}
+    exp, train = recipe / "exp", recipe / "data" / "train"
+    systems = {"mt_teacher", "st_none", "st_word", "st_seqkd", "st_seqinter", "st_seqinter_word", "st_word_ft",
+               "st_seqinter_word_ft"}
+    results = json.loads((exp / "results.json").read_text())
+    assert set(results) == systems
     for system in results.values():
-        assert {"bleu", "chrf", "ter", "n", "params", "sentences_per_s"} <= system.keys() and system["n"] == 4
+        assert {"bleu", "chrf", "ter", "len_ratio", "n", "params", "sentences_per_s"} <= system.keys()
+        assert system["n"] == 4
     assert "rtf" in results["st_none"]
-    table = (recipe / "exp" / "RESULTS.md").read_text()
-    assert "| st_none |" in table and "nrefs:1|case:mixed" in table
-    hyps = (recipe / "exp" / "st_none" / "decode_tst-COMMON" / "hyp.txt").read_text().splitlines()
+    table = (exp / "RESULTS.md").read_text()
+    assert "| st_seqinter_word_ft |" in table and "nrefs:1|case:mixed" in table
+    assert (exp / "results.png").is_file()
+
+    # Stage 6: the cache covers every training utterance; stages 7-8: one target per utterance.
+    cache = TeacherCache(exp / "mt_teacher" / "topk_train")
+    assert cache.ids == DataDir(train).utterances() and cache.k == 4
+    for name in ("text.seqkd", "text.seqinter"):
+        assert list(DataDir(train).require(name)) == DataDir(train).utterances()
+    # Students: what each one trained on.
+    word_config = yaml.safe_load((exp / "st_word" / "config.yaml").read_text())
+    assert word_config["kd"]["cache"] == "exp/mt_teacher/topk_train"
+    combined = yaml.safe_load((exp / "st_seqinter_word" / "config.yaml").read_text())
+    assert combined["data"]["text"] == "text.seqinter" and "cache" not in combined["kd"]
+    finetuned = yaml.safe_load((exp / "st_word_ft" / "config.yaml").read_text())
+    assert finetuned["train"]["init"] == "exp/st_word/avg_best2.pt" and "kd" not in finetuned
+    hyps = (exp / "st_word" / "decode_tst-COMMON" / "hyp.txt").read_text().splitlines()
     assert [h.split()[0] for h in hyps] == DataDir(recipe / "data" / "tst-COMMON").utterances()
-    train_log = (recipe / "exp" / "st_none" / "train.log").read_text()
+    train_log = (exp / "st_word" / "train.log").read_text()
     assert train_log.startswith("# kdst train") and "# Ended (code 0)" in train_log
+    assert "word-level KD from the topk cache" in train_log

@@ -8,9 +8,15 @@
 #   0 corpus (mini: synthesise it)      1 data prep -> data/{train,dev,tst-COMMON}
 #   2 features + global CMVN            3 tokenizers
 #   4 MT teacher training               5 teacher evaluation (decode + score)
-#   6 teacher top-k cache  7 teacher n-best  8 rescoring   (KD: not implemented yet)
-#   9 student training per --kd-modes   10 fine-tuning of the word-KD student (not implemented yet)
+#   6 teacher top-k cache on train      7 teacher n-best on train
+#   8 rescoring -> Seq-KD / Seq-Inter targets (data/<train>/text.seqkd, text.seqinter)
+#   9 student training per --kd-modes   10 fine-tuning of the word-KD students on gold references
 #   11 decoding                         12 scoring -> exp/results.json, exp/RESULTS.md
+#
+# KD modes (--kd-modes): none (gold references), word (word-level KD from the teacher's
+# top-k cache, or online with --word-kd-source online), seqkd (the teacher's 1-best as
+# the target), seqinter (the n-best entry closest to the reference), and combinations
+# of a sequence mode with word KD (seqkd+word, seqinter+word; online teacher).
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -18,8 +24,8 @@ prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh c
 usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
 
 Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
-5 teacher evaluation, 9 students (--kd-modes), 11 decoding, 12 scoring.
-Stages 6-8 and 10 (teacher outputs, rescoring, fine-tuning) are not implemented yet."
+5 teacher evaluation, 6 teacher top-k cache, 7 teacher n-best, 8 rescoring,
+9 students (--kd-modes), 10 fine-tuning of word-KD students, 11 decoding, 12 scoring."
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
 
@@ -43,7 +49,17 @@ opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)"
 opt mt_config conf/train_mt.yaml "training config of the MT teacher"
 opt st_config conf/train_st.yaml "training config of the ST students"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
-opt kd_modes none "students to train: none (baseline on gold references); KD modes come later"
+opt kd_modes "none word seqkd seqinter" "students: none word seqkd seqinter seqkd+word seqinter+word"
+opt word_kd_source cache "word KD teacher: cache (stage 6 top-k) or online (the MT teacher in every step)"
+opt kd_weight 0.5 "share of the KD term in the word-KD loss (lambda)"
+opt kd_temperature 1.0 "softmax temperature of word KD"
+opt topk 8 "teacher entries per target token in the cache"
+opt topk_mode topk "cache mode: topk (k best logits) or sampled (k draws with counts)"
+opt nbest_beam 5 "teacher beam for the n-best on train"
+opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)"
+opt rescore_metric bleu "Seq-Inter choice: bleu, chrf, ter (against the reference) or logprob (none)"
+opt finetune yes "stage 10: fine-tune each word-KD student on gold references (yes/no)"
+opt finetune_opts "--set train.epochs=10 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
 opt beam 5 "beam size for decoding"
 opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
@@ -51,17 +67,15 @@ opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (afte
 opt decode_nj 2 "parallel decoding jobs"
 parse_options "$@"
 
-implemented=" 0 1 2 3 4 5 9 11 12 "  # the stages this version of kdst has
-if [[ $implemented != *" $stage "* ]] && [ "$stage" -eq "$stop_stage" ]; then
-  echo "$prog: stage $stage is not implemented yet (implemented:$implemented)" >&2
-  exit 2
-fi
+implemented=" 0 1 2 3 4 5 6 7 8 9 10 11 12 "  # the stages this version of kdst has
 for mode in $kd_modes; do
-  if [ "$mode" != none ]; then
-    echo "$prog: --kd-modes $mode is not implemented yet: only 'none' (the baseline) is" >&2
-    exit 2
-  fi
+  case $mode in
+    none|word|seqkd|seqinter|seqkd+word|seqinter+word) ;;
+    *) echo "$prog: unknown --kd-modes entry '$mode' (none word seqkd seqinter seqkd+word seqinter+word)" >&2
+       exit 2 ;;
+  esac
 done
+case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must be cache or online" >&2; exit 2 ;; esac
 
 . ./path.sh
 . ./cmd.sh
@@ -157,23 +171,102 @@ evaluate_teacher() {
   kdst results --systems mt_teacher --sets "$test_sets"
 }
 
+teacher=exp/mt_teacher/avg_best$n_average.pt
+topk_cache=exp/mt_teacher/topk_$train_sp
+nbest_dir=exp/mt_teacher/nbest_$train_sp
+wants() { [[ " $kd_modes " == *"$1"* ]]; }  # wants word: some mode uses word KD
+
+teacher_topk_cache() {
+  if ! wants word || [ "$word_kd_source" != cache ]; then
+    log "no --kd-modes entry reads the top-k cache; nothing to do"
+    return 0
+  fi
+  kdst topk --teacher "$teacher" --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
+    --mode "$topk_mode" --nj "$decode_nj" --cmd "$decode_cmd"
+}
+
+teacher_nbest() {
+  if ! wants seq; then
+    log "no --kd-modes entry uses the teacher's n-best; nothing to do"
+    return 0
+  fi
+  kdst decode --checkpoint "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
+    --beam "$nbest_beam" --nbest "$nbest_size" --max-len-ratio "$mt_max_len_ratio" \
+    --nj "$decode_nj" --cmd "$decode_cmd"
+}
+
+rescore_nbest() {
+  if ! wants seq; then
+    log "no --kd-modes entry uses rescored targets; nothing to do"
+    return 0
+  fi
+  kdst rescore --nbest "$nbest_dir/nbest.txt" --metric rank --out "data/$train_sp/text.seqkd" \
+    --stats-json "$nbest_dir/seqkd_stats.json"
+  kdst rescore --nbest "$nbest_dir/nbest.txt" --ref "data/$train_sp/text" --metric "$rescore_metric" \
+    --nbest-size "$nbest_size" --out "data/$train_sp/text.seqinter" --stats-json "$nbest_dir/seqinter_stats.json"
+}
+
+system_of() { echo "st_${1//+/_}"; }  # seqkd+word -> st_seqkd_word
+
+# The kdst train options of a student mode.
+mode_opts() {
+  local mode=$1
+  case $mode in
+    seqkd*) echo "--set data.text=text.seqkd --set data.valid_text=text" ;;
+    seqinter*) echo "--set data.text=text.seqinter --set data.valid_text=text" ;;
+  esac
+  case $mode in
+    *word*)
+      echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.teacher=$teacher"
+      # the cache holds the teacher on the gold references; a sequence target needs the teacher online
+      [ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo "--set kd.cache=$topk_cache" ;;
+  esac
+  return 0
+}
+
 train_students() {
   local mode
   for mode in $kd_modes; do
-    train_model "exp/st_$mode" "$st_config" "$st_data"
+    # shellcheck disable=SC2046
+    train_model "exp/$(system_of "$mode")" "$st_config" "$st_data $(mode_opts "$mode")"
   done
 }
 
-decode_students() {
+finetuned_systems() {
+  [ "$finetune" = yes ] || return 0
   local mode
   for mode in $kd_modes; do
+    [[ $mode == *word* ]] && echo "$(system_of "$mode")_ft"
+  done
+  return 0
+}
+
+finetune_word_kd() {
+  local system
+  for system in $(finetuned_systems); do
     # shellcheck disable=SC2086
-    decode_sets "exp/st_$mode" "$st_max_len_ratio" $test_sets
+    train_model "exp/$system" "$st_config" "$st_data --set train.init=exp/${system%_ft}/avg_best$n_average.pt $finetune_opts"
+  done
+}
+
+student_systems() {
+  local mode
+  for mode in $kd_modes; do system_of "$mode"; done
+  finetuned_systems
+}
+
+decode_students() {
+  local system
+  for system in $(student_systems); do
+    # shellcheck disable=SC2086
+    decode_sets "exp/$system" "$st_max_len_ratio" $test_sets
   done
 }
 
 score_all() {
-  kdst results --systems "mt_teacher $(for m in $kd_modes; do echo "st_$m"; done)" --sets "$test_sets"
+  local baseline=()
+  [[ " $kd_modes " == *" none "* ]] && baseline=(--baseline st_none)
+  kdst results --systems "mt_teacher $(student_systems | tr '\n' ' ')" --sets "$test_sets" "${baseline[@]}"
 }
 
 stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
@@ -183,11 +276,11 @@ run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_fea
 run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set" train_tokenizers
 run_stage 4 "$(stage_opts "$mt_config")" train_teacher
 run_stage 5 "$beam $mt_max_len_ratio $test_sets" evaluate_teacher
-run_stage 6 "" teacher_topk_cache
-run_stage 7 "" teacher_nbest
-run_stage 8 "" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config") $kd_modes" train_students
-run_stage 10 "" finetune_word_kd
-run_stage 11 "$beam $st_max_len_ratio $kd_modes" decode_students
-run_stage 12 "$kd_modes $test_sets" score_all
+run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode" teacher_topk_cache
+run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio" teacher_nbest
+run_stage 8 "$kd_modes $rescore_metric $nbest_size" rescore_nbest
+run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature" train_students
+run_stage 10 "$kd_modes $finetune $finetune_opts" finetune_word_kd
+run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune" decode_students
+run_stage 12 "$kd_modes $finetune $test_sets" score_all
 log "done: stages $stage-$stop_stage"

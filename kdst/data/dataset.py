@@ -29,6 +29,8 @@ class Example:
     src: np.ndarray | list[int]
     tgt: list[int]
     ctc: list[int] | None = None  # CTC targets when they differ from tgt (ST: the source transcript)
+    teacher_src: list[int] | None = None  # what an online MT teacher reads (the transcript)
+    teacher_topk: tuple[np.ndarray, np.ndarray] | None = None  # cached (indices, values), (len(tgt) + 1, k)
 
 
 class SpeechDataset:
@@ -146,6 +148,18 @@ def collate(examples: Sequence[Example]) -> dict:
              "tgt": tgt, "tgt_lengths": tgt_lengths}
     if examples[0].ctc is not None:
         batch["ctc_tgt"], batch["ctc_tgt_lengths"] = _pad([e.ctc for e in examples])
+    if examples[0].teacher_src is not None:
+        batch["teacher_src"], batch["teacher_src_lengths"] = _pad([e.teacher_src for e in examples])
+    if examples[0].teacher_topk is not None:
+        # (B, U+1, k), row u = the decoder position that predicts target token u (or <eos>); padding
+        # rows get index 0 and value 0 and are masked out by the loss.
+        width, k = max(len(e.tgt) for e in examples) + 1, examples[0].teacher_topk[0].shape[1]
+        indices = torch.zeros(len(examples), width, k, dtype=torch.long)
+        values = torch.zeros(len(examples), width, k)
+        for i, e in enumerate(examples):
+            idx, val = e.teacher_topk
+            indices[i, :len(idx)], values[i, :len(val)] = torch.from_numpy(idx), torch.from_numpy(val)
+        batch["teacher_topk_indices"], batch["teacher_topk_values"] = indices, values
     return batch
 
 

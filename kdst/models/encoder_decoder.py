@@ -9,8 +9,9 @@ A batch is a dict:
     tgt_lengths  (B,) long
 
 ``forward(batch)`` returns ``(loss, stats)``: the loss to minimise (a scalar,
-normalised by the number of target tokens) and float statistics to log.  Losses
-added later (word-level KD) wrap this model and use ``decoder_logits``.
+normalised by the number of target tokens) and float statistics to log.
+``forward(batch, distill=term)`` mixes in a distillation term computed from the
+decoder's logits: ``(1 - w) * CE + w * KD`` (word-level KD, kdst.train.kd).
 """
 
 from __future__ import annotations
@@ -58,9 +59,15 @@ class EncoderDecoder(nn.Module):
         logits = self.decoder(inputs, memory, lengths_to_mask(memory_lengths, memory.shape[1]))
         return logits, targets, memory, memory_lengths
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``distill(logits, targets, batch) -> (kd_loss, weight)``, optional: the attention loss becomes
+        ``(1 - weight) * CE + weight * kd_loss``; the stats report both parts."""
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
         loss, stats = self.attention_loss(logits, targets)
+        if distill is not None:
+            kd, weight = distill(logits, targets, batch)
+            loss = (1 - weight) * loss + weight * kd
+            stats["kd"] = kd.item()
         if self.ctc is not None:
             targets, lengths = (batch["ctc_tgt"], batch["ctc_tgt_lengths"]) if "ctc_tgt" in batch else \
                 (batch["tgt"], batch["tgt_lengths"])

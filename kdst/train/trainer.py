@@ -32,6 +32,7 @@ from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
 from kdst.models import build_model
 from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
+from kdst.train.kd import setup_distillation
 
 log = logging.getLogger("kdst.train")
 
@@ -71,7 +72,9 @@ def build_datasets(data: dict) -> tuple[object, object, dict]:
         sizes["src_vocab_size"] = len(load_tokenizer(data["src_tokenizer"]).tokens)
     if data.get("ctc_text"):
         sizes["ctc_vocab_size"] = len(load_tokenizer(data["ctc_tokenizer"]).tokens)
-    return make_dataset(data, data["train"]), make_dataset(data, data["valid"]), sizes
+    # Students trained on teacher outputs (data.text: text.seqkd) are still validated on gold references.
+    valid = {**data, "text": data.get("valid_text", data.get("text", "text"))}
+    return make_dataset(data, data["train"]), make_dataset(valid, data["valid"]), sizes
 
 
 def lr_lambda(optim: dict):
@@ -91,7 +94,7 @@ def lr_lambda(optim: dict):
 def check_resumable(saved: dict, config: dict, path: Path) -> None:
     """A run continues only with what defines it unchanged; the length of training may change."""
     changeable = {"epochs", "max_steps", "log_interval", "keep_best", "nan"}
-    for section in ("data", "model", "optim", "train"):
+    for section in ("data", "model", "optim", "train", "kd"):
         old, new = saved.get(section, {}), config.get(section, {})
         if section == "train":
             old, new = ({k: v for k, v in d.items() if k not in changeable} for d in (old, new))
@@ -230,6 +233,10 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
                                   betas=tuple(config["optim"].get("betas", (0.9, 0.98))),
                                   weight_decay=float(config["optim"].get("weight_decay", 0.0)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config["optim"]))
+    # With a kd section the loss comes from the student and a teacher; checkpoints hold the student only.
+    loss_model = model
+    if config.get("kd"):
+        loss_model, train_set = setup_distillation(config["kd"], model, train_set, config["data"], device)
     progress = Progress()
     last = exp_dir / "last.pt"
     if last.is_file() and not resume:
@@ -244,12 +251,18 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
         set_rng_state(saved["rng"][rank] if isinstance(saved["rng"], list) else saved["rng"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", last, progress.epoch, progress.batch_in_epoch,
                  progress.step)
+    elif train.get("init"):  # fine-tuning: start from another run's weights, with a fresh optimiser
+        if not Path(train["init"]).is_file():
+            raise KdstError(f"{train['init']}: checkpoint to initialise from (train.init) not found")
+        init = torch.load(train["init"], map_location="cpu", weights_only=False)
+        model.load_state_dict(init["model"])
+        log.info("initialised from %s", train["init"])
     if rank == 0:
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         log.info("model: %.2fM parameters; %d training utterances; %d process(es) on %s",
                  sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.ids), world_size, device)
-    ddp_model = DistributedDataParallel(model) if world_size > 1 else model
+    ddp_model = DistributedDataParallel(loss_model) if world_size > 1 else loss_model
     writer = SummaryWriter(str(exp_dir / "tensorboard")) if rank == 0 else None
     signals: list[int] = []
     previous_handlers = {signum: signal.signal(signum, lambda s, f: signals.append(s))  # finish the step,

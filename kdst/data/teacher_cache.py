@@ -1,0 +1,476 @@
+"""The on-disk cache of offline teacher outputs for word-level knowledge distillation (stage 6).
+
+For every utterance and every target token the teacher's top-k vocabulary
+entries are kept: either their indices and logits (mode ``topk``) or, for
+sampled KD, the sampled tokens and how often each was drawn (mode
+``sampled``).  A cache is a directory::
+
+    meta.json     version, mode, k, vocab_size, dtypes, token and utterance counts, fingerprint
+    indices.bin   int16 (vocab_size <= 32767) or int32, little-endian, row-major (tokens, k)
+    values.bin    float16 logits (topk) or uint16 counts (sampled), little-endian, (tokens, k)
+    index.tsv     "<utt> <first token row> <num tokens>" per line, C-sorted by utterance id
+
+Utterances are concatenated in C order of their ids, but readers go through
+``index.tsv`` (keyed by utterance id, never by row position), and read rows
+through ``np.memmap``, so a training data loader touches only the utterances
+it needs.
+
+Compactness: a token costs ``k * (2 + 2)`` bytes with a vocabulary of up to
+32767 entries, 32 B for k=8, against 128 B for the format FBK published for
+their word-KD teacher outputs (float64 logits + int64 indices).
+
+Logits are shift-invariant under softmax, so the writer stores each row minus
+its maximum: values are <= 0, the top entry is exactly 0, and float16 is most
+precise near the top entries, which carry most of the probability mass.  Values
+are clamped to the float16 range (±65000) first, so a very negative (or -inf)
+logit becomes a probability of effectively zero instead of overflowing.
+
+A cache directory appears complete or not at all: the writer fills a temporary
+directory beside the target and renames it into place on ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from kdst.data.files import atomic_path, atomic_write_text, file_digest, umask
+from kdst.data.kaldi_dir import c_sort_key
+from kdst.data.tokenizer import tokenizer_fingerprint
+from kdst.errors import DataError, KdstError
+
+CACHE_VERSION = 1
+
+MODES = ("topk", "sampled")
+
+# Largest vocabulary whose indices fit int16 (ids 0 .. 32766).
+INT16_VOCAB_LIMIT = 32767
+
+# float16's largest finite value is 65504; stay a little below so rounding never overflows to inf.
+FLOAT16_LIMIT = 65000.0
+
+COUNT_LIMIT = np.iinfo(np.uint16).max
+
+# Explicit little-endian dtypes, so a cache written on one machine reads the same on any other.
+_DTYPES = {"int16": np.dtype("<i2"), "int32": np.dtype("<i4"), "float16": np.dtype("<f2"),
+           "uint16": np.dtype("<u2")}
+
+META = "meta.json"
+INDICES = "indices.bin"
+VALUES = "values.bin"
+INDEX = "index.tsv"
+
+
+def index_dtype_name(vocab_size: int) -> str:
+    return "int16" if vocab_size <= INT16_VOCAB_LIMIT else "int32"
+
+
+def value_dtype_name(mode: str) -> str:
+    return "float16" if mode == "topk" else "uint16"
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    """A numpy view of a numpy array or torch tensor (on any device, any float dtype)."""
+    if hasattr(array, "detach"):  # a torch tensor; duck-typed so this module does not need torch
+        tensor = array.detach()
+        if tensor.is_floating_point():
+            tensor = tensor.float()  # bfloat16 has no numpy equivalent
+        return tensor.cpu().numpy()
+    return np.asarray(array)
+
+
+def _normalized(fingerprint: dict) -> dict:
+    """The fingerprint as it reads back from JSON (tuples become lists, keys strings)."""
+    if not isinstance(fingerprint, dict):
+        raise TypeError(f"fingerprint must be a dict, got {type(fingerprint).__name__}")
+    return json.loads(json.dumps(fingerprint, sort_keys=True))
+
+
+_MISSING = object()  # tells a key that is absent from one side from a key whose value is None
+
+
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(key for key in set(a) | set(b) if a.get(key, _MISSING) != b.get(key, _MISSING))
+
+
+class CacheWriter:
+    """Writes one cache directory; use as a context manager. Entries may come in any order.
+
+    Entries are kept in memory in their stored (compact) dtypes and written on
+    ``close()``; leaving the ``with`` block through an exception writes nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, k: int, vocab_size: int, mode: str = "topk",
+                 fingerprint: dict):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if int(vocab_size) < 1:
+            raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
+        self.path = Path(path)
+        self.k = int(k)
+        self.vocab_size = int(vocab_size)
+        self.mode = mode
+        self.fingerprint = _normalized(fingerprint)
+        self._index_dtype = _DTYPES[index_dtype_name(self.vocab_size)]
+        self._value_dtype = _DTYPES[value_dtype_name(mode)]
+        self._entries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._closed = False
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, utt: str, indices: Any, values: Any) -> None:
+        """Add one utterance: ``indices`` (n, k) vocabulary ids, ``values`` (n, k) logits or counts."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: cache writer is already closed")
+        if not isinstance(utt, str) or not utt or len(utt.split()) != 1 or utt.strip() != utt:
+            # index.tsv is whitespace-separated, like every Kaldi file.
+            raise ValueError(f"utterance id must be a non-empty string without whitespace, got {utt!r}")
+        if utt in self._entries:
+            raise KdstError(f"{self.path}: teacher outputs for utterance '{utt}' added twice")
+        indices = _to_numpy(indices)
+        values = _to_numpy(values)
+        if indices.ndim != 2 or indices.shape[1] != self.k:
+            raise ValueError(f"utterance '{utt}': indices must have shape (tokens, {self.k}), "
+                             f"got {tuple(indices.shape)}")
+        if values.shape != indices.shape:
+            raise ValueError(f"utterance '{utt}': values have shape {tuple(values.shape)}, "
+                             f"indices {tuple(indices.shape)}")
+        self._entries[utt] = (self._check_indices(utt, indices), self._convert_values(utt, values))
+
+    def _check_indices(self, utt: str, indices: np.ndarray) -> np.ndarray:
+        if indices.dtype.kind not in "iu":
+            raise ValueError(f"utterance '{utt}': indices must be integers, got {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.vocab_size):
+            raise ValueError(f"utterance '{utt}': indices must lie in [0, {self.vocab_size}), "
+                             f"got {indices.min()} .. {indices.max()}")
+        return np.ascontiguousarray(indices, dtype=self._index_dtype)
+
+    def _convert_values(self, utt: str, values: np.ndarray) -> np.ndarray:
+        if self.mode == "sampled":
+            if values.dtype.kind == "f":
+                if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+                    raise ValueError(f"utterance '{utt}': counts must be whole numbers")
+            elif values.dtype.kind not in "iu":
+                raise ValueError(f"utterance '{utt}': counts must be integers, got {values.dtype}")
+            if values.size and (values.min() < 0 or values.max() > COUNT_LIMIT):
+                raise ValueError(f"utterance '{utt}': counts must lie in [0, {COUNT_LIMIT}], "
+                                 f"got {values.min()} .. {values.max()}")
+            return np.ascontiguousarray(values, dtype=self._value_dtype)
+        if values.dtype.kind not in "fiu":
+            raise ValueError(f"utterance '{utt}': logits must be numbers, got {values.dtype}")
+        logits = values.astype(np.float32)
+        if np.isnan(logits).any():
+            raise ValueError(f"utterance '{utt}': logits contain NaN")
+        if logits.shape[0] == 0:
+            return np.zeros(logits.shape, dtype=self._value_dtype)
+        top = logits.max(axis=1, keepdims=True)
+        if not np.isfinite(top).all():
+            # +inf, or a row of only -inf: no distribution can be recovered from it.
+            raise ValueError(f"utterance '{utt}': a token's largest logit is not finite")
+        shifted = np.clip(logits - top, -FLOAT16_LIMIT, FLOAT16_LIMIT)
+        return np.ascontiguousarray(shifted, dtype=self._value_dtype)
+
+    def abort(self) -> None:
+        """Drop everything added; nothing is written."""
+        self._entries.clear()
+        self._closed = True
+
+    def close(self) -> None:
+        """Write the cache directory atomically (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        entries = [(utt, *self._entries[utt]) for utt in sorted(self._entries, key=c_sort_key)]
+        meta = _meta(self.mode, self.k, self.vocab_size, self.fingerprint)
+        try:
+            _write_cache_dir(self.path, meta, entries)
+        finally:
+            self._entries.clear()
+
+
+def _meta(mode: str, k: int, vocab_size: int, fingerprint: dict) -> dict:
+    return {
+        "version": CACHE_VERSION,
+        "mode": mode,
+        "k": k,
+        "vocab_size": vocab_size,
+        "index_dtype": index_dtype_name(vocab_size),
+        "value_dtype": value_dtype_name(mode),
+        "byte_order": "little",
+        "values": "logits minus the row maximum" if mode == "topk" else "sample counts (0 = unused slot)",
+        "fingerprint": fingerprint,
+    }
+
+
+def _write_cache_dir(path: Path, meta: dict, entries: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """Write a cache from ``(utt, indices, values)`` in C order, arrays already in the stored dtypes.
+
+    Everything goes into a temporary directory beside ``path`` that is renamed
+    into place at the end, so readers never see a partial cache.
+    """
+    index_dtype = _DTYPES[meta["index_dtype"]]
+    value_dtype = _DTYPES[meta["value_dtype"]]
+    lines = []
+    row = 0
+    for utt, indices, _ in entries:
+        lines.append(f"{utt} {row} {len(indices)}\n")
+        row += len(indices)
+    meta = {**meta, "num_tokens": row, "num_utterances": len(entries)}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        _write_rows(tmp_dir / INDICES, (np.ascontiguousarray(i, dtype=index_dtype) for _, i, _ in entries))
+        _write_rows(tmp_dir / VALUES, (np.ascontiguousarray(v, dtype=value_dtype) for _, _, v in entries))
+        atomic_write_text(tmp_dir / INDEX, "".join(lines))
+        atomic_write_text(tmp_dir / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp_dir, 0o777 & ~umask())  # mkdtemp makes it private
+        _replace_dir(tmp_dir, path)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def _write_rows(path: Path, arrays: Iterable[np.ndarray]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for array in arrays:
+            f.write(array.tobytes())
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``, replacing an older cache there (rename cannot replace a full directory)."""
+    if not path.exists() and not path.is_symlink():
+        os.rename(new, path)
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise KdstError(f"{path}: exists and is not a cache directory; remove it first")
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rename(path, old / "cache")
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old / "cache", path)  # put the old cache back rather than leave nothing
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class TeacherCache:
+    """Read access to a cache directory, by utterance id.
+
+    The .bin files are opened through ``np.memmap`` on first use (and not
+    pickled), so a cache made before DataLoader workers fork or spawn works in
+    each of them.
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict | None = None):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not self.path.is_dir():
+            raise KdstError(f"{self.path}: no teacher cache here (run stage 6)")
+        if not meta_path.is_file():
+            raise KdstError(f"{meta_path}: missing, {self.path} is not a complete teacher cache (re-run stage 6)")
+        self.meta = _read_meta(meta_path)
+        self.mode: str = self.meta["mode"]
+        self.k: int = self.meta["k"]
+        self.vocab_size: int = self.meta["vocab_size"]
+        self.fingerprint: dict = self.meta["fingerprint"]
+        self.num_tokens: int = self.meta["num_tokens"]
+        self._index_dtype = _DTYPES[self.meta["index_dtype"]]
+        self._value_dtype = _DTYPES[self.meta["value_dtype"]]
+        if fingerprint is not None:
+            differ = _differing_keys(self.fingerprint, _normalized(fingerprint))
+            if differ:
+                raise KdstError(f"{meta_path}: cache was made by another teacher/tokenizer/k: "
+                                f"{', '.join(differ)} (re-run stage 6)")
+        self._rows = _read_index(self.path / INDEX, self.num_tokens)
+        if len(self._rows) != self.meta["num_utterances"]:
+            raise KdstError(f"{self.path / INDEX}: {len(self._rows)} utterances, meta.json says "
+                            f"{self.meta['num_utterances']} (re-run stage 6)")
+        for name, dtype in ((INDICES, self._index_dtype), (VALUES, self._value_dtype)):
+            self._check_size(self.path / name, dtype)
+        self._indices: np.ndarray | None = None
+        self._values: np.ndarray | None = None
+
+    def _check_size(self, path: Path, dtype: np.dtype) -> None:
+        expected = self.num_tokens * self.k * dtype.itemsize
+        if not path.is_file():
+            raise KdstError(f"{path}: missing (re-run stage 6)")
+        size = path.stat().st_size
+        if size != expected:
+            raise KdstError(f"{path}: {size} bytes, meta.json says {self.num_tokens} tokens x {self.k} x "
+                            f"{dtype.itemsize} B = {expected} (truncated or from another run; re-run stage 6)")
+
+    def __getstate__(self) -> dict:
+        # A pickled memmap would carry the whole array; workers reopen the files instead.
+        return {**self.__dict__, "_indices": None, "_values": None}
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._indices is None or self._values is None:
+            shape = (self.num_tokens, self.k)
+            if self.num_tokens == 0:  # mmap cannot map an empty file
+                self._indices = np.zeros(shape, dtype=self._index_dtype)
+                self._values = np.zeros(shape, dtype=self._value_dtype)
+            else:
+                self._indices = np.memmap(self.path / INDICES, dtype=self._index_dtype, mode="r", shape=shape)
+                self._values = np.memmap(self.path / VALUES, dtype=self._value_dtype, mode="r", shape=shape)
+        return self._indices, self._values
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, utt: object) -> bool:
+        return utt in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    @property
+    def ids(self) -> list[str]:
+        """Utterance ids in C order."""
+        return list(self._rows)  # index.tsv is C-sorted and read in order
+
+    def num_tokens_of(self, utt: str) -> int:
+        return self._lookup(utt)[1]
+
+    def _lookup(self, utt: str) -> tuple[int, int]:
+        try:
+            return self._rows[utt]
+        except KeyError:
+            raise KdstError(f"{self.path}: no teacher outputs for utterance '{utt}' "
+                            "(the cache was made for another data dir?)") from None
+
+    def _raw(self, utt: str) -> tuple[np.ndarray, np.ndarray]:
+        """Views of the stored rows of ``utt`` (no copy, stored dtypes)."""
+        first, n = self._lookup(utt)
+        indices, values = self._open()
+        return indices[first:first + n], values[first:first + n]
+
+    def get(self, utt: str, num_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices int64 (n, k), values float32 (n, k))`` of ``utt``; values are shifted logits or counts."""
+        first, n = self._lookup(utt)
+        if num_tokens is not None and num_tokens != n:
+            raise KdstError(f"{self.path}: utterance '{utt}' has {n} cached tokens, the target has "
+                            f"{num_tokens} (different tokenizer or text?)")
+        indices, values = self._raw(utt)
+        return np.array(indices, dtype=np.int64), np.array(values, dtype=np.float32)
+
+    def bytes_per_token(self) -> float:
+        """Bytes of indices.bin + values.bin per cached token."""
+        per_token = self.k * (self._index_dtype.itemsize + self._value_dtype.itemsize)
+        if self.num_tokens == 0:
+            return float(per_token)
+        data = (self.path / INDICES).stat().st_size + (self.path / VALUES).stat().st_size
+        return data / self.num_tokens
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, "not a JSON object")
+    if meta.get("version") != CACHE_VERSION:
+        raise DataError(path, f"cache version {meta.get('version')!r}, this kdst reads version {CACHE_VERSION} "
+                              "(re-run stage 6)")
+    for key in ("k", "vocab_size", "num_tokens", "num_utterances"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DataError(path, f"'{key}' must be a non-negative integer, got {value!r}")
+    if meta.get("mode") not in MODES:
+        raise DataError(path, f"'mode' must be one of {', '.join(MODES)}, got {meta.get('mode')!r}")
+    expected = {"index_dtype": index_dtype_name(meta["vocab_size"]), "value_dtype": value_dtype_name(meta["mode"]),
+                "byte_order": "little"}
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            raise DataError(path, f"'{key}' is {meta.get(key)!r}, expected '{value}'")
+    if not isinstance(meta.get("fingerprint"), dict):
+        raise DataError(path, "'fingerprint' must be an object")
+    return meta
+
+
+def _read_index(path: Path, num_tokens: int) -> dict[str, tuple[int, int]]:
+    """``utt -> (first row, tokens)`` from index.tsv, which must be C-sorted with unique ids."""
+    if not path.is_file():
+        raise KdstError(f"{path}: missing (re-run stage 6)")
+    rows: dict[str, tuple[int, int]] = {}
+    previous: bytes | None = None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not valid UTF-8 (byte {e.start})", number) from None
+            fields = line.split()
+            if len(fields) != 3:
+                raise DataError(path, f"expected '<utt> <first row> <num tokens>', got {len(fields)} fields", number)
+            utt, first_text, count_text = fields
+            if not all(t.isascii() and t.isdigit() for t in (first_text, count_text)):
+                raise DataError(path, f"row and token count must be non-negative integers: '{line}'", number)
+            first, count = int(first_text), int(count_text)
+            if first + count > num_tokens:
+                raise DataError(path, f"rows {first}..{first + count} of '{utt}' run past the {num_tokens} "
+                                      "tokens in meta.json", number)
+            key = c_sort_key(utt)
+            if previous is not None and key <= previous:
+                problem = "duplicate utterance" if key == previous else "not sorted in C order at utterance"
+                raise DataError(path, f"{problem} '{utt}'", number)
+            previous = key
+            rows[utt] = (first, count)
+    return rows
+
+
+def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
+    """Merge the caches of ``nj`` jobs into one at ``out``.
+
+    The parts must agree on fingerprint, k, mode and vocab_size, and hold
+    disjoint utterances.  Rows are copied as stored, so merging is lossless and
+    gives the same files as one writer that got every utterance.
+    """
+    if not parts:
+        raise ValueError("merge_caches needs at least one part")
+    caches = [TeacherCache(part) for part in parts]
+    first = caches[0]
+    for cache in caches[1:]:
+        for key in ("mode", "k", "vocab_size"):
+            if cache.meta[key] != first.meta[key]:
+                raise KdstError(f"{cache.path / META}: {key} is {cache.meta[key]!r}, {first.path / META} has "
+                                f"{first.meta[key]!r}; the parts come from different runs (re-run stage 6)")
+        differ = _differing_keys(cache.fingerprint, first.fingerprint)
+        if differ:
+            raise KdstError(f"{cache.path / META}: fingerprint differs from {first.path / META} in "
+                            f"{', '.join(differ)}; the parts come from different runs (re-run stage 6)")
+    owner: dict[str, TeacherCache] = {}
+    for cache in caches:
+        for utt in cache.ids:
+            if utt in owner:
+                raise KdstError(f"utterance '{utt}' is in two job caches: {owner[utt].path} and {cache.path}")
+            owner[utt] = cache
+    entries = [(utt, *owner[utt]._raw(utt)) for utt in sorted(owner, key=c_sort_key)]
+    _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, first.fingerprint), entries)
+
+
+def cache_fingerprint(teacher: str | Path, tokenizer_dir: str | Path, *, k: int, mode: str, text: str) -> dict:
+    """What a top-k cache depends on; stored in the cache and checked by its readers."""
+    return {"teacher": file_digest(teacher), "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
+            "mode": mode, "text": text}

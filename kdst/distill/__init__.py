@@ -1,0 +1,1 @@
+"""Stage-level programs that produce teacher outputs for distillation: top-k caches, n-best rescoring."""

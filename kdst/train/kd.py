@@ -1,0 +1,142 @@
+"""Word-level knowledge distillation inside ``kdst train`` (Kim & Rush 2016; Liu et al. 2019).
+
+The student is trained on ``(1 - weight) * CE(targets) + weight * KD``, where KD is
+``kdst.losses.word_kd_loss`` between the teacher's and the student's next-token
+distributions at every target position, both forced with the same target prefix.
+The teacher's distribution comes from one of two places (the ``kd`` config section):
+
+    kd:
+      weight: 0.5                          # the KD share of the loss (lambda)
+      temperature: 1.0
+      t2_scale: false                      # multiply the KD term by T^2 (Hinton et al.)
+      teacher: exp/mt_teacher/avg_best5.pt # online: the MT teacher reads the transcript
+      cache: exp/mt_teacher/topk_train     # offline: a `kdst topk` cache replaces the teacher
+
+With ``cache`` the teacher's forward pass was run once (stage 6) and its top-k (or
+sampled tokens with counts) are read per utterance id; with only ``teacher`` it runs
+in every step, frozen, in eval mode, under no_grad, and in bf16 on a GPU.  Both
+must share the student's target vocabulary: a mismatch is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdst.data.files import file_digest
+from kdst.data.kaldi_dir import DataDir
+from kdst.data.teacher_cache import TeacherCache
+from kdst.data.tokenizer import BLANK_ID, load_tokenizer, tokenizer_fingerprint
+from kdst.errors import KdstError
+from kdst.losses import word_kd_loss
+from kdst.train.checkpoint import load_model
+
+log = logging.getLogger("kdst.train")
+
+
+class TeacherInputs:
+    """A training dataset whose examples also carry what the teacher needs, joined by utterance id:
+    the teacher's source tokens (online) or the cached top-k rows (offline)."""
+
+    def __init__(self, base, *, teacher_src: dict[str, list[int]] | None = None, cache: TeacherCache | None = None):
+        self.base, self.teacher_src, self.cache = base, teacher_src, cache
+        self.ids, self.src_lengths = base.ids, base.src_lengths
+
+    def __getitem__(self, utt: str):
+        example = self.base[utt]
+        if self.teacher_src is not None:
+            example = replace(example, teacher_src=self.teacher_src[utt])
+        if self.cache is not None:  # one row per target token and one for <eos>
+            example = replace(example, teacher_topk=self.cache.get(utt, len(example.tgt) + 1))
+        return example
+
+
+class WordKD(nn.Module):
+    """The student with a word-level KD term; ``forward(batch) -> (loss, stats)`` like the student's."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, *, weight: float, temperature: float = 1.0,
+                 t2_scale: bool = False, sampled: bool = False):
+        super().__init__()
+        if not 0.0 <= weight <= 1.0:
+            raise KdstError(f"kd.weight must be in [0, 1], not {weight}")
+        self.student, self.teacher = student, teacher
+        self.weight, self.temperature, self.t2_scale, self.sampled = weight, temperature, t2_scale, sampled
+        if teacher is not None:
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "WordKD":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # no dropout in the teacher, ever
+        return self
+
+    def forward(self, batch: dict):
+        return self.student(batch, distill=self.kd_term)
+
+    def kd_term(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> tuple[torch.Tensor, float]:
+        mask = targets != BLANK_ID  # real tokens and <eos>
+        t = self.temperature
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_batch = {"src": batch["teacher_src"], "src_lengths": batch["teacher_src_lengths"],
+                                 "tgt": batch["tgt"], "tgt_lengths": batch["tgt_lengths"]}
+                teacher_logits = self.teacher.decoder_logits(teacher_batch)[0]
+            kd = word_kd_loss(logits[mask], teacher_logits[mask], temperature=t)
+        else:
+            indices = batch["teacher_topk_indices"][mask]
+            values = batch["teacher_topk_values"][mask]
+            if self.sampled:
+                # Counts c_j of tokens drawn from the teacher: p_T = c_j / sum(c), which the loss gets
+                # as softmax(log(c) * T / T); empty slots (c = 0) get p_T = 0.
+                values = torch.log(values) * t
+            kd = word_kd_loss(logits[mask], topk_indices=indices, topk_logits=values, temperature=t)
+        if self.t2_scale:
+            kd = kd * t * t
+        return kd, self.weight
+
+
+def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, device: torch.device):
+    """The loss model and the training dataset for the ``kd`` config section."""
+    teacher_path, cache_path = kd.get("teacher"), kd.get("cache")
+    if not teacher_path and not cache_path:
+        raise KdstError("the kd config section needs a teacher checkpoint (kd.teacher) or a cache (kd.cache)")
+    student_vocab = tokenizer_fingerprint(data["tokenizer"])
+    common = dict(weight=float(kd.get("weight", 0.5)), temperature=float(kd.get("temperature", 1.0)),
+                  t2_scale=bool(kd.get("t2_scale", False)))
+    if cache_path:
+        cache = TeacherCache(cache_path)
+        made = cache.fingerprint
+        expected = {"tokenizer": student_vocab, "text": data.get("text", "text")}
+        if teacher_path:
+            expected["teacher"] = file_digest(teacher_path)
+        wrong = [f"{key} ({made.get(key)} != {value})" for key, value in expected.items() if made.get(key) != value]
+        if wrong:
+            raise KdstError(f"{cache_path}: the teacher cache does not match this training run: "
+                            f"{', '.join(wrong)} (re-run the top-k stage)")
+        log.info("word-level KD from the %s cache %s (k=%d, %.1f bytes/token)", cache.mode, cache_path, cache.k,
+                 cache.bytes_per_token())
+        return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
+                TeacherInputs(train_set, cache=cache))
+
+    teacher, teacher_config = load_model(teacher_path, device)
+    teacher_data = teacher_config["data"]
+    if tokenizer_fingerprint(teacher_data["tokenizer"]) != student_vocab:
+        raise KdstError(f"{teacher_path}: the teacher's target tokenizer {teacher_data['tokenizer']} is not the "
+                        f"student's {data['tokenizer']}: word-level KD needs one vocabulary")
+    if teacher_data.get("input") != "text":
+        raise KdstError(f"{teacher_path}: an online teacher must be an MT model reading the transcript")
+    if device.type == "cuda":
+        teacher = teacher.to(torch.bfloat16)
+    src_tokenizer = load_tokenizer(teacher_data["src_tokenizer"])
+    sources = DataDir(data["train"]).require(teacher_data["src_text"])
+    missing = [u for u in train_set.ids if u not in sources]
+    if missing:
+        raise KdstError(f"{Path(data['train']) / teacher_data['src_text']}: no transcript for {len(missing)} "
+                        f"training utterance(s), e.g. '{missing[0]}'")
+    teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
+    log.info("word-level KD from the online teacher %s", teacher_path)
+    return WordKD(student, teacher, **common), TeacherInputs(train_set, teacher_src=teacher_src)
