@@ -197,6 +197,25 @@ def cmd_prep_mustc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_mini_text(args: argparse.Namespace) -> int:
+    from kdst.data.corpora.mini_mt import make_text_corpus
+
+    if make_text_corpus(args.out_dir, args.num, seed=args.seed, variability=args.variability,
+                        exclude_files=args.exclude):
+        print(f"{args.out_dir}: {args.num} sentence pairs")
+    else:
+        print(f"{args.out_dir}: complete already")
+    return 0
+
+
+def cmd_combine_text(args: argparse.Namespace) -> int:
+    from kdst.data.kaldi_dir import combine_text_dirs
+
+    n = combine_text_dirs(args.out_dir, args.sources, args.files.split(","))
+    print(f"{args.out_dir}: {n} utterances from {len(args.sources)} data dirs")
+    return 0
+
+
 def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
     from kdst.data.corpora.mini_speech import make_corpus
 
@@ -360,6 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt-lang", default="de")
     p.add_argument("--splits", help="comma-separated (default: all present)")
     p.set_defaults(func=cmd_prep_mustc)
+
+    p = sub.add_parser("make-mini-text", help="extra En-De parallel text for the mini MT teacher (a data dir)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--num", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--variability", type=float, default=0.3, help="share of human variation in references")
+    p.add_argument("--exclude", nargs="*", default=[], help="files of English sentences to leave out (held-out sets)")
+    p.set_defaults(func=cmd_make_mini_text)
+
+    p = sub.add_parser("combine-text", help="a text-only data dir from the text files of several data dirs")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("sources", type=Path, nargs="+")
+    p.add_argument("--files", default="text.en,text", help="comma-separated text files to combine")
+    p.set_defaults(func=cmd_combine_text)
 
     p = sub.add_parser("make-mini-corpus", help="synthesise the mini En-De corpus in MuST-C layout")
     p.add_argument("out_dir", type=Path)

@@ -21,7 +21,7 @@ from kdst.data.validate import validate_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")
-TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
+TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --num-mt-extra 40 --seed 3"
 
 
 @pytest.fixture
@@ -128,6 +128,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     assert "| st_seqinter_word_ft |" in table and "nrefs:1|case:mixed" in table
     assert (exp / "results.png").is_file()
 
+    # Stage 4: the teacher learns from the ST training text and the extra text.
+    teacher_config = yaml.safe_load((exp / "mt_teacher" / "config.yaml").read_text())
+    assert teacher_config["data"]["train"] == "data/mt_train"
+    assert len(DataDir(recipe / "data" / "mt_train").require("text")) == 8 + 40
     # Stage 6: the cache covers every training utterance; stages 7-8: one target per utterance.
     cache = TeacherCache(exp / "mt_teacher" / "topk_train")
     assert cache.ids == DataDir(train).utterances() and cache.k == 4

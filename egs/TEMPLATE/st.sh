@@ -47,6 +47,7 @@ opt src_vocab_size 1000 "source vocabulary (bpe/unigram)"
 opt tgt_token_type bpe "target tokenizer: bpe, unigram or char"
 opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)"
 opt mt_config conf/train_mt.yaml "training config of the MT teacher"
+opt mt_extra_sets "" "extra parallel text for the MT teacher: data dirs with text.<src> and text (space separated)"
 opt st_config conf/train_st.yaml "training config of the ST students"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt kd_modes "none word seqkd seqinter" "students: none word seqkd seqinter seqkd+word seqinter+word"
@@ -59,7 +60,7 @@ opt nbest_beam 5 "teacher beam for the n-best on train"
 opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)"
 opt rescore_metric bleu "Seq-Inter choice: bleu, chrf, ter (against the reference) or logprob (none)"
 opt finetune yes "stage 10: fine-tune each word-KD student on gold references (yes/no)"
-opt finetune_opts "--set train.epochs=10 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
+opt finetune_opts "--set train.epochs=5 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
 opt beam 5 "beam size for decoding"
 opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
@@ -139,7 +140,9 @@ train_tokenizers() {
     --type "$tgt_token_type" --vocab-size "$tgt_vocab_size"
 }
 
-mt_data="--set data.train=data/$train_set --set data.valid=data/$dev_set --set data.src_text=text.$src_lang
+mt_train=data/$train_set
+[ -n "$mt_extra_sets" ] && mt_train=data/mt_train
+mt_data="--set data.train=$mt_train --set data.valid=data/$dev_set --set data.src_text=text.$src_lang
   --set data.tokenizer=$tgt_tokens --set data.src_tokenizer=$src_tokens"
 st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tgt_tokens
   --set data.cmvn=data/$train_sp/cmvn.ark --set data.ctc_text=text.$src_lang --set data.ctc_tokenizer=$src_tokens"
@@ -163,7 +166,13 @@ decode_sets() {
   done
 }
 
-train_teacher() { train_model exp/mt_teacher "$mt_config" "$mt_data"; }
+train_teacher() {
+  if [ -n "$mt_extra_sets" ]; then
+    # shellcheck disable=SC2086
+    kdst combine-text "$mt_train" "data/$train_set" $mt_extra_sets --files "text.$src_lang,text"
+  fi
+  train_model exp/mt_teacher "$mt_config" "$mt_data"
+}
 
 evaluate_teacher() {
   # shellcheck disable=SC2086
@@ -174,10 +183,10 @@ evaluate_teacher() {
 teacher=exp/mt_teacher/avg_best$n_average.pt
 topk_cache=exp/mt_teacher/topk_$train_sp
 nbest_dir=exp/mt_teacher/nbest_$train_sp
-wants() { [[ " $kd_modes " == *"$1"* ]]; }  # wants word: some mode uses word KD
+wants() { [[ " $kd_modes " == *"$1"* ]]; }  # wants seq: some mode uses a sequence-level target
 
 teacher_topk_cache() {
-  if ! wants word || [ "$word_kd_source" != cache ]; then
+  if [[ " $kd_modes " != *" word "* ]] || [ "$word_kd_source" != cache ]; then
     log "no --kd-modes entry reads the top-k cache; nothing to do"
     return 0
   fi
@@ -274,7 +283,7 @@ run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set" train_tokenizers
-run_stage 4 "$(stage_opts "$mt_config")" train_teacher
+run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets" train_teacher
 run_stage 5 "$beam $mt_max_len_ratio $test_sets" evaluate_teacher
 run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode" teacher_topk_cache
 run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio" teacher_nbest

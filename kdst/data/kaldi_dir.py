@@ -10,13 +10,14 @@ in ``LC_ALL=C`` (byte) order with unique keys.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from kdst.data.files import atomic_write_text
 from kdst.data.split import merge_scp, split_lines
-from kdst.errors import DataError
+from kdst.errors import DataError, KdstError
 
 # Files keyed by utterance id; wav.scp is keyed by recording id (the same
 # as the utterance id when there is no segments file).
@@ -199,3 +200,33 @@ def merge_into_data_dir(path: str | os.PathLike, scps: list[Path]) -> None:
     data = Path(path)
     merge_scp(scps, data / "feats.scp")
     merge_scp([scp.with_suffix(".utt2num_frames") for scp in scps], data / "utt2num_frames")
+
+
+def combine_text_dirs(out: str | os.PathLike, sources: list[str | os.PathLike], files: list[str]) -> int:
+    """A text-only data dir holding the union of ``files`` (e.g. text.en, text) of ``sources``, with
+    utt2spk; every source must have every file for each of its utterances.  Returns the utterances."""
+    tables: dict[str, dict[str, str]] = {name: {} for name in files}
+    speakers: dict[str, str] = {}
+    for source in sources:
+        data = DataDir(source)
+        own = data.require(files[0])
+        speakers.update(data.read("utt2spk") or {u: u for u in own})
+        for name in files:
+            table = data.require(name)
+            clash = next((u for u in table if u in tables[name]), None)
+            if clash is not None:
+                raise KdstError(f"{data.file(name)}: utterance '{clash}' is also in another of {', '.join(map(str, sources))}")
+            tables[name].update(table)
+    utterances = set(tables[files[0]])
+    for name in files[1:]:
+        if set(tables[name]) != utterances:
+            odd = sorted(set(tables[name]) ^ utterances)[0]
+            raise KdstError(f"{name}: utterance '{odd}' is not in every file of {', '.join(files)}")
+    # A derived dir: rebuilt whole, then renamed over the old one, so no stale file survives.
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_data_dir(partial, {**tables, "utt2spk": {u: speakers.get(u, u) for u in utterances}})
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return len(utterances)

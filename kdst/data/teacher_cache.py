@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from kdst.data.files import atomic_path, atomic_write_text, file_digest, umask
-from kdst.data.kaldi_dir import c_sort_key
+from kdst.data.kaldi_dir import c_sort_key, iter_entries
 from kdst.data.tokenizer import tokenizer_fingerprint
 from kdst.errors import DataError, KdstError
 
@@ -415,28 +415,24 @@ def _read_index(path: Path, num_tokens: int) -> dict[str, tuple[int, int]]:
         raise KdstError(f"{path}: missing (re-run stage 6)")
     rows: dict[str, tuple[int, int]] = {}
     previous: bytes | None = None
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(path, f"not valid UTF-8 (byte {e.start})", number) from None
-            fields = line.split()
-            if len(fields) != 3:
-                raise DataError(path, f"expected '<utt> <first row> <num tokens>', got {len(fields)} fields", number)
-            utt, first_text, count_text = fields
-            if not all(t.isascii() and t.isdigit() for t in (first_text, count_text)):
-                raise DataError(path, f"row and token count must be non-negative integers: '{line}'", number)
-            first, count = int(first_text), int(count_text)
-            if first + count > num_tokens:
-                raise DataError(path, f"rows {first}..{first + count} of '{utt}' run past the {num_tokens} "
-                                      "tokens in meta.json", number)
-            key = c_sort_key(utt)
-            if previous is not None and key <= previous:
-                problem = "duplicate utterance" if key == previous else "not sorted in C order at utterance"
-                raise DataError(path, f"{problem} '{utt}'", number)
-            previous = key
-            rows[utt] = (first, count)
+    for entry in iter_entries(path):  # malformed and non-UTF-8 lines are DataErrors with their line
+        utt, line, number = entry.key, f"{entry.key} {entry.value}", entry.line
+        fields = entry.value.split()
+        if len(fields) != 2:
+            raise DataError(path, f"expected '<utt> <first row> <num tokens>', got {len(fields) + 1} fields", number)
+        first_text, count_text = fields
+        if not all(t.isascii() and t.isdigit() for t in (first_text, count_text)):
+            raise DataError(path, f"row and token count must be non-negative integers: '{line}'", number)
+        first, count = int(first_text), int(count_text)
+        if first + count > num_tokens:
+            raise DataError(path, f"rows {first}..{first + count} of '{utt}' run past the {num_tokens} "
+                                  "tokens in meta.json", number)
+        key = c_sort_key(utt)
+        if previous is not None and key <= previous:
+            problem = "duplicate utterance" if key == previous else "not sorted in C order at utterance"
+            raise DataError(path, f"{problem} '{utt}'", number)
+        previous = key
+        rows[utt] = (first, count)
     return rows
 
 

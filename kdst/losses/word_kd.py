@@ -167,7 +167,8 @@ def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
     total = per_token.sum()
     if reduction == "sum":
         return total
-    count = mask.sum() if mask is not None else torch.tensor(per_token.shape[0], device=per_token.device)
-    # clamp keeps the no-counted-tokens case at 0 / 1 = 0 with a zero gradient; a
-    # tensor count avoids a host sync on the GPU.
-    return total / count.clamp(min=1).to(dtype)
+    if mask is None:
+        return total / max(per_token.shape[0], 1)
+    # clamp keeps the no-counted-tokens case at 0 / 1 = 0 with a zero gradient; keeping
+    # the count a tensor avoids a host sync on the GPU.
+    return total / mask.sum().clamp(min=1).to(dtype)

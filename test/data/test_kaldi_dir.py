@@ -70,3 +70,24 @@ def test_split_keeps_recordings_together(segmented_dir: Path):
 def test_written_files_are_readable_by_others(tmp_path: Path):
     write_kv(tmp_path / "text", {"a": "b"})
     assert (tmp_path / "text").stat().st_mode & 0o044 == 0o044
+
+
+def test_combine_text_dirs(tmp_path: Path):
+    from kdst.data.kaldi_dir import combine_text_dirs, write_data_dir
+    from kdst.errors import KdstError
+
+    write_data_dir(tmp_path / "a", {"text.en": {"a1": "hello"}, "text": {"a1": "hallo"}, "utt2spk": {"a1": "s"},
+                                    "wav.scp": {"a1": "x.wav"}})
+    write_data_dir(tmp_path / "b", {"text.en": {"b1": "yes", "b2": "no"}, "text": {"b1": "ja", "b2": "nein"}})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.txt").write_text("from an earlier run")
+    assert combine_text_dirs(tmp_path / "out", [tmp_path / "a", tmp_path / "b"], ["text.en", "text"]) == 3
+    out = DataDir(tmp_path / "out")
+    assert out.require("text") == {"a1": "hallo", "b1": "ja", "b2": "nein"}
+    assert out.require("utt2spk") == {"a1": "s", "b1": "b1", "b2": "b2"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["spk2utt", "text", "text.en", "utt2spk"]
+    with pytest.raises(KdstError, match="utterance 'a1' is also in another"):
+        combine_text_dirs(tmp_path / "out", [tmp_path / "a", tmp_path / "a"], ["text.en"])
+    write_data_dir(tmp_path / "c", {"text.en": {"c1": "x", "c2": "y"}, "text": {"c1": "x"}})
+    with pytest.raises(KdstError, match="utterance 'c2' is not in every file"):
+        combine_text_dirs(tmp_path / "out", [tmp_path / "c"], ["text.en", "text"])

@@ -165,8 +165,7 @@ def test_full_gradient_is_analytic(temperature: float, reduction: str, mask: str
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("temperature", (0.5, 2.0))
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(("temperature", "reduction"), ((0.5, "mean"), (2.0, "sum"), (1.0, "none")))
 def test_topk_gradcheck(temperature: float, reduction: str) -> None:
     s, t = (x.double() for x in logits(11))
     idx, tl = topk_of(t, K, seed=12)
@@ -224,9 +223,10 @@ def test_masked_garbage_rows_do_not_leak() -> None:
     loss.backward()
     assert torch.isfinite(s.grad).all() and (s.grad[~m] == 0).all()
     # A non-finite student row (NaN per-token loss) is dropped in the forward pass too.
-    bad_s = s.detach().clone()
+    clean_s, clean_t = logits(17)
+    bad_s = clean_s.clone()
     bad_s[4, 0] = math.inf
-    check(word_kd_loss(bad_s, t, mask=m), ref_kl(s.detach(), t.nan_to_num(0.0), mask=MASKS["partial"]))
+    check(word_kd_loss(bad_s, clean_t, mask=m), ref_kl(clean_s, clean_t, mask=MASKS["partial"]))
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
