@@ -60,6 +60,7 @@ opt nbest_beam 5 "teacher beam for the n-best on train"
 opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)"
 opt rescore_metric bleu "Seq-Inter choice: bleu, chrf, ter (against the reference) or logprob (none)"
 opt finetune yes "stage 10: fine-tune each word-KD student on gold references (yes/no)"
+opt student_jobs 1 "students trained at the same time (stages 9, 10); on one machine they share its cores"
 opt finetune_opts "--set train.epochs=5 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
 opt beam 5 "beam size for decoding"
@@ -80,6 +81,13 @@ case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must b
 
 . ./path.sh
 . ./cmd.sh
+# threads_for N: CPU threads for each of N jobs run side by side on this machine, so that they
+# share its cores instead of each taking all of them (OMP_NUM_THREADS, when set, wins).
+threads_for() {
+  local side_by_side=$(( $1 < student_jobs ? $1 : student_jobs ))
+  [ "$side_by_side" -ge 1 ] || side_by_side=1
+  echo "${OMP_NUM_THREADS:-$(( $(nproc) / side_by_side > 0 ? $(nproc) / side_by_side : 1 ))}"
+}
 
 train_sp=$train_set
 [ -n "$speed_perturb" ] && train_sp=${train_set}_sp
@@ -233,12 +241,31 @@ mode_opts() {
   return 0
 }
 
-train_students() {
-  local mode
-  for mode in $kd_modes; do
-    # shellcheck disable=SC2046
-    train_model "exp/$(system_of "$mode")" "$st_config" "$st_data $(mode_opts "$mode")"
+# in_parallel N FUNCTION ARGS...: one background job per ARGS word, at most N at a time; fails if any fails.
+in_parallel() {
+  local max=$1 fn=$2 arg failed=0
+  shift 2
+  local -a pids=()
+  for arg in "$@"; do
+    if [ "${#pids[@]}" -ge "$max" ]; then
+      wait "${pids[0]}" || failed=1
+      pids=("${pids[@]:1}")
+    fi
+    "$fn" "$arg" &
+    pids+=($!)
   done
+  for arg in "${pids[@]}"; do wait "$arg" || failed=1; done
+  return $failed
+}
+
+train_student() {
+  # shellcheck disable=SC2046
+  OMP_NUM_THREADS=$student_threads train_model "exp/$(system_of "$1")" "$st_config" "$st_data $(mode_opts "$1")"
+}
+
+train_students() {
+  # shellcheck disable=SC2086
+  student_threads=$(threads_for $(echo $kd_modes | wc -w)) in_parallel "$student_jobs" train_student $kd_modes
 }
 
 finetuned_systems() {
@@ -250,12 +277,15 @@ finetuned_systems() {
   return 0
 }
 
+finetune_student() {
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=$student_threads train_model "exp/$1" "$st_config" \
+    "$st_data --set train.init=exp/${1%_ft}/avg_best$n_average.pt $finetune_opts"
+}
+
 finetune_word_kd() {
-  local system
-  for system in $(finetuned_systems); do
-    # shellcheck disable=SC2086
-    train_model "exp/$system" "$st_config" "$st_data --set train.init=exp/${system%_ft}/avg_best$n_average.pt $finetune_opts"
-  done
+  # shellcheck disable=SC2046
+  student_threads=$(threads_for $(finetuned_systems | wc -l)) in_parallel "$student_jobs" finetune_student $(finetuned_systems)
 }
 
 student_systems() {

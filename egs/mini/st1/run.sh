@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 exec ../../TEMPLATE/st.sh \
   --corpus-dir corpus --tgt-lang de --nj 2 \
   --corpus-opts "--num-train 2000 --num-dev 100 --num-test 200 --num-mt-extra 20000 --seed 1" \
-  --mt-extra-sets corpus/mt_extra \
+  --mt-extra-sets corpus/mt_extra --student-jobs 2 --n-average 3 \
   --src-token-type bpe --src-vocab-size 300 \
   --tgt-token-type bpe --tgt-vocab-size 300 \
   "$@"
