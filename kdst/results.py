@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from kdst import metrics
@@ -163,6 +164,9 @@ def plot_results(table: dict, path: Path) -> bool:
 def read_curves(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """``{"valid": [(step, value)...], "train": [...]}`` from a trainer's tensorboard log; missing ones left out."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    # it logs an INFO line per event file it finishes reading: noise in a recipe's log
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
     # size_guidance 0 keeps every point (the default samples scalars down to 10,000).  Event files
     # of a resumed run are read in order, and the accumulator drops points a restart superseded.

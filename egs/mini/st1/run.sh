@@ -7,6 +7,7 @@ exec ../../TEMPLATE/st.sh \
   --corpus-dir corpus --tgt-lang de --nj 2 \
   --corpus-opts "--num-train 2000 --num-dev 100 --num-test 200 --num-mt-extra 20000 --seed 1" \
   --mt-extra-sets corpus/mt_extra --student-jobs 2 --n-average 3 \
+  --finetune-opts "--set train.epochs=3 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" \
   --src-token-type bpe --src-vocab-size 300 \
   --tgt-token-type bpe --tgt-vocab-size 300 \
   "$@"
