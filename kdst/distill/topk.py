@@ -74,15 +74,17 @@ def write_cache(teacher: str | Path, data_dir: str | Path, out: str | Path, *, k
         for batch in iterate(dataset, batches):
             batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
             logits = model.decoder_logits(batch)[0].float()
-            for i, utt in enumerate(batch["ids"]):
-                rows = logits[i, :int(batch["tgt_lengths"][i]) + 1]  # the tokens and <eos>
+            lengths = (batch["tgt_lengths"] + 1).tolist()  # the tokens and <eos>
+            if mode == "topk":  # one top-k and one device-to-host copy per batch, not per utterance
+                values, indices = (x.cpu().numpy() for x in logits.topk(k, dim=-1))
+            for i, (utt, n) in enumerate(zip(batch["ids"], lengths)):
                 if mode == "topk":
-                    values, indices = rows.topk(k, dim=-1)
+                    writer.add(utt, indices[i, :n], values[i, :n])
                 else:
-                    generator = torch.Generator(device=rows.device).manual_seed(utterance_seed(utt, seed))
-                    indices, values = sample_counts(rows, k, generator)
-                writer.add(utt, indices.cpu().numpy(), values.cpu().numpy())
-                tokens += rows.shape[0]
+                    generator = torch.Generator(device=logits.device).manual_seed(utterance_seed(utt, seed))
+                    ids, counts = sample_counts(logits[i, :n], k, generator)
+                    writer.add(utt, ids.cpu().numpy(), counts.cpu().numpy())
+                tokens += n
             bar.update(len(batch["ids"]))
     bar.close()
     seconds = time.perf_counter() - start
