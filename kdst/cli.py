@@ -174,7 +174,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
     if args.action == "train":
         train_tokenizer(args.dir, args.inputs, type=args.type, vocab_size=args.vocab_size,
-                        character_coverage=args.character_coverage, kaldi_text=not args.plain_text)
+                        character_coverage=args.character_coverage, kaldi_text=not args.plain_text,
+                        user_symbols=_read_symbols(args.user_symbols) if args.user_symbols else ())
         print(f"{args.dir}: {len(load_tokenizer(args.dir).tokens)} tokens ({args.type})")
         return 0
     tokenizer = load_tokenizer(args.dir)
@@ -189,11 +190,17 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_symbols(path: Path) -> list[str]:
+    if not path.is_file():
+        raise KdstError(f"{path}: user symbol list not found")
+    return path.read_text(encoding="utf-8").split()
+
+
 def cmd_prep_mustc(args: argparse.Namespace) -> int:
     from kdst.data.corpora.mustc import prepare_mustc
 
     splits = tuple(args.splits.split(",")) if args.splits else None
-    prepare_mustc(args.corpus_dir, args.out_dir, tgt_lang=args.tgt_lang, splits=splits)  # logs per split
+    prepare_mustc(args.corpus_dir, args.out_dir, tgt_lang=args.tgt_lang, splits=splits, task=args.task)
     return 0
 
 
@@ -256,6 +263,24 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from kdst.distill import rescore
 
     return rescore.run(args)
+
+
+def cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from kdst.distill import pseudo_labels
+
+    return pseudo_labels.run(args)
+
+
+def cmd_compression(args: argparse.Namespace) -> int:
+    from kdst import compression
+
+    return compression.run(args)
+
+
+def cmd_prep_wsj(args: argparse.Namespace) -> int:
+    from kdst.data.corpora import wsj
+
+    return wsj.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=1000)
     p.add_argument("--character-coverage", type=float, default=1.0)
     p.add_argument("--plain-text", action="store_true", help="train inputs are plain lines, not Kaldi text")
+    p.add_argument("--user-symbols", type=Path, help="file of symbols kept whole, e.g. WSJ's <NOISE> (nlsyms)")
     p.add_argument("--keyed", action="store_true", help="encode/decode lines are 'key text' (Kaldi text)")
     p.set_defaults(func=cmd_tokenizer)
 
@@ -367,18 +393,39 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_arguments(p)
     p.set_defaults(func=cmd_results)
 
+    from kdst import compression
+
+    p = sub.add_parser("compression", help="compression report: students against their teacher "
+                                           "(size, speed, WER) into exp/results.json and RESULTS.md")
+    compression.add_arguments(p)
+    p.set_defaults(func=cmd_compression)
+
     from kdst.distill import rescore
 
     p = sub.add_parser("rescore", help="one distillation target per utterance from a teacher n-best (Seq-KD)")
     rescore.add_arguments(p)
     p.set_defaults(func=cmd_rescore)
 
+    from kdst.distill import pseudo_labels
+
+    p = sub.add_parser("pseudo-labels", help="1-best and weighted N-best pseudo-label sets from a teacher n-best")
+    pseudo_labels.add_arguments(p)
+    p.set_defaults(func=cmd_pseudo_labels)
+
     p = sub.add_parser("prep-mustc", help="MuST-C layout -> Kaldi data dirs")
     p.add_argument("corpus_dir", type=Path, help="the en-<tgt> directory or its parent")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--tgt-lang", default="de")
     p.add_argument("--splits", help="comma-separated (default: all present)")
+    p.add_argument("--task", choices=("st", "asr"), default="st",
+                   help="what text holds: the translation (st) or the normalised English transcript (asr)")
     p.set_defaults(func=cmd_prep_mustc)
+
+    from kdst.data.corpora import wsj
+
+    p = sub.add_parser("prep-wsj", help="WSJ0/WSJ1 LDC discs -> Kaldi data dirs (train_si284, test_dev93, ...)")
+    wsj.add_arguments(p)
+    p.set_defaults(func=cmd_prep_wsj)
 
     p = sub.add_parser("make-mini-text", help="extra En-De parallel text for the mini MT teacher (a data dir)")
     p.add_argument("out_dir", type=Path)

@@ -28,6 +28,7 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
 9 students (--kd-modes), 10 fine-tuning of word-KD students, 11 decoding, 12 scoring."
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
+. "$template/utils/jobs.sh"
 
 opt stage 0 "first stage to run"
 opt stop_stage 12 "last stage to run"
@@ -81,14 +82,6 @@ case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must b
 
 . ./path.sh
 . ./cmd.sh
-# threads_for N: CPU threads for each of N jobs run side by side on this machine, so that they
-# share its cores instead of each taking all of them (OMP_NUM_THREADS, when set, wins).
-threads_for() {
-  local side_by_side=$(( $1 < student_jobs ? $1 : student_jobs ))
-  [ "$side_by_side" -ge 1 ] || side_by_side=1
-  echo "${OMP_NUM_THREADS:-$(( $(nproc) / side_by_side > 0 ? $(nproc) / side_by_side : 1 ))}"
-}
-
 train_sp=$train_set
 [ -n "$speed_perturb" ] && train_sp=${train_set}_sp
 all_sets="$train_sp $dev_set $test_sets"
@@ -96,26 +89,6 @@ src_tokens=data/tokens/${src_lang}_${src_token_type}${src_vocab_size}
 tgt_tokens=data/tokens/${tgt_lang}_${tgt_token_type}${tgt_vocab_size}
 [ "$src_token_type" = char ] && src_tokens=data/tokens/${src_lang}_char
 [ "$tgt_token_type" = char ] && tgt_tokens=data/tokens/${tgt_lang}_char
-
-# run_stage N "OPTIONS THE STAGE DEPENDS ON" FUNCTION
-run_stage() {
-  local n=$1 signature
-  [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 0
-  if [[ $implemented != *" $n "* ]]; then
-    log "stage $n: $3 is not implemented yet; skipped"
-    return 0
-  fi
-  signature=$(stage_signature "$n" "$2")
-  if stage_is_done "$n" "$signature"; then
-    log "stage $n: done already (remove $stage_dir/stage$n.done to redo)"
-    return 0
-  fi
-  log "stage $n: $3"
-  local start=$SECONDS
-  "$3"
-  stage_finished "$n" "$signature"
-  log "stage $n: finished in $((SECONDS - start)) s"
-}
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -239,23 +212,6 @@ mode_opts() {
       [ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo "--set kd.cache=$topk_cache" ;;
   esac
   return 0
-}
-
-# in_parallel N FUNCTION ARGS...: one background job per ARGS word, at most N at a time; fails if any fails.
-in_parallel() {
-  local max=$1 fn=$2 arg failed=0
-  shift 2
-  local -a pids=()
-  for arg in "$@"; do
-    if [ "${#pids[@]}" -ge "$max" ]; then
-      wait "${pids[0]}" || failed=1
-      pids=("${pids[@]:1}")
-    fi
-    "$fn" "$arg" &
-    pids+=($!)
-  done
-  for arg in "${pids[@]}"; do wait "$arg" || failed=1; done
-  return $failed
 }
 
 train_student() {

@@ -16,6 +16,7 @@ import soundfile
 import torch
 import torchaudio.functional
 
+from kdst.data import sphere
 from kdst.data.kaldi_dir import Segment
 from kdst.errors import DataError
 
@@ -46,6 +47,11 @@ def read_wav_scp_value(value: str) -> tuple[np.ndarray, int]:
     else:
         if not os.path.isfile(value):
             raise AudioError(f"audio file not found: {value}")
+        if sphere.is_sphere_file(value):  # WSJ: libsndfile would not say why shorten fails
+            samples, rate = _sphere_or_raise(sphere.read_sphere, value)
+            if samples.shape[0] == 0:
+                raise AudioError("audio is empty")
+            return samples, rate
         source = value
     try:
         samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
@@ -61,6 +67,13 @@ def audio_duration(value: str) -> float:
     if not is_pipe(value):
         if not os.path.isfile(value):
             raise AudioError(f"audio file not found: {value}")
+        if sphere.is_sphere_file(value):
+            header = _sphere_or_raise(sphere.read_sphere_header, value)
+            if sphere.is_shorten(header) or header.sample_count is None:
+                return len(read_wav_scp_value(value)[0]) / header.sample_rate  # raises the hint for shorten
+            if header.sample_count <= 0:
+                raise AudioError("audio is empty")
+            return header.sample_count / header.sample_rate
         try:
             info = soundfile.info(value)
         except (soundfile.LibsndfileError, RuntimeError) as e:
@@ -70,6 +83,13 @@ def audio_duration(value: str) -> float:
         return info.frames / info.samplerate
     samples, rate = read_wav_scp_value(value)
     return len(samples) / rate
+
+
+def _sphere_or_raise(read, path: str):
+    try:
+        return read(path)
+    except DataError as e:  # the wav.scp entry is the file: say what is wrong with it
+        raise AudioError(e.message) from None
 
 
 def resample(samples: np.ndarray, rate: int, target: int = TARGET_RATE) -> np.ndarray:

@@ -31,6 +31,7 @@ class Example:
     ctc: list[int] | None = None  # CTC targets when they differ from tgt (ST: the source transcript)
     teacher_src: list[int] | None = None  # what an online MT teacher reads (the transcript)
     teacher_topk: tuple[np.ndarray, np.ndarray] | None = None  # cached (indices, values), (len(tgt) + 1, k)
+    nbest: tuple[tuple[float, list[int]], ...] | None = None  # weighted targets, all trained on (N-best)
 
 
 class SpeechDataset:
@@ -137,14 +138,10 @@ def shard_batches(batches: list[list[str]], rank: int, world_size: int) -> list[
 def collate(examples: Sequence[Example]) -> dict:
     """Pad a list of examples into a batch dict (see kdst.models.encoder_decoder)."""
     src_lengths = torch.tensor([len(e.src) for e in examples])
+    if examples[0].nbest is not None:
+        return _collate_nbest(examples, src_lengths)
     tgt, tgt_lengths = _pad([e.tgt for e in examples])
-    if isinstance(examples[0].src, np.ndarray):
-        src = torch.zeros(len(examples), int(src_lengths.max()), examples[0].src.shape[1])
-    else:
-        src = torch.zeros(len(examples), int(src_lengths.max()), dtype=torch.long)
-    for i, e in enumerate(examples):
-        src[i, : len(e.src)] = torch.as_tensor(e.src)
-    batch = {"ids": [e.id for e in examples], "src": src, "src_lengths": src_lengths,
+    batch = {"ids": [e.id for e in examples], "src": _pad_sources(examples, src_lengths), "src_lengths": src_lengths,
              "tgt": tgt, "tgt_lengths": tgt_lengths}
     if examples[0].ctc is not None:
         batch["ctc_tgt"], batch["ctc_tgt_lengths"] = _pad([e.ctc for e in examples])
@@ -161,6 +158,28 @@ def collate(examples: Sequence[Example]) -> dict:
             indices[i, :len(idx)], values[i, :len(val)] = torch.from_numpy(idx), torch.from_numpy(val)
         batch["teacher_topk_indices"], batch["teacher_topk_values"] = indices, values
     return batch
+
+
+def _collate_nbest(examples: Sequence[Example], src_lengths: torch.Tensor) -> dict:
+    """Several weighted targets per example: one target row each, ``tgt_utt`` naming its example."""
+    rows = [(i, weight, ids) for i, e in enumerate(examples) for weight, ids in e.nbest]
+    tgt, tgt_lengths = _pad([ids for _, _, ids in rows])
+    batch = {"ids": [e.id for e in examples], "src": _pad_sources(examples, src_lengths), "src_lengths": src_lengths,
+             "tgt": tgt, "tgt_lengths": tgt_lengths, "tgt_utt": torch.tensor([i for i, _, _ in rows]),
+             "tgt_weight": torch.tensor([w for _, w, _ in rows], dtype=torch.float32)}
+    if examples[0].ctc is not None:  # CTC on the source transcript (ST): one target per example still
+        batch["ctc_tgt"], batch["ctc_tgt_lengths"] = _pad([e.ctc for e in examples])
+    return batch
+
+
+def _pad_sources(examples: Sequence[Example], src_lengths: torch.Tensor) -> torch.Tensor:
+    if isinstance(examples[0].src, np.ndarray):
+        src = torch.zeros(len(examples), int(src_lengths.max()), examples[0].src.shape[1])
+    else:
+        src = torch.zeros(len(examples), int(src_lengths.max()), dtype=torch.long)
+    for i, e in enumerate(examples):
+        src[i, : len(e.src)] = torch.as_tensor(e.src)
+    return src
 
 
 def _pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 A tokenizer lives in a directory:
 
-    tokenizer.yaml   {type: bpe|unigram|char, vocab_size: N}
+    tokenizer.yaml   {type: bpe|unigram|char, vocab_size: N, user_symbols: [...]}
     tokens.txt       the token list, one token per line; the line number is the id
     sp.model         the sentencepiece model (bpe / unigram only)
 
@@ -10,6 +10,9 @@ Ids are the same for every type, so models and losses never care which one
 produced them: 0 ``<blank>`` (padding, CTC and RNN-T blank), 1 ``<unk>``,
 2 ``<sos/eos>``, then the units.  Sentencepiece is trained with exactly these
 special ids, so its ids and the token list agree without any remapping.
+
+User symbols (non-linguistic marks such as WSJ's ``<NOISE>``) are kept whole:
+one unit each, never split into characters or pieces.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -61,15 +65,31 @@ class SentencePieceTokenizer:
 
 
 class CharTokenizer:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, user_symbols: Iterable[str] = ()):
         self.tokens = read_token_list(directory / "tokens.txt")
         self._ids = {t: i for i, t in enumerate(self.tokens)}
+        self._symbols = _symbol_pattern(user_symbols)
 
     def encode(self, text: str) -> list[int]:
-        return [self._ids.get(c, UNK_ID) for c in " ".join(text.split()).replace(" ", SPACE)]
+        return [self._ids.get(c, UNK_ID) for c in _char_split(" ".join(text.split()), self._symbols)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.tokens[i] for i in ids if i not in (BLANK_ID, SOS_EOS_ID)).replace(SPACE, " ").strip()
+
+
+def _symbol_pattern(symbols: Iterable[str]) -> re.Pattern | None:
+    symbols = sorted(set(symbols), key=len, reverse=True)  # the longest first: "<NOISE2>" before "<NOISE>"
+    return re.compile("(" + "|".join(map(re.escape, symbols)) + ")") if symbols else None
+
+
+def _char_split(text: str, symbols: re.Pattern | None) -> list[str]:
+    """Characters of ``text`` (spaces as SPACE), user symbols whole."""
+    if symbols is None:
+        return list(text.replace(" ", SPACE))
+    units: list[str] = []
+    for i, part in enumerate(symbols.split(text)):  # odd parts are the symbols
+        units += [part] if i % 2 else list(part.replace(" ", SPACE))
+    return units
 
 
 def read_token_list(path: Path) -> list[str]:
@@ -96,20 +116,25 @@ def _read_texts(paths: Iterable[str | os.PathLike], kaldi_text: bool) -> list[st
 
 def train_tokenizer(out_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, type: str = "bpe",
                     vocab_size: int = 1000, character_coverage: float = 1.0,
-                    kaldi_text: bool = True) -> None:
+                    kaldi_text: bool = True, user_symbols: Iterable[str] = ()) -> None:
     """Train a tokenizer on text files and write it to ``out_dir`` (atomically, as a directory)."""
     if type not in TYPES:
         raise KdstError(f"unknown tokenizer type '{type}'; choose from {', '.join(TYPES)}")
+    user_symbols = sorted(set(user_symbols))
+    bad = [u for u in user_symbols if not u or any(c.isspace() for c in u) or u in SPECIALS]
+    if bad:
+        raise KdstError(f"user symbol '{bad[0]}' is empty, holds a space or is a special token")
     texts = _read_texts(inputs, kaldi_text)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private
     try:
-        tokens = _char_units(texts) if type == "char" else _train_sentencepiece(tmp, texts, type, vocab_size,
-                                                                                   character_coverage)
+        tokens = _char_units(texts, user_symbols) if type == "char" else \
+            _train_sentencepiece(tmp, texts, type, vocab_size, character_coverage, user_symbols)
         (tmp / "tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-        (tmp / "tokenizer.yaml").write_text(yaml.safe_dump({"type": type, "vocab_size": len(tokens)}))
+        config = {"type": type, "vocab_size": len(tokens), **({"user_symbols": user_symbols} if user_symbols else {})}
+        (tmp / "tokenizer.yaml").write_text(yaml.safe_dump(config))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -123,18 +148,19 @@ def train_tokenizer(out_dir: str | os.PathLike, inputs: list[str | os.PathLike],
         os.replace(tmp, out)
 
 
-def _char_units(texts: list[str]) -> list[str]:
-    counts = Counter(c for t in texts for c in " ".join(t.split()).replace(" ", SPACE))
-    return [*SPECIALS, *sorted(counts, key=lambda c: (-counts[c], c))]
+def _char_units(texts: list[str], user_symbols: list[str] = ()) -> list[str]:
+    pattern = _symbol_pattern(user_symbols)
+    counts = Counter(c for t in texts for c in _char_split(" ".join(t.split()), pattern) if c not in user_symbols)
+    return [*SPECIALS, *user_symbols, *sorted(counts, key=lambda c: (-counts[c], c))]
 
 
 def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_size: int,
-                         character_coverage: float) -> list[str]:
+                         character_coverage: float, user_symbols: list[str] = ()) -> list[str]:
     # Training from an iterator into memory keeps file paths out of the model,
     # so the same text always gives the same bytes (and fingerprint).
     model_bytes = io.BytesIO()
     try:
-        _spm_train(texts, model_bytes, type, vocab_size, character_coverage)
+        _spm_train(texts, model_bytes, type, vocab_size, character_coverage, user_symbols)
     except RuntimeError as e:  # sentencepiece reports bad settings this way, e.g. too small a vocabulary
         raise KdstError(f"sentencepiece: {str(e).split('] ')[-1]}") from None
     (directory / "sp.model").write_bytes(model_bytes.getvalue())
@@ -143,8 +169,9 @@ def _train_sentencepiece(directory: Path, texts: list[str], type: str, vocab_siz
 
 
 def _spm_train(texts: list[str], model_bytes: io.BytesIO, type: str, vocab_size: int,
-               character_coverage: float) -> None:
-    spm.SentencePieceTrainer.train(
+               character_coverage: float, user_symbols: list[str] = ()) -> None:
+    extra = {"user_defined_symbols": list(user_symbols)} if user_symbols else {}
+    spm.SentencePieceTrainer.train(**extra,
         sentence_iterator=iter(texts), model_writer=model_bytes, model_type=type,
         vocab_size=vocab_size, character_coverage=character_coverage,
         pad_id=BLANK_ID, pad_piece=BLANK, unk_id=UNK_ID, unk_piece=UNK,
@@ -160,9 +187,10 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     config_path = directory / "tokenizer.yaml"
     if not config_path.is_file():
         raise DataError(config_path, "missing: not a kdst tokenizer directory")
-    kind = (yaml.safe_load(config_path.read_text()) or {}).get("type")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    kind = config.get("type")
     if kind == "char":
-        return CharTokenizer(directory)
+        return CharTokenizer(directory, config.get("user_symbols", ()))
     if kind in ("bpe", "unigram"):
         return SentencePieceTokenizer(directory)
     raise DataError(config_path, f"unknown tokenizer type '{kind}'")

@@ -4,7 +4,8 @@ Outputs in ``out_dir`` (see docs/FORMATS.md):
 
     hyp.txt             <utt> <1-best text>                  (Kaldi text, sorted)
     nbest.txt           <utt>-<rank> <score> <logprob> <text> (rank 1 = best)
-    decode_stats.json   utterances, seconds, sentences/s, real-time factor (speech), parameters
+    decode_stats.json   utterances, seconds, sentences/s, real-time factor (speech), parameters,
+                        the conditions (device, jobs, threads per job, beam) and the checkpoint
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def decode_data_dir(checkpoint: str | Path, data_dir: str | Path, out_dir: str |
     stats = {"utterances": len(hyps), "seconds": round(seconds, 3),
              "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 2),
              "params": sum(p.numel() for p in model.parameters()), "device": str(device),
-             "beam": 1 if greedy else options.beam}
+             "beam": 1 if greedy else options.beam, "jobs": 1, "threads": torch.get_num_threads(),
+             "checkpoint": str(Path(checkpoint).resolve())}
     if config["data"].get("input", "speech") == "speech":
         audio_s = sum(dataset.src_lengths.values()) * FRAME_SHIFT_S
         stats["rtf"] = round(seconds / max(audio_s, 1e-9), 4)

@@ -8,6 +8,12 @@ A batch is a dict:
     tgt          (B, U) long         target token ids without <sos>/<eos>, padded with 0
     tgt_lengths  (B,) long
 
+and, when an utterance has several weighted targets (N-best pseudo labels,
+kdst.data.nbest_targets), ``tgt``/``tgt_lengths`` hold R >= B rows and
+
+    tgt_utt      (R,) long           the utterance (row of src) of each target row
+    tgt_weight   (R,) float          its weight; the losses average over rows by weight
+
 ``forward(batch)`` returns ``(loss, stats)``: the loss to minimise (a scalar,
 normalised by the number of target tokens) and float statistics to log.
 ``forward(batch, distill=term)`` mixes in a distillation term computed from the
@@ -56,29 +62,47 @@ class EncoderDecoder(nn.Module):
         """Teacher-forced decoder logits (B, U+1, V), the targets they predict, encoder output and lengths."""
         memory, memory_lengths = self.encode(batch["src"], batch["src_lengths"])
         inputs, targets = decoder_io(batch["tgt"], batch["tgt_lengths"])
-        logits = self.decoder(inputs, memory, lengths_to_mask(memory_lengths, memory.shape[1]))
+        rows, row_lengths = memory, memory_lengths
+        if "tgt_utt" in batch:  # several targets per utterance: the encoder ran once, the decoder per target
+            rows, row_lengths = memory[batch["tgt_utt"]], memory_lengths[batch["tgt_utt"]]
+        logits = self.decoder(inputs, rows, lengths_to_mask(row_lengths, rows.shape[1]))
         return logits, targets, memory, memory_lengths
 
     def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
         """``distill(logits, targets, batch) -> (kd_loss, weight)``, optional: the attention loss becomes
         ``(1 - weight) * CE + weight * kd_loss``; the stats report both parts."""
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
-        loss, stats = self.attention_loss(logits, targets)
+        weights = batch.get("tgt_weight")
+        loss, stats = self.attention_loss(logits, targets, weights)
         if distill is not None:
+            if weights is not None:
+                raise ValueError("word-level KD on weighted N-best targets is not supported")
             kd, weight = distill(logits, targets, batch)
             loss = (1 - weight) * loss + weight * kd
             stats["kd"] = kd.item()
         if self.ctc is not None:
-            targets, lengths = (batch["ctc_tgt"], batch["ctc_tgt_lengths"]) if "ctc_tgt" in batch else \
-                (batch["tgt"], batch["tgt_lengths"])
-            ctc = self.ctc_loss(memory, memory_lengths, targets, lengths)
+            if "ctc_tgt" in batch:
+                ctc = self.ctc_loss(memory, memory_lengths, batch["ctc_tgt"], batch["ctc_tgt_lengths"])
+            elif weights is not None:
+                rows = batch["tgt_utt"]
+                ctc = self.ctc_loss(memory[rows], memory_lengths[rows], batch["tgt"], batch["tgt_lengths"], weights)
+            else:
+                ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
             loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
             stats["ctc"] = ctc.item()
         stats["loss"] = loss.item()
         return loss, stats
 
-    def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Label-smoothed cross-entropy per counted token; stats hold the plain NLL and accuracy too."""
+    def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Label-smoothed cross-entropy per counted token; stats hold the plain NLL and accuracy too.
+
+        With row ``weights`` every token of a row counts ``weight`` times, so the loss
+        is sum_r w_r CE_r / sum_r w_r len_r: for an utterance with N-best targets whose
+        weights sum to 1, the posterior-weighted average of its per-hypothesis losses.
+        """
+        if weights is not None:
+            return self._weighted_attention_loss(logits, targets, weights)
         mask = targets != BLANK_ID
         flat_logits, flat_targets = logits[mask].float(), targets[mask]
         ntokens = max(int(mask.sum()), 1)
@@ -89,12 +113,31 @@ class EncoderDecoder(nn.Module):
             acc = (flat_logits.argmax(-1) == flat_targets).float().sum() / ntokens
         return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(ntokens)}
 
+    def _weighted_attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+                                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = targets != BLANK_ID
+        flat_logits, flat_targets = logits[mask].float(), targets[mask]
+        token_weights = weights.float()[:, None].expand_as(targets)[mask]
+        total = token_weights.sum().clamp_min(1e-9)
+        ce = F.cross_entropy(flat_logits, flat_targets, reduction="none", label_smoothing=self.label_smoothing)
+        loss = (ce * token_weights).sum() / total
+        with torch.no_grad():
+            nll = (F.cross_entropy(flat_logits, flat_targets, reduction="none") * token_weights).sum() / total
+            acc = ((flat_logits.argmax(-1) == flat_targets).float() * token_weights).sum() / total
+        return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(mask.sum())}
+
     def ctc_loss(self, memory: torch.Tensor, memory_lengths: torch.Tensor, tgt: torch.Tensor,
-                 tgt_lengths: torch.Tensor) -> torch.Tensor:
+                 tgt_lengths: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """CTC per target token; with row ``weights``, sum_r w_r CTC_r / sum_r w_r len_r."""
         log_probs = self.ctc(memory).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
-        loss = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum",
-                          zero_infinity=True)
-        return loss / max(int(tgt_lengths.sum()), 1)
+        if weights is None:
+            loss = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum",
+                              zero_infinity=True)
+            return loss / max(int(tgt_lengths.sum()), 1)
+        per_row = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="none",
+                             zero_infinity=True)
+        weights = weights.float()
+        return (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
 
 
 def build_model(config: dict) -> EncoderDecoder:

@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from kdst.data.dataset import iterate, make_batches, make_dataset, shard_batches
+from kdst.data.nbest_targets import load_nbest_targets
 from kdst.data.specaugment import SpecAugmentOptions, spec_augment
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
@@ -65,7 +66,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     return config
 
 
-def build_datasets(data: dict) -> tuple[object, object, dict]:
+def build_datasets(data: dict, seed: int = 1) -> tuple[object, object, dict]:
     """Train and validation datasets, and the vocabulary sizes the model needs."""
     sizes = {"vocab_size": len(load_tokenizer(data["tokenizer"]).tokens)}
     if data.get("input", "speech") == "text":
@@ -74,7 +75,12 @@ def build_datasets(data: dict) -> tuple[object, object, dict]:
         sizes["ctc_vocab_size"] = len(load_tokenizer(data["ctc_tokenizer"]).tokens)
     # Students trained on teacher outputs (data.text: text.seqkd) are still validated on gold references.
     valid = {**data, "text": data.get("valid_text", data.get("text", "text"))}
-    return make_dataset(data, data["train"]), make_dataset(valid, data["valid"]), sizes
+    train_set = make_dataset(data, data["train"])
+    if data.get("nbest_targets"):  # the teacher's N-best pseudo labels replace data.text's targets
+        train_set = load_nbest_targets(train_set, data["nbest_targets"], data["train"],
+                                       load_tokenizer(data["tokenizer"]), gold_text=data.get("text", "text"),
+                                       seed=seed)
+    return train_set, make_dataset(valid, data["valid"]), sizes
 
 
 def lr_lambda(optim: dict):
@@ -226,7 +232,7 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     rank, world_size, device = init_distributed()
     train = config["train"]
     torch.manual_seed(int(train.get("seed", 1)))
-    train_set, valid_set, sizes = build_datasets(config["data"])
+    train_set, valid_set, sizes = build_datasets(config["data"], int(train.get("seed", 1)))
     config["model"] = {**config["model"], **sizes}
     model = build_model(config["model"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["optim"]["lr"]),
@@ -236,6 +242,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     # With a kd section the loss comes from the student and a teacher; checkpoints hold the student only.
     loss_model = model
     if config.get("kd"):
+        if config["data"].get("nbest_targets"):
+            raise KdstError("a kd section and data.nbest_targets cannot be combined (one teacher signal at a time)")
         loss_model, train_set = setup_distillation(config["kd"], model, train_set, config["data"], device)
     progress = Progress()
     last = exp_dir / "last.pt"
@@ -282,6 +290,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     try:
         epochs = int(train.get("epochs", 10))
         while progress.epoch <= epochs:
+            if hasattr(train_set, "set_epoch"):  # N-best targets drawn per epoch
+                train_set.set_epoch(progress.epoch)
             batches = shard_batches(make_batches(train_set.src_lengths, int(config["data"]["max_units"]),
                                                  max_items=int(config["data"].get("max_items", 10_000)),
                                                  seed=int(train.get("seed", 1)), epoch=progress.epoch),

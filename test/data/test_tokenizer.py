@@ -73,3 +73,19 @@ def test_cli_train_encode_decode(kaldi_text: Path, tmp_path: Path, capsys):
     (tmp_path / "ids").write_text(encoded)
     assert main(["tokenizer", "decode", "--keyed", str(tmp_path / "tok"), str(tmp_path / "ids")]) == 0
     assert capsys.readouterr().out == kaldi_text.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_user_symbols_stay_whole(tmp_path, kind):
+    text = tmp_path / "text"
+    lines = [f"u{i} THE SALE <NOISE> OF HOTELS ,COMMA {'<NOISE> ' if i % 2 else ''}IS PART" for i in range(50)]
+    text.write_text("".join(f"{x}\n" for x in lines))
+    train_tokenizer(tmp_path / "tok", [text], type=kind, vocab_size=40, user_symbols=["<NOISE>"])
+    tok = load_tokenizer(tmp_path / "tok")
+    ids = tok.encode("SALE <NOISE> OF")
+    noise = tok.tokens.index("<NOISE>")
+    assert ids.count(noise) == 1
+    assert "<" not in [tok.tokens[i] for i in ids]
+    assert tok.decode(ids) == "SALE <NOISE> OF"
+    with pytest.raises(KdstError, match="special"):
+        train_tokenizer(tmp_path / "bad", [text], type=kind, user_symbols=["<unk>"])

@@ -142,3 +142,48 @@ def test_beams_share_the_encoder_side_of_the_state():
                                    rtol=1e-4, atol=1e-5)
         with pytest.raises(ValueError, match="needs the utterances"):
             grouped.select(rows)
+
+
+def one_row_loss(model, batch: dict, utt: int, tgt: torch.Tensor, length: int) -> tuple[float, float]:
+    """(summed label-smoothed CE, summed CTC) of one utterance with one target: the brute-force oracle."""
+    single = {"ids": ["x"], "src": batch["src"][utt:utt + 1, :int(batch["src_lengths"][utt])],
+              "src_lengths": batch["src_lengths"][utt:utt + 1], "tgt": tgt[None, :max(length, 1)],
+              "tgt_lengths": torch.tensor([length])}
+    logits, targets, memory, memory_lengths = model.decoder_logits(single)
+    mask = targets != 0
+    ce = F.cross_entropy(logits[mask], targets[mask], reduction="sum", label_smoothing=model.label_smoothing)
+    ctc = model.ctc_loss(memory, memory_lengths, single["tgt"], single["tgt_lengths"]) * max(length, 1)
+    return float(ce), float(ctc)
+
+
+def test_weighted_nbest_loss_is_the_weighted_average_of_per_hypothesis_losses():
+    """Each utterance's hypotheses share one encoder pass; the loss weighs every token by its row's weight."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["conformer"]).eval()
+    batch = batch_for("conformer")
+    g = torch.Generator().manual_seed(1)
+    rows = torch.tensor([0, 0, 0, 1, 2, 2])
+    weights = torch.tensor([0.5, 0.3, 0.2, 1.0, 0.9, 0.1])
+    lengths = torch.tensor([5, 3, 6, 4, 1, 2])
+    tgt = torch.randint(3, 40, (6, 6), generator=g)
+    tgt[torch.arange(6)[None, :] >= lengths[:, None]] = 0
+    nbest_batch = {**batch, "tgt": tgt, "tgt_lengths": lengths, "tgt_utt": rows, "tgt_weight": weights}
+    with torch.no_grad():
+        loss, stats = model(nbest_batch)
+        oracle = [one_row_loss(model, batch, int(rows[r]), tgt[r], int(lengths[r])) for r in range(6)]
+    tokens = (weights * (lengths + 1).float()).sum()  # + <eos> per row
+    ce = sum(float(w) * o[0] for w, o in zip(weights, oracle)) / float(tokens)
+    ctc = sum(float(w) * o[1] for w, o in zip(weights, oracle)) / float((weights * lengths.float()).sum())
+    assert stats["ce"] == pytest.approx(ce, rel=1e-4)
+    assert stats["ctc"] == pytest.approx(ctc, rel=1e-4)
+    assert float(loss) == pytest.approx(0.7 * ce + 0.3 * ctc, rel=1e-4)
+
+
+def test_unit_weights_on_one_target_each_equal_the_plain_loss():
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["conformer"]).eval()
+    batch = batch_for("conformer")
+    with torch.no_grad():
+        plain, _ = model(batch)
+        weighted, _ = model({**batch, "tgt_utt": torch.arange(3), "tgt_weight": torch.ones(3)})
+    assert float(weighted) == pytest.approx(float(plain), rel=1e-5)

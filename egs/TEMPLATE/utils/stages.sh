@@ -27,3 +27,25 @@ stage_finished() {
   mkdir -p "$stage_dir"
   echo "$2" >"$stage_dir/.stage$1.tmp" && mv "$stage_dir/.stage$1.tmp" "$stage_dir/stage$1.done"
 }
+
+# run_stage N "OPTIONS THE STAGE DEPENDS ON" FUNCTION: runs FUNCTION if N is within
+# --stage/--stop-stage and its signature changed.  Needs $stage, $stop_stage and
+# $implemented (" 0 1 2 ... ": the stages this version of the recipe has).
+run_stage() {
+  local n=$1 signature
+  [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 0
+  if [[ $implemented != *" $n "* ]]; then
+    log "stage $n: $3 is not implemented yet; skipped"
+    return 0
+  fi
+  signature=$(stage_signature "$n" "$2")
+  if stage_is_done "$n" "$signature"; then
+    log "stage $n: done already (remove $stage_dir/stage$n.done to redo)"
+    return 0
+  fi
+  log "stage $n: $3"
+  local start=$SECONDS
+  "$3"
+  stage_finished "$n" "$signature"
+  log "stage $n: finished in $((SECONDS - start)) s"
+}

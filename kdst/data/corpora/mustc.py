@@ -10,7 +10,9 @@ The layout, as released and as the synthetic mini corpus writes it::
 
 Output per split: ``wav.scp`` (talk -> absolute path), ``segments``,
 ``utt2spk``/``spk2utt`` (the talk is the speaker: MuST-C speaker ids are per
-talk), ``text.en``, ``text.<tgt>`` and ``text`` (= the translation, the ST target).
+talk), ``text.en``, ``text.<tgt>`` and ``text``: the ST target, the translation;
+with ``task="asr"``, the ASR target: the transcript lower-cased without
+punctuation (``asr_text``).
 """
 
 from __future__ import annotations
@@ -103,7 +105,16 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(path, "not valid UTF-8", line) from None
 
 
-def prepare_split(corpus_dir: Path, split: str, out_dir: Path, tgt_lang: str) -> dict[str, int]:
+_PUNCTUATION = re.compile(r"[^\w\s'-]|(?<!\w)['-]|['-](?!\w)")
+
+
+def asr_text(transcript: str) -> str:
+    """The ASR target of a transcript: lower case, no punctuation (apostrophes and hyphens inside
+    words stay: "don't", "well-known")."""
+    return " ".join(_PUNCTUATION.sub(" ", transcript.lower()).split())
+
+
+def prepare_split(corpus_dir: Path, split: str, out_dir: Path, tgt_lang: str, task: str = "st") -> dict[str, int]:
     """One MuST-C split -> one Kaldi data dir; returns counts of kept and dropped segments."""
     split_dir = corpus_dir / "data" / split
     txt = split_dir / "txt"
@@ -141,7 +152,7 @@ def prepare_split(corpus_dir: Path, split: str, out_dir: Path, tgt_lang: str) ->
         files["utt2spk"][utt] = rec
         files["text.en"][utt] = source
         files[f"text.{tgt_lang}"][utt] = target
-    files["text"] = files[f"text.{tgt_lang}"]
+    files["text"] = files[f"text.{tgt_lang}"] if task == "st" else {u: asr_text(t) for u, t in files["text.en"].items()}
     write_data_dir(out_dir, files)
     stats = {"kept": len(files["segments"]), **{f"dropped ({why})": n for why, n in dropped.items() if n}}
     log.info("%s: %s", out_dir, ", ".join(f"{k} {v}" for k, v in stats.items()))
@@ -149,8 +160,10 @@ def prepare_split(corpus_dir: Path, split: str, out_dir: Path, tgt_lang: str) ->
 
 
 def prepare_mustc(corpus_dir: str | Path, out_dir: str | Path, *, tgt_lang: str = "de",
-                  splits: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
+                  splits: tuple[str, ...] | None = None, task: str = "st") -> dict[str, dict[str, int]]:
     """Prepare the splits of ``corpus_dir`` (the ``en-<tgt>`` directory or its parent).
+
+    ``task`` says what ``text`` holds: "st" the translation, "asr" the normalised transcript.
 
     Without ``splits``, every split of SPLITS that is present is prepared.
     """
@@ -161,4 +174,6 @@ def prepare_mustc(corpus_dir: str | Path, out_dir: str | Path, *, tgt_lang: str 
         raise DataError(corpus_dir, f"not a MuST-C en-{tgt_lang} directory (no data/ inside)")
     if splits is None:
         splits = tuple(s for s in SPLITS if (corpus_dir / "data" / s).is_dir())
-    return {split: prepare_split(corpus_dir, split, Path(out_dir) / split, tgt_lang) for split in splits}
+    if task not in ("st", "asr"):
+        raise ValueError(f"task must be 'st' or 'asr', not '{task}'")
+    return {split: prepare_split(corpus_dir, split, Path(out_dir) / split, tgt_lang, task) for split in splits}

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Attention encoder-decoder ASR compressed by sequence-level KD (Mun'im, Inoue & Shinoda 2019):
+# the stages shared by every ASR corpus.
+#
+# A corpus recipe (egs/<corpus>/asr1/run.sh) calls this script with its own defaults
+# followed by the user's options.  It runs from the recipe directory, which provides
+# cmd.sh, path.sh, local/get_corpus.sh and local/prepare_data.sh.
+#
+#   0 corpus (mini: synthesise it)      1 data prep -> data/{<train>,<dev>,<test sets>}
+#   2 features + global CMVN            3 tokenizer
+#   4 teacher training                  5 teacher evaluation (decode + WER)
+#   6 teacher n-best on the training set
+#   7 pseudo-label sets: data/<train>/text.1best and pseudo_nbest<N>.txt (posterior weights)
+#   8 students: every --student-sizes entry x every --student-modes entry
+#   9 decoding of the teacher and every student on the test sets (speed measured side by side)
+#   10 scoring + compression report -> exp/results.json, exp/RESULTS.md, exp/compression.png
+#
+# Student modes: gold (the references: the baseline), 1best (the teacher's best hypothesis),
+# nbest_expand (each of the N best an example of its own), nbest_sample (one of the N drawn per
+# epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss).
+# --gold-weight mixes the reference into the N-best modes.  Students are exp/asr_<size>_<mode>,
+# each trained from conf/train_student_<size>.yaml with the same settings for every mode.
+set -euo pipefail
+
+template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh cd-s into its recipe dir
+usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
+
+Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizer, 4 teacher, 5 teacher evaluation,
+6 teacher n-best on train, 7 pseudo-label sets, 8 students (--student-sizes x --student-modes),
+9 decoding, 10 scoring + compression report."
+. "$template/utils/options.sh"
+. "$template/utils/stages.sh"
+. "$template/utils/jobs.sh"
+
+opt stage 0 "first stage to run"
+opt stop_stage 10 "last stage to run"
+opt nj 4 "parallel jobs for the data stages"
+opt corpus_dir corpus "where the corpus is (or, for mini, is synthesised)"
+opt corpus_opts "" "extra options for local/get_corpus.sh (mini: --num-train N ...)"
+opt train_set train "training split"
+opt dev_set dev "validation split"
+opt test_sets test "evaluation splits (space separated)"
+opt report_set "" "the split of the compression table (default: the last of --test-sets)"
+opt speed_perturb "" "speed factors for the training set, e.g. 0.9,1.0,1.1 (empty: none)"
+opt fbank_config "$template/../../conf/fbank.yaml" "fbank options"
+opt feat_dir dump/fbank "where feature archives go"
+opt token_type bpe "tokenizer: bpe, unigram or char"
+opt vocab_size 300 "vocabulary (bpe/unigram)"
+opt teacher_config conf/train_teacher.yaml "training config of the teacher"
+opt student_sizes "small" "student sizes: conf/train_student_<size>.yaml each"
+opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted"
+opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
+opt nbest_beam 5 "teacher beam for the n-best on the training set"
+opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)"
+opt posterior_scale 1.0 "N-best weights = softmax(scale * teacher log-probability) over the N"
+opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)"
+opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores"
+opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
+opt beam 5 "beam size for decoding"
+opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x subsampling)"
+opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)"
+parse_options "$@"
+
+implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
+for mode in $student_modes; do
+  case $mode in
+    gold|1best|nbest_expand|nbest_sample|nbest_weighted) ;;
+    *) echo "$prog: unknown --student-modes entry '$mode' (gold 1best nbest_expand nbest_sample nbest_weighted)" >&2
+       exit 2 ;;
+  esac
+done
+for size in $student_sizes; do
+  [[ $size != *_* ]] || { echo "$prog: --student-sizes $size: a size name cannot contain '_'" >&2; exit 2; }
+  [ -f "conf/train_student_$size.yaml" ] || { echo "$prog: --student-sizes $size: conf/train_student_$size.yaml not found" >&2; exit 2; }
+done
+if [ "$nbest_size" -gt "$nbest_beam" ]; then
+  echo "$prog: --nbest-size $nbest_size exceeds --nbest-beam $nbest_beam" >&2
+  exit 2
+fi
+[ -n "$report_set" ] || report_set=${test_sets##* }
+
+. ./path.sh
+. ./cmd.sh
+
+train_sp=$train_set
+[ -n "$speed_perturb" ] && train_sp=${train_set}_sp
+all_sets="$train_sp $dev_set $test_sets"
+tokens=data/tokens/${token_type}${vocab_size}
+[ "$token_type" = char ] && tokens=data/tokens/char
+
+get_corpus() {
+  # shellcheck disable=SC2086  # corpus_opts is a list of options
+  local/get_corpus.sh --corpus-dir "$corpus_dir" $corpus_opts
+}
+
+prepared_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd,)
+
+prepare_data() {
+  # Writes the data dirs, and data/nlsyms.txt where the corpus marks noises (WSJ's <NOISE>).
+  local/prepare_data.sh --corpus-dir "$corpus_dir" --out-dir data --sets "$prepared_sets"
+  # shellcheck disable=SC2046
+  kdst validate-data --no-audio $(for s in ${prepared_sets//,/ }; do echo "data/$s"; done)
+}
+
+make_features() {
+  if [ -n "$speed_perturb" ]; then
+    kdst speed-perturb "data/$train_set" "data/$train_sp" --factors "$speed_perturb"
+  fi
+  local set
+  for set in $all_sets; do
+    kdst fbank --nj "$nj" --cmd "$train_cmd" --config "$fbank_config" "data/$set" "$feat_dir/$set"
+  done
+  kdst compute-cmvn "data/$train_sp/feats.scp" "data/$train_sp/cmvn.ark"
+  # shellcheck disable=SC2046
+  kdst validate-data --no-audio $(for s in $all_sets; do echo "data/$s"; done)
+}
+
+train_tokenizer() {
+  local symbols=()
+  [ -s data/nlsyms.txt ] && symbols=(--user-symbols data/nlsyms.txt)  # kept whole, never split
+  kdst tokenizer train "$tokens" "data/$train_set/text" --type "$token_type" --vocab-size "$vocab_size" \
+    "${symbols[@]}"
+}
+
+asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
+  --set data.cmvn=data/$train_sp/cmvn.ark"
+
+# train_model EXP_DIR CONFIG "DATA OVERRIDES": resumes an interrupted run, then averages checkpoints.
+train_model() {
+  mkdir -p "$1"
+  # shellcheck disable=SC2086
+  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
+  kdst average --exp-dir "$1" --num "$n_average"
+}
+
+# decode_sets SYSTEM SETS...
+decode_sets() {
+  local exp=exp/$1 set
+  shift
+  for set in "$@"; do
+    kdst decode --checkpoint "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+      --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$max_len_ratio" \
+      --nj "$decode_nj" --cmd "$decode_cmd"
+  done
+}
+
+teacher=exp/asr_teacher/avg_best$n_average.pt
+nbest_dir=exp/asr_teacher/nbest_$train_sp
+
+train_teacher() { train_model exp/asr_teacher "$teacher_config" "$asr_data"; }
+
+evaluate_teacher() {
+  # shellcheck disable=SC2086
+  decode_sets asr_teacher $dev_set $test_sets
+  kdst results --systems asr_teacher --sets "$test_sets" --metrics wer,cer
+}
+
+wants_pseudo_labels() { [[ " $student_modes " == *" 1best "* || " $student_modes " == *" nbest_"* ]]; }
+
+teacher_nbest() {
+  if ! wants_pseudo_labels; then
+    log "every student trains on gold references; no teacher n-best needed"
+    return 0
+  fi
+  kdst decode --checkpoint "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
+    --beam "$nbest_beam" --nbest "$nbest_beam" --max-len-ratio "$max_len_ratio" \
+    --nj "$decode_nj" --cmd "$decode_cmd"
+}
+
+pseudo_labels() {
+  if ! wants_pseudo_labels; then
+    log "every student trains on gold references; no pseudo labels needed"
+    return 0
+  fi
+  kdst pseudo-labels --nbest "$nbest_dir/nbest.txt" --out-dir "data/$train_sp" --n "$nbest_size" \
+    --scale "$posterior_scale" --ref "data/$train_sp/text" --stats-json "$nbest_dir/pseudo_labels.json"
+}
+
+# The kdst train options of a student mode.
+mode_opts() {
+  case $1 in
+    gold) ;;
+    1best) echo "--set data.text=text.1best --set data.valid_text=text" ;;
+    nbest_*)
+      echo "--set data.nbest_targets.file=pseudo_nbest$nbest_size.txt --set data.nbest_targets.mode=${1#nbest_}"
+      echo "--set data.nbest_targets.gold_weight=$gold_weight --set data.valid_text=text" ;;
+  esac
+}
+
+students() {
+  local size mode
+  for size in $student_sizes; do
+    for mode in $student_modes; do echo "${size}_$mode"; done
+  done
+}
+
+train_student() {
+  local size=${1%%_*} mode=${1#*_}
+  # shellcheck disable=SC2046
+  OMP_NUM_THREADS=$student_threads train_model "exp/asr_$1" "conf/train_student_$size.yaml" \
+    "$asr_data $(mode_opts "$mode")"
+}
+
+train_students() {
+  # shellcheck disable=SC2046
+  student_threads=$(threads_for $(students | wc -l)) in_parallel "$student_jobs" train_student $(students)
+}
+
+decode_all() {
+  local system
+  # The teacher again too: every speed in the compression table comes from this one stage.
+  for system in asr_teacher $(students | sed 's/^/asr_/'); do
+    # shellcheck disable=SC2086
+    decode_sets "$system" $test_sets
+  done
+}
+
+report() {
+  local systems
+  systems="asr_teacher $(students | sed 's/^/asr_/' | tr '\n' ' ')"
+  kdst compression --systems "$systems" --teacher asr_teacher --set "$report_set" --other-sets "$test_sets"
+}
+
+stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
+run_stage 0 "$corpus_dir $corpus_opts" get_corpus
+run_stage 1 "$corpus_dir $prepared_sets" prepare_data
+run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
+run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
+run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
+run_stage 5 "$beam $max_len_ratio $test_sets" evaluate_teacher
+run_stage 6 "$student_modes $nbest_beam $max_len_ratio" teacher_nbest
+run_stage 7 "$student_modes $nbest_size $posterior_scale" pseudo_labels
+run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done)) $student_sizes $student_modes $gold_weight" train_students
+run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $decode_nj" decode_all
+run_stage 10 "$student_sizes $student_modes $test_sets $report_set" report
+log "done: stages $stage-$stop_stage"

@@ -1,0 +1,225 @@
+"""``kdst compression``: how much smaller and faster the students are than their teacher, at what WER cost.
+
+The compression report of the ASR recipe (big attention encoder-decoder teacher, small
+students trained on its pseudo labels, after Mun'im et al. 2019).  Every system, the
+teacher included, is scored on one test set from ``exp/<system>/decode_<set>/``
+(hyp.txt, decode_stats.json), and set against the teacher: parameters, checkpoint
+size, WER (absolute and relative change) and decoding speed.  Writes
+``exp/results.json``, ``exp/RESULTS.md`` and ``exp/compression.png`` (WER against
+parameters, one line per training mode across student sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+from kdst import metrics
+from kdst.data.files import atomic_write_text
+from kdst.errors import KdstError
+from kdst.results import _figure, _save_png, score_system
+
+COMPRESSION_PNG = "compression.png"
+BYTES_PER_PARAM = 4  # float32: the estimate when the checkpoint file cannot be measured
+CONDITIONS = ("device", "jobs", "threads", "beam")  # decode settings that change the speed columns
+RECIPE_NAME = re.compile(r"asr_(?P<size>[^_]+)_(?P<mode>.+)")  # the recipe's students: asr_<size>_<mode>
+
+
+def _ratio(num, den, digits: int = 3):
+    return round(num / den, digits) if num is not None and den else None
+
+
+def _read_decode_dir(decode_dir: Path) -> dict:
+    """decode_stats.json of a decoded system; KdstError if it, or hyp.txt, is missing."""
+    for name in ("hyp.txt", "decode_stats.json"):
+        if not (decode_dir / name).is_file():
+            raise KdstError(f"{decode_dir / name}: missing (run the decoding stage first)")
+    stats = json.loads((decode_dir / "decode_stats.json").read_text())
+    for key in ("params", "sentences_per_s"):
+        if key not in stats:
+            raise KdstError(f"{decode_dir / 'decode_stats.json'}: no '{key}' (decode again with this kdst)")
+    return stats
+
+
+def checkpoint_bytes(stats: dict, exp_root: Path) -> int | None:
+    """Size on disk of the decoded checkpoint; None if the stats do not name it or it is gone.
+
+    A relative path is taken from the working directory, else from the recipe directory
+    (the parent of ``exp_root``): the decoding stage runs there.
+    """
+    if not stats.get("checkpoint"):
+        return None
+    path = Path(stats["checkpoint"])
+    for candidate in (path,) if path.is_absolute() else (path, exp_root.parent / path):
+        if candidate.is_file():
+            return candidate.stat().st_size
+    return None
+
+
+def collect_compression(exp_root: Path, data_root: Path, systems: list[str], teacher: str, test_set: str, *,
+                        text: str = "text", metric_names=("wer", "cer"), plots: bool = True,
+                        other_sets: tuple[str, ...] = ()) -> dict:
+    """Score every system on ``test_set``, compare each with ``teacher``; writes results.json, RESULTS.md
+    and (``plots``) compression.png under ``exp_root``.  Returns the results.json content.
+
+    ``other_sets`` are scored too (``wer_<set>`` in each entry, a WER column each, e.g. WSJ's dev93
+    beside eval92); the ratios and speeds come from ``test_set`` alone.
+    """
+    exp_root, data_root = Path(exp_root), Path(data_root)
+    metric_names = metrics.parse_metrics(list(metric_names))
+    if "wer" not in metric_names:
+        raise KdstError("the compression report needs WER among the metrics")
+    if teacher not in systems:  # fail before the (slow) scoring
+        raise KdstError(f"--teacher {teacher}: not among the systems ({' '.join(systems)})")
+    order = [teacher, *(s for s in dict.fromkeys(systems) if s != teacher)]
+    stats = {s: _read_decode_dir(exp_root / s / f"decode_{test_set}") for s in order}  # all present first
+    other_sets = tuple(o for o in dict.fromkeys(other_sets) if o != test_set)
+    for other in other_sets:
+        for system in order:
+            _read_decode_dir(exp_root / system / f"decode_{other}")
+    results: dict[str, dict] = {}
+    for system in order:
+        st = stats[system]
+        score = score_system(exp_root / system / f"decode_{test_set}", data_root / test_set / text, metric_names)
+        size = checkpoint_bytes(st, exp_root)
+        estimated = size is None
+        size = st["params"] * BYTES_PER_PARAM if estimated else size
+        entry = {m: score[m] for m in metric_names}
+        entry.update(n=score["n"], params=st["params"], size_mb=round(size / 1e6, 3), size_bytes=size,
+                     size_estimated=estimated, sentences_per_s=st["sentences_per_s"], rtf=st.get("rtf"))
+        # A job count is written only by parallel decoding: one job otherwise.
+        entry["decode"] = {k: st.get(k, 1 if k == "jobs" else None) for k in CONDITIONS}
+        for other in other_sets:
+            entry[f"wer_{other}"] = score_system(exp_root / system / f"decode_{other}", data_root / other / text,
+                                                 ["wer"])["wer"]
+        results[system] = entry
+    ref = results[teacher]
+    for entry in results.values():
+        entry["param_reduction"] = _ratio(ref["params"], entry["params"])
+        entry["size_reduction"] = _ratio(ref["size_bytes"], entry["size_bytes"])
+        entry["speedup"] = _ratio(entry["sentences_per_s"], ref["sentences_per_s"])
+        # + 0.0 turns a -0.0 into 0.0
+        entry["wer_abs_change"] = round(entry["wer"] - ref["wer"], 2) + 0.0
+        entry["wer_rel_change"] = (round(100 * (entry["wer"] - ref["wer"]) / ref["wer"], 2) + 0.0
+                                   if ref["wer"] else None)
+    atomic_write_text(exp_root / "results.json", json.dumps(results, indent=1) + "\n")
+    charts = [COMPRESSION_PNG] if plots and plot_compression(results, teacher, exp_root / COMPRESSION_PNG) else []
+    atomic_write_text(exp_root / "RESULTS.md", markdown(results, teacher, test_set, charts, other_sets))
+    return results
+
+
+def differing_conditions(results: dict) -> list[str]:
+    """The decode settings (device, jobs, threads, beam) that are not the same for every system."""
+    return [k for k in CONDITIONS if len({r["decode"][k] for r in results.values()}) > 1]
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(results: dict, teacher: str, test_set: str, charts: list[str] = (), other_sets=()) -> str:
+    extra = [m for m in metrics.METRICS if m not in ("wer", "cer") and any(m in r for r in results.values())]
+    with_cer = any("cer" in r for r in results.values())
+    header = ["system", "params", "× smaller", "size MB", "WER", "ΔWER abs", "ΔWER rel %",
+              *(["CER"] if with_cer else []), *(metrics.LABELS[m] for m in extra),
+              *(f"WER {o}" for o in other_sets), "sentences/s", "RTF", "speed-up"]
+    lines = [f"# Compression ({test_set}, teacher {teacher})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        cells = [name, f"{r['params'] / 1e6:.2f}M", _fmt(r["param_reduction"], ".2f", "×"),
+                 ("~" if r["size_estimated"] else "") + f"{r['size_mb']:.2f}", f"{r['wer']:.2f}",
+                 f"{r['wer_abs_change']:+.2f}", _fmt(r["wer_rel_change"], "+.1f"),
+                 *([_fmt(r.get("cer"), ".2f")] if with_cer else []), *(_fmt(r.get(m), ".2f") for m in extra),
+                 *(_fmt(r.get(f"wer_{o}"), ".2f") for o in other_sets),
+                 f"{r['sentences_per_s']:.1f}", _fmt(r["rtf"], ".3f"), _fmt(r["speedup"], ".2f", "×")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"× smaller: the teacher's parameters / the system's. size MB: the decoded checkpoint "
+                  f"on disk (10^6 bytes; ~: not found, estimated as {BYTES_PER_PARAM} bytes per parameter). "
+                  "ΔWER abs: WER minus the teacher's, in points; ΔWER rel %: that difference in percent of the "
+                  "teacher's WER (- when it is 0). speed-up: sentences/s / the teacher's. RTF: decoding time / "
+                  "audio duration (lower is faster)."]
+    differ = differing_conditions(results)
+    if differ:
+        lines += ["", f"**Warning**: the systems were decoded under different conditions ({', '.join(differ)} "
+                      "differ): the speed columns (sentences/s, RTF, speed-up) are not comparable."]
+        lines += [f"- {name}: {_conditions(r['decode'])}" for name, r in results.items()]
+    else:
+        lines += ["", f"Decoded with {_conditions(results[teacher]['decode'])}."]
+    for chart in charts:
+        lines += ["", f"![{Path(chart).stem.replace('_', ' ')}]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def _conditions(decode: dict) -> str:
+    return ", ".join(f"{k} {'?' if decode[k] is None else decode[k]}" for k in CONDITIONS)  # ?: not recorded
+
+
+def group_by_mode(names, teacher: str) -> tuple[dict[str, list[str]], list[str]]:
+    """({mode: the recipe's students of that mode}, the other names), the teacher in neither."""
+    modes: dict[str, list[str]] = {}
+    others: list[str] = []
+    for name in names:
+        if name != teacher:
+            match = RECIPE_NAME.fullmatch(name)
+            (modes.setdefault(match["mode"], []) if match else others).append(name)
+    return modes, others
+
+
+def plot_compression(results: dict, teacher: str, path: Path) -> bool:
+    """WER against parameters (log scale); the recipe's students coloured by mode, a line per mode
+    through its sizes; the teacher a star.  Always writes (there is at least the teacher)."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig, (ax,) = _figure(1, 7.0)
+    modes, others = group_by_mode(results, teacher)
+    colours = [f"C{i % 10}" for i in range(len(modes))]
+    for (mode, names), colour in zip(modes.items(), colours):
+        names = sorted(names, key=lambda n: results[n]["params"])  # the trade-off curve: small to large
+        ax.plot([results[n]["params"] for n in names], [results[n]["wer"] for n in names], marker="o",
+                color=colour, label=mode)
+    if others:
+        ax.scatter([results[n]["params"] for n in others], [results[n]["wer"] for n in others], marker="o",
+                   color="tab:gray", label="other")
+    t = results[teacher]
+    ax.scatter([t["params"]], [t["wer"]], marker="*", s=200, color="black", zorder=3, label="teacher")
+    ax.axhline(t["wer"], color="black", linewidth=0.8, linestyle=":", alpha=0.5)
+    for name, r in results.items():
+        ax.annotate(name, (r["params"], r["wer"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
+    # Among the minor ticks (2..9 × a power of ten) only 2 and 5 are named: enough to read, not crowded.
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda x, _: f"{x / 1e6:g}M" if x > 0 and round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
+    ax.tick_params(axis="x", which="both", labelsize=8)
+    ax.margins(x=0.15, y=0.1)  # room for the names beside the outermost points
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("WER (%)")
+    ax.set_title(f"WER against parameters (teacher {teacher})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save_png(fig, path)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--systems", required=True, help="space-separated experiment names under --exp-dir, "
+                                                         "the teacher included")
+    parser.add_argument("--teacher", required=True, help="one of --systems: what the others are compared with")
+    parser.add_argument("--set", required=True, dest="test_set", help="the evaluation set (decode_<set>)")
+    parser.add_argument("--text", default="text", help="reference file of the set's data dir")
+    parser.add_argument("--metrics", default="wer,cer", help="comma-separated; WER is needed")
+    parser.add_argument("--no-plots", action="store_true", help=f"do not draw {COMPRESSION_PNG}")
+    parser.add_argument("--other-sets", default="", help="space-separated sets whose WER is added as columns")
+
+
+def run(args: argparse.Namespace) -> int:
+    collect_compression(args.exp_dir, args.data_dir, args.systems.split(), args.teacher, args.test_set,
+                        text=args.text, metric_names=metrics.parse_metrics(args.metrics), plots=not args.no_plots,
+                        other_sets=tuple(args.other_sets.split()))
+    print((args.exp_dir / "RESULTS.md").read_text(), end="")
+    return 0

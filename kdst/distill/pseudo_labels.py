@@ -1,0 +1,124 @@
+"""``kdst pseudo-labels``: a teacher's n-best on the training set -> pseudo-label sets.
+
+Sequence-level KD for ASR (Mun'im, Inoue & Shinoda 2019) trains the student on
+the teacher's beam-search hypotheses instead of the references.  From the
+``nbest.txt`` of ``kdst decode`` this writes, into the training data dir:
+
+    text.1best              <utt> <the teacher's best hypothesis>           (Kaldi text)
+    pseudo_nbest<N>.txt     <utt>-<rank> <weight> <text>, the N best per utterance
+
+The weight of a hypothesis is the teacher's posterior normalised over the
+N-best: softmax(scale * log P(y|x)) over the hypotheses kept.  ``scale`` < 1
+flattens it (the teacher's sequence probabilities are sharp, and a flat
+posterior keeps more hypotheses alive); identical texts (different token
+sequences that detokenise to the same words) are merged and their
+weights added.  With a reference, the statistics also say how good the pseudo
+labels are: the WER of the 1-best, of the oracle (best of the N) and the
+posterior-weighted expected WER.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from kdst import metrics
+from kdst.data.files import atomic_write_text
+from kdst.data.kaldi_dir import c_sort_key, read_kv
+from kdst.distill.rescore import NbestEntry, read_nbest
+from kdst.errors import DataError, KdstError
+
+
+def posterior(entries: list[NbestEntry], n: int, scale: float = 1.0) -> list[tuple[float, str]]:
+    """The first ``n`` distinct texts of a rank-sorted n-best with their normalised posterior."""
+    merged: dict[str, float] = {}  # text -> scaled log-probability, the best-ranked variant first
+    for e in entries:
+        text, value = " ".join(e.text.split()), scale * e.logprob
+        if text in merged:
+            merged[text] = _logaddexp(merged[text], value)
+        elif len(merged) < n:
+            merged[text] = value
+    top = max(merged.values())
+    exp = {t: math.exp(v - top) for t, v in merged.items()}
+    total = sum(exp.values())
+    return [(exp[t] / total, t) for t in merged]
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+def _entropy(weights: list[float]) -> float:
+    return -sum(w * math.log(w) for w in weights if w > 0.0)
+
+
+def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLike, n: int, *,
+                        scale: float = 1.0, reference: str | os.PathLike | None = None) -> dict:
+    """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics."""
+    if n < 1:
+        raise KdstError(f"--n must be at least 1, not {n}")
+    if not scale > 0.0:
+        raise KdstError(f"--scale must be positive, not {scale}")
+    nbest = read_nbest(nbest_path)
+    if not nbest:
+        raise DataError(nbest_path, "no hypotheses")
+    out = Path(out_dir)
+    refs = read_kv(reference, allow_empty_value=True) if reference is not None else None
+    if refs is not None:
+        missing = sorted(set(refs) - set(nbest), key=c_sort_key)
+        if missing:
+            raise DataError(nbest_path, f"{len(missing)} utterance(s) of {reference} have no hypotheses, "
+                                        f"e.g. '{missing[0]}' (decode the same data dir)")
+    utts = sorted(nbest, key=c_sort_key)
+    kept = {u: posterior(nbest[u], n, scale) for u in utts}
+    atomic_write_text(out / "text.1best", "".join(f"{u} {kept[u][0][1]}".rstrip() + "\n" for u in utts))
+    lines = [f"{u}-{rank} {w:.6f} {t}".rstrip() + "\n" for u in utts for rank, (w, t) in enumerate(kept[u], 1)]
+    atomic_write_text(out / f"pseudo_nbest{n}.txt", "".join(lines))
+    sizes = [len(kept[u]) for u in utts]
+    stats = {"utterances": len(utts), "n": n, "scale": scale,
+             "hypotheses_per_utterance": round(sum(sizes) / len(utts), 3),
+             "best_weight_mean": round(sum(kept[u][0][0] for u in utts) / len(utts), 4),
+             "entropy_mean_nats": round(sum(_entropy([w for w, _ in kept[u]]) for u in utts) / len(utts), 4)}
+    if refs is not None:
+        stats.update(_label_quality(kept, refs))
+    return stats
+
+
+def _label_quality(kept: dict[str, list[tuple[float, str]]], refs: dict[str, str]) -> dict:
+    """WER (percent) of the pseudo labels against the references: 1-best, oracle, posterior-expected."""
+    one_best = oracle = metrics.ErrorCounts(0, 0, 0, 0)
+    expected_errors = 0.0
+    for utt, hyps in kept.items():
+        if utt not in refs:
+            continue
+        ref = refs[utt].split()
+        counts = [metrics.align(ref, text.split())[0] for _, text in hyps]
+        one_best = one_best + counts[0]
+        oracle = oracle + min(counts, key=lambda c: c.errors)
+        expected_errors += sum(w * c.errors for (w, _), c in zip(hyps, counts))
+    return {"wer_1best": round(one_best.rate, 2), "wer_oracle": round(oracle.rate, 2),
+            "wer_expected": round(100.0 * expected_errors / max(one_best.ref_length, 1), 2)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nbest", required=True, type=Path, help="nbest.txt of kdst decode on the training set")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where text.1best and pseudo_nbest<N>.txt go "
+                                                                   "(the training data dir)")
+    parser.add_argument("--n", type=int, default=5, help="hypotheses kept per utterance")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="posterior = softmax(scale * log-probability) over the N kept")
+    parser.add_argument("--ref", type=Path, help="references (Kaldi text): adds the pseudo labels' WER to the stats")
+    parser.add_argument("--stats-json", type=Path, help="write the statistics here too")
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref)
+    text = json.dumps(stats, indent=1) + "\n"
+    if args.stats_json is not None:
+        atomic_write_text(args.stats_json, text)
+    print(text, end="")
+    return 0

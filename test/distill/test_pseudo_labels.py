@@ -1,0 +1,119 @@
+"""kdst.distill.pseudo_labels: posteriors over the N-best, the files written, the label-quality stats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdst.cli import main
+from kdst.data.nbest_targets import read_pseudo_nbest
+from kdst.distill.pseudo_labels import posterior, write_pseudo_labels
+from kdst.distill.rescore import NbestEntry, read_nbest
+from kdst.errors import DataError, KdstError
+
+# (score, logprob, text) by rank
+NBEST = {
+    "spk1-utt-a": [(-0.1, -0.5, "the cat sat"), (-0.2, -1.5, "the cat sat down"), (-0.3, -2.0, "a cat sat"),
+                   (-0.4, -4.0, "cat")],
+    "spk1-utt-b": [(-0.1, -0.2, "hello world"), (-0.2, -0.9, "hello  world"), (-0.5, -3.0, "yellow world")],
+}
+REFS = {"spk1-utt-a": "the cat sat", "spk1-utt-b": "hello word"}
+
+
+def write_nbest(path: Path) -> Path:
+    lines = sorted(f"{u}-{r} {s:.6f} {lp:.6f} {t}" for u, hyps in NBEST.items()
+                   for r, (s, lp, t) in enumerate(hyps, start=1))
+    path.write_text("".join(f"{x}\n" for x in lines))
+    return path
+
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exp = [math.exp(v - top) for v in values]
+    return [e / sum(exp) for e in exp]
+
+
+def entries(hyps) -> list[NbestEntry]:
+    return [NbestEntry(r, s, lp, " ".join(t.split())) for r, (s, lp, t) in enumerate(hyps, start=1)]
+
+
+def test_posterior_is_the_softmax_of_the_log_probabilities_over_the_n_kept():
+    kept = posterior(entries(NBEST["spk1-utt-a"]), 3)
+    assert [t for _, t in kept] == ["the cat sat", "the cat sat down", "a cat sat"]
+    expected = softmax([-0.5, -1.5, -2.0])
+    assert [w for w, _ in kept] == pytest.approx(expected)
+    assert sum(w for w, _ in kept) == pytest.approx(1.0)
+
+
+def test_posterior_scale_flattens_and_one_keeps_only_the_best():
+    sharp = posterior(entries(NBEST["spk1-utt-a"]), 4, scale=1.0)
+    flat = posterior(entries(NBEST["spk1-utt-a"]), 4, scale=0.3)
+    assert flat[0][0] < sharp[0][0]
+    assert [w for w, _ in flat] == pytest.approx(softmax([0.3 * v for v in (-0.5, -1.5, -2.0, -4.0)]))
+    assert posterior(entries(NBEST["spk1-utt-a"]), 1) == [(1.0, "the cat sat")]
+
+
+def test_identical_texts_are_merged_and_their_probabilities_added():
+    # ranks 1 and 2 of utt-b read the same once whitespace is normalised (two token sequences, one text)
+    kept = posterior(entries(NBEST["spk1-utt-b"]), 2)
+    assert [t for _, t in kept] == ["hello world", "yellow world"]
+    p = [math.exp(v) for v in (-0.2, -0.9, -3.0)]
+    assert kept[0][0] == pytest.approx((p[0] + p[1]) / sum(p))
+
+
+def test_files_round_trip_and_stats(tmp_path):
+    nbest_path = write_nbest(tmp_path / "nbest.txt")
+    refs = tmp_path / "text"
+    refs.write_text("".join(f"{u} {t}\n" for u, t in REFS.items()))
+    stats = write_pseudo_labels(nbest_path, tmp_path / "out", 3, reference=refs)
+    one_best = (tmp_path / "out" / "text.1best").read_text().splitlines()
+    assert one_best == ["spk1-utt-a the cat sat", "spk1-utt-b hello world"]
+    table = read_pseudo_nbest(tmp_path / "out" / "pseudo_nbest3.txt")
+    assert [t for _, t in table["spk1-utt-a"]] == ["the cat sat", "the cat sat down", "a cat sat"]
+    assert sum(w for w, _ in table["spk1-utt-b"]) == pytest.approx(1.0, abs=1e-5)
+    assert stats["utterances"] == 2 and stats["hypotheses_per_utterance"] == 2.5
+    # 1-best: utt-a 0 errors / 3 words, utt-b 1 substitution / 2 words -> 1/5
+    assert stats["wer_1best"] == 20.0
+    assert stats["wer_oracle"] == 20.0  # "yellow world" is no better than "hello world"
+    weights_a = [w for w, _ in table["spk1-utt-a"]]
+    weights_b = [w for w, _ in table["spk1-utt-b"]]
+    expected = (weights_a[1] * 1 + weights_a[2] * 1 + weights_b[0] * 1 + weights_b[1] * 2) / 5 * 100
+    assert stats["wer_expected"] == pytest.approx(expected, abs=0.01)
+
+
+def test_cli_writes_stats_json(tmp_path):
+    nbest_path = write_nbest(tmp_path / "nbest.txt")
+    assert main(["pseudo-labels", "--nbest", str(nbest_path), "--out-dir", str(tmp_path / "d"), "--n", "2",
+                 "--stats-json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
+    assert (tmp_path / "d" / "pseudo_nbest2.txt").is_file()
+
+
+def test_a_reference_without_hypotheses_is_an_error(tmp_path):
+    refs = tmp_path / "text"
+    refs.write_text("spk1-utt-a the cat sat\nspk1-utt-c gone\n")
+    with pytest.raises(DataError, match="spk1-utt-c"):
+        write_pseudo_labels(write_nbest(tmp_path / "nbest.txt"), tmp_path / "out", 2, reference=refs)
+    with pytest.raises(KdstError, match="--n"):
+        write_pseudo_labels(tmp_path / "nbest.txt", tmp_path / "out", 0)
+
+
+def test_read_pseudo_nbest_rejects_bad_files(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("u-1 0.5 a\nu-2 0.4 b\n")
+    with pytest.raises(DataError, match="sum to 0.9"):
+        read_pseudo_nbest(path)
+    path.write_text("u-1 0.5 a\nu-3 0.5 b\n")
+    with pytest.raises(DataError, match="ranks"):
+        read_pseudo_nbest(path)
+    path.write_text("u-1 x a\n")
+    with pytest.raises(DataError, match=r"p.txt:1: weight"):
+        read_pseudo_nbest(path)
+
+
+def test_decoded_nbest_reader_is_shared(tmp_path):
+    # the pseudo labels read kdst decode's nbest.txt through the rescorer's reader
+    assert list(read_nbest(write_nbest(tmp_path / "n.txt"))) == sorted(NBEST)

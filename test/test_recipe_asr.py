@@ -1,0 +1,109 @@
+"""The ASR compression recipe (egs/TEMPLATE/asr.sh): options, and every stage of egs/mini/asr1 on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import needs
+from kdst.data.nbest_targets import read_pseudo_nbest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")
+TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
+MODES = ("gold", "1best", "nbest_expand", "nbest_sample", "nbest_weighted")
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    """A private copy of egs/mini/asr1 (sharing egs/TEMPLATE), so tests never touch the real one."""
+    egs = tmp_path / "egs"
+    egs.mkdir()
+    (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    shutil.copytree(REPO / "egs" / "mini" / "asr1", egs / "mini" / "asr1", symlinks=True,
+                    ignore=shutil.ignore_patterns(*RECIPE_OUTPUTS))
+    return egs / "mini" / "asr1"
+
+
+def run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(recipe / "run.sh"), *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=900)
+
+
+def test_help_lists_the_stages_and_options(recipe: Path):
+    result = run_recipe(recipe, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: egs/mini/asr1/run.sh [--stage N] [--stop-stage M]")
+    assert "--student-modes" in result.stdout and "--gold-weight" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--student-modes", "gold nbest"],
+     "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample nbest_weighted)"),
+    (["--student-sizes", "huge"], "--student-sizes huge: conf/train_student_huge.yaml not found"),
+    (["--nbest-size", "8", "--nbest-beam", "4"], "--nbest-size 8 exceeds --nbest-beam 4"),
+])
+def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
+    result = run_recipe(recipe, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"egs/mini/asr1/run.sh: {message}"
+    assert not (recipe / "data").exists()
+
+
+@pytest.mark.slow
+@needs["espeak-ng"]
+def test_all_stages_on_a_tiny_corpus(recipe: Path):
+    """Teacher, n-best, pseudo labels, a student per mode, decoding and the compression report
+    (two epochs each: plumbing, not quality)."""
+    result = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
+                        "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
+                        "--student-modes", " ".join(MODES), "--nbest-beam", "3", "--nbest-size", "3",
+                        "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2")
+    assert result.returncode == 0, result.stderr
+    exp, train = recipe / "exp", recipe / "data" / "train"
+
+    one_best = dict(line.split(" ", 1) for line in (train / "text.1best").read_text().splitlines())
+    nbest = read_pseudo_nbest(train / "pseudo_nbest3.txt")
+    assert set(one_best) == set(nbest) and len(nbest) == 8
+    assert all(abs(sum(w for w, _ in hyps) - 1) < 1e-4 and len(hyps) <= 3 for hyps in nbest.values())
+    stats = json.loads((exp / "asr_teacher" / "nbest_train" / "pseudo_labels.json").read_text())
+    assert stats["utterances"] == 8 and "wer_oracle" in stats
+
+    for mode in MODES:  # each student trained on what its mode says
+        config = (exp / f"asr_small_{mode}" / "config.yaml").read_text()
+        assert ("nbest_targets" in config) == mode.startswith("nbest_")
+        assert ("text.1best" in config) == (mode == "1best")
+    assert "gold_weight: 0.2" in (exp / "asr_small_nbest_weighted" / "config.yaml").read_text()
+    # expand: 8 utterances become their hypotheses (plus the reference where it differs)
+    log = (exp / "asr_small_nbest_expand" / "train.log").read_text()
+    expanded = int(log.split(" training utterances")[0].rsplit(" ", 1)[1])
+    assert expanded > 8
+
+    results = json.loads((exp / "results.json").read_text())
+    systems = ["asr_teacher", *(f"asr_small_{m}" for m in MODES)]
+    assert list(results) == systems
+    teacher = results["asr_teacher"]
+    assert teacher["param_reduction"] == 1.0 and teacher["wer_abs_change"] == 0.0
+    for name in systems[1:]:
+        r = results[name]
+        assert r["param_reduction"] == pytest.approx(teacher["params"] / r["params"], abs=1e-3)
+        assert r["param_reduction"] > 10  # the mini students are 1/16 of the teacher
+        assert r["wer_abs_change"] == pytest.approx(r["wer"] - teacher["wer"], abs=0.01)
+        assert r["size_estimated"] is False and r["decode"] == teacher["decode"]
+    table = (exp / "RESULTS.md").read_text()
+    assert "× smaller" in table and "Warning" not in table
+    assert (exp / "compression.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
+                       "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
+                       "--student-modes", " ".join(MODES), "--nbest-beam", "3", "--nbest-size", "3",
+                       "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2")
+    assert again.returncode == 0, again.stderr
+    assert all(f"stage {n}: done already" in again.stderr for n in range(11))
