@@ -283,6 +283,12 @@ def cmd_prep_wsj(args: argparse.Namespace) -> int:
     return wsj.run(args)
 
 
+def cmd_prep_librispeech(args: argparse.Namespace) -> int:
+    from kdst.data.corpora import librispeech
+
+    return librispeech.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -426,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prep-wsj", help="WSJ0/WSJ1 LDC discs -> Kaldi data dirs (train_si284, test_dev93, ...)")
     wsj.add_arguments(p)
     p.set_defaults(func=cmd_prep_wsj)
+
+    from kdst.data.corpora import librispeech
+
+    p = sub.add_parser("prep-librispeech", help="LibriSpeech (and an unlabelled pool) -> Kaldi data dirs")
+    librispeech.add_arguments(p)
+    p.set_defaults(func=cmd_prep_librispeech)
 
     p = sub.add_parser("make-mini-text", help="extra En-De parallel text for the mini MT teacher (a data dir)")
     p.add_argument("out_dir", type=Path)

@@ -55,6 +55,7 @@ opt nbest_beam 5 "teacher beam for the n-best on the training set"
 opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)"
 opt posterior_scale 1.0 "N-best weights = softmax(scale * teacher log-probability) over the N"
 opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)"
+opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)"
 opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores"
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
 opt beam 5 "beam size for decoding"
@@ -186,6 +187,8 @@ mode_opts() {
       echo "--set data.nbest_targets.file=pseudo_nbest$nbest_size.txt --set data.nbest_targets.mode=${1#nbest_}"
       echo "--set data.nbest_targets.gold_weight=$gold_weight --set data.valid_text=text" ;;
   esac
+  if [ "$1" = nbest_expand ] && [ -n "$expand_epochs" ]; then echo "--set train.epochs=$expand_epochs"; fi
+  return 0
 }
 
 students() {
@@ -231,7 +234,7 @@ run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
 run_stage 5 "$beam $max_len_ratio $test_sets" evaluate_teacher
 run_stage 6 "$student_modes $nbest_beam $max_len_ratio" teacher_nbest
 run_stage 7 "$student_modes $nbest_size $posterior_scale" pseudo_labels
-run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done)) $student_sizes $student_modes $gold_weight" train_students
+run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done)) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
 run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $decode_nj" decode_all
 run_stage 10 "$student_sizes $student_modes $test_sets $report_set" report
 log "done: stages $stage-$stop_stage"
