@@ -1,0 +1,213 @@
+"""RNN transducer: transcriber (speech encoder) + predictor + joiner.
+
+Takes the batch dict of kdst.models.encoder_decoder (``src``, ``src_lengths``,
+``tgt``, ``tgt_lengths``; with ``tgt_utt``/``tgt_weight`` for several weighted
+targets per utterance).  Blank (id 0) is both the transducer's blank and the
+predictor's start symbol.
+
+The joint network is ``output(tanh(W_enc enc[t] + W_pred pred[u]))``.  The two
+projections are applied once per frame and once per predictor output (see
+``project_encoder`` and ``predictor_step``), so that ``join`` during search is
+just an addition, a tanh and the output layer.
+
+``forward(batch)`` returns ``(loss, stats)`` with the RNN-T loss per target token;
+``forward(batch, distill=term)`` mixes a distillation term computed from the joint
+logits: ``(1 - w) * RNNT + w * KD``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdst.data.tokenizer import BLANK_ID
+from kdst.losses import rnnt_loss
+from kdst.models.encoders import SpeechEncoder
+from kdst.models.streaming import StreamingConformerEncoder
+
+State = tuple[torch.Tensor, ...]  # predictor state: tensors with the row (batch) dimension first
+
+
+class StatelessPredictor(nn.Module):
+    """The last ``context_size`` labels, embedded and mixed by a depthwise Conv1d (Ghodsi et al. 2020)."""
+
+    def __init__(self, vocab_size: int, dim: int = 256, context_size: int = 2):
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, not {context_size}")
+        self.context_size = context_size
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.conv = nn.Conv1d(dim, dim, context_size, groups=dim, bias=False)
+
+    def _mix(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N, U + context_size - 1) labels -> (N, U, dim)."""
+        return F.relu(self.conv(self.embed(labels).transpose(1, 2)).transpose(1, 2))
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        # Blanks before the start symbol stand for "no label yet", as in init_state.
+        return self._mix(F.pad(labels, (self.context_size - 1, 0), value=BLANK_ID))
+
+    def init_state(self, n: int, device) -> State:
+        return (torch.full((n, self.context_size - 1), BLANK_ID, dtype=torch.long, device=device),)
+
+    def step(self, last: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        context = torch.cat([state[0], last[:, None]], dim=1)
+        return self._mix(context)[:, 0], (context[:, 1:],)
+
+
+class LstmPredictor(nn.Module):
+    def __init__(self, vocab_size: int, dim: int = 256, layers: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(dim, dim, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.lstm(self.dropout(self.embed(labels)))[0]
+
+    def init_state(self, n: int, device) -> State:
+        zeros = torch.zeros(n, self.lstm.num_layers, self.lstm.hidden_size, device=device)
+        return zeros, zeros.clone()
+
+    def step(self, last: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # Rows first in the state (so search can index it like any other tensor); the LSTM wants layers first.
+        h, c = (s.transpose(0, 1).contiguous() for s in state)
+        out, (h, c) = self.lstm(self.dropout(self.embed(last[:, None])), (h, c))
+        return out[:, 0], (h.transpose(0, 1), c.transpose(0, 1))
+
+
+class Joiner(nn.Module):
+    def __init__(self, encoder_dim: int, predictor_dim: int, vocab_size: int, dim: int = 256):
+        super().__init__()
+        self.encoder_proj = nn.Linear(encoder_dim, dim)
+        self.predictor_proj = nn.Linear(predictor_dim, dim)
+        self.output = nn.Linear(dim, vocab_size)
+
+    def forward(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Projected encoder and predictor outputs (broadcastable) -> logits."""
+        return self.output(torch.tanh(enc + pred))
+
+
+class Transducer(nn.Module):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner, vocab_size: int,
+                 ctc_weight: float = 0.0):
+        super().__init__()
+        self.encoder, self.predictor, self.joiner = encoder, predictor, joiner
+        self.vocab_size = vocab_size
+        self.ctc_weight = ctc_weight
+        # An auxiliary CTC head helps the encoder learn to align early in training.
+        self.ctc = nn.Linear(joiner.encoder_proj.in_features, vocab_size) if ctc_weight > 0 else None
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output (B, T', D) and its lengths."""
+        return self.encoder(src, src_lengths)
+
+    def project_encoder(self, enc: torch.Tensor) -> torch.Tensor:
+        """(..., D) encoder output -> (..., J), the encoder side of ``join``."""
+        return self.joiner.encoder_proj(enc)
+
+    def init_predictor_state(self, n: int, device=None) -> State:
+        return self.predictor.init_state(n, device or self.joiner.output.weight.device)
+
+    def predictor_step(self, last_labels: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """(N,) last emitted labels (blank at the start) -> projected predictor output (N, J), new state."""
+        out, state = self.predictor.step(last_labels, state)
+        return self.joiner.predictor_proj(out), state
+
+    def join(self, enc_frames: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
+        """Projected encoder frames and predictor outputs (broadcastable, last dim J) -> logits (..., V)."""
+        return self.joiner(enc_frames, pred_out)
+
+    @staticmethod
+    def select_state(state: State, rows: torch.Tensor) -> State:
+        return tuple(s[rows] for s in state)
+
+    def _joint(self, batch: dict):
+        enc, enc_lengths = self.encode(batch["src"], batch["src_lengths"])
+        rows, row_lengths = enc, enc_lengths
+        if "tgt_utt" in batch:  # several targets per utterance: the encoder ran once, the rest per target
+            rows, row_lengths = enc[batch["tgt_utt"]], enc_lengths[batch["tgt_utt"]]
+        tgt = batch["tgt"]
+        labels = torch.cat([tgt.new_full((tgt.shape[0], 1), BLANK_ID), tgt], dim=1)
+        pred = self.joiner.predictor_proj(self.predictor(labels))
+        logits = self.join(self.project_encoder(rows)[:, :, None], pred[:, None])
+        return logits, row_lengths, enc, enc_lengths
+
+    def joint_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (R, T', U+1, V), their frame lengths (R,), the targets (R, U) and their lengths (R,)."""
+        logits, logit_lengths, _, _ = self._joint(batch)
+        return logits, logit_lengths, batch["tgt"], batch["tgt_lengths"]
+
+    def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``distill(logits, batch) -> (kd_loss, weight)``, optional: the transducer loss becomes
+        ``(1 - weight) * RNNT + weight * kd_loss``; the stats report both parts."""
+        logits, logit_lengths, enc, enc_lengths = self._joint(batch)
+        tgt, tgt_lengths, weights = batch["tgt"], batch["tgt_lengths"], batch.get("tgt_weight")
+        ntokens = int(tgt_lengths.sum())
+        if weights is None:
+            loss = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum")
+            loss = loss / max(ntokens, 1)
+        else:  # sum_r w_r RNNT_r / sum_r w_r len_r, as the encoder-decoder's weighted losses
+            per_row = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="none")
+            weights = weights.float()
+            loss = (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
+        stats = {"rnnt": loss.item(), "ntokens": float(ntokens)}
+        if distill is not None:
+            kd, weight = distill(logits, batch)
+            loss = (1 - weight) * loss + weight * kd
+            stats["kd"] = kd.item()
+        if self.ctc is not None:
+            log_probs = self.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+            if "tgt_utt" in batch:
+                log_probs, enc_lengths = log_probs[:, batch["tgt_utt"]], enc_lengths[batch["tgt_utt"]]
+            per_row = F.ctc_loss(log_probs, tgt, enc_lengths, tgt_lengths, blank=BLANK_ID, reduction="none",
+                                 zero_infinity=True)
+            w = weights.float() if weights is not None else torch.ones_like(per_row)
+            ctc = (per_row * w).sum() / (w * tgt_lengths.float()).sum().clamp_min(1e-9)
+            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
+            stats["ctc"] = ctc.item()
+        stats["loss"] = loss.item()
+        return loss, stats
+
+
+def _make(cls, options: dict, section: str, **fixed):
+    """``cls(**fixed, **options)``, with options its constructor does not take reported as config errors."""
+    accepted = set(inspect.signature(cls).parameters) - set(fixed)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"unknown model.{section} option(s): {', '.join(unknown)} (accepted: "
+                         f"{', '.join(sorted(accepted))})")
+    return cls(**fixed, **options)
+
+
+def build_transducer(config: dict) -> Transducer:
+    """Build from the ``model`` section of a training config (``type: transducer``)."""
+    config = dict(config)
+    if config.pop("type", "transducer") != "transducer":
+        raise ValueError("build_transducer needs model.type 'transducer'")
+    vocab_size = config.pop("vocab_size")
+    input_dim = config.pop("input_dim", 80)
+    encoder_cfg, predictor_cfg = dict(config.pop("encoder", {})), dict(config.pop("predictor", {}))
+    joiner_cfg = dict(config.pop("joiner", {}))
+    ctc_weight = config.pop("ctc_weight", 0.0)
+    if config:
+        raise ValueError(f"unknown model option(s): {', '.join(sorted(config))}")
+
+    kind = encoder_cfg.pop("type", "conformer")
+    if kind in ("conformer", "transformer"):
+        encoder = _make(SpeechEncoder, encoder_cfg, "encoder", input_dim=input_dim, type=kind)
+    elif kind == "streaming_conformer":
+        encoder = _make(StreamingConformerEncoder, encoder_cfg, "encoder", input_dim=input_dim)
+    else:
+        raise ValueError(f"unknown transducer encoder type '{kind}' (conformer, streaming_conformer, transformer)")
+    kind = predictor_cfg.pop("type", "stateless")
+    predictors = {"stateless": StatelessPredictor, "lstm": LstmPredictor}
+    if kind not in predictors:
+        raise ValueError(f"unknown predictor type '{kind}' ({', '.join(predictors)})")
+    predictor = _make(predictors[kind], predictor_cfg, "predictor", vocab_size=vocab_size)
+    joiner = _make(Joiner, joiner_cfg, "joiner", vocab_size=vocab_size,
+                   encoder_dim=encoder.subsampling.proj.out_features, predictor_dim=predictor.embed.embedding_dim)
+    return Transducer(encoder, predictor, joiner, vocab_size, ctc_weight=ctc_weight)
