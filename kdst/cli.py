@@ -108,13 +108,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
     nj = _jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         decode_data_dir(args.checkpoint, args.data_dir, args.output_dir, options, greedy=args.greedy,
-                        batch_units=args.batch_units, device=args.device)
+                        batch_units=args.batch_units, device=args.device,
+                        max_symbols_per_frame=args.max_symbols_per_frame)
         return 0
     start = time.perf_counter()
     job_args = ["decode", "--nj", "1", "--checkpoint", str(args.checkpoint.resolve()), "--beam", str(args.beam),
                 "--nbest", str(args.nbest), "--max-len-ratio", str(args.max_len_ratio),
                 "--max-len-bias", str(args.max_len_bias), "--min-len-ratio", str(args.min_len_ratio),
                 "--length-penalty", str(args.length_penalty), "--batch-units", str(args.batch_units),
+                "--max-symbols-per-frame", str(args.max_symbols_per_frame),
                 *(["--greedy"] if args.greedy else []), *(["--device", args.device] if args.device else []),
                 "--data-dir"]
     jobs_dir = args.output_dir.resolve() / f"split{nj}"
@@ -330,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len-ratio", type=float, default=1.0, help="of the encoder output length")
     p.add_argument("--max-len-bias", type=int, default=5)
     p.add_argument("--min-len-ratio", type=float, default=0.0)
+    p.add_argument("--max-symbols-per-frame", type=int, default=3,
+                   help="transducer greedy search (--greedy or --beam 1): most labels emitted on one frame")
     p.add_argument("--batch-units", type=int, default=20000, help="padded frames (or tokens) per batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--nj", type=int, default=1, help="parallel jobs")

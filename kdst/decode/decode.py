@@ -1,5 +1,11 @@
 """``kdst decode``: a data dir through a trained model's beam search, into hypotheses and n-best lists.
 
+An attention encoder-decoder takes the beam search of kdst.decode.search; a transducer takes
+the searches of kdst.decode.transducer_search: beam > 1 is modified beam search (``beam``,
+``nbest``), ``greedy`` or beam 1 is greedy search with at most ``max_symbols_per_frame``
+labels per frame.  The length options (penalty, max/min length) apply to encoder-decoders
+only; a transducer's score is its log-probability.
+
 Outputs in ``out_dir`` (see docs/FORMATS.md):
 
     hyp.txt             <utt> <1-best text>                  (Kaldi text, sorted)
@@ -23,7 +29,9 @@ from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.files import atomic_write_text
 from kdst.data.split import merge_scp
 from kdst.data.tokenizer import load_tokenizer
+from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
+from kdst.models import Transducer
 from kdst.train.checkpoint import load_model
 
 log = logging.getLogger("kdst.decode")
@@ -32,10 +40,12 @@ FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
 
 def decode_data_dir(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                     options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
-                    device: str | None = None) -> dict:
+                    device: str | None = None, max_symbols_per_frame: int = 3) -> dict:
     """Decode every utterance of ``data_dir``; returns the statistics it also writes."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, config = load_model(checkpoint, device)
+    if isinstance(model, Transducer):
+        greedy = greedy or options.beam == 1
     tokenizer = load_tokenizer(config["data"]["tokenizer"])
     dataset = make_dataset(config["data"], data_dir, with_targets=False)
     batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)  # similar lengths together
@@ -46,7 +56,12 @@ def decode_data_dir(checkpoint: str | Path, data_dir: str | Path, out_dir: str |
     with torch.inference_mode():
         for batch in iterate(dataset, batches):
             src, lengths = batch["src"].to(device), batch["src_lengths"].to(device)
-            if greedy:
+            if isinstance(model, Transducer) and greedy:
+                results = [[h] for h in transducer_search.greedy_search(model, src, lengths, max_symbols_per_frame)]
+            elif isinstance(model, Transducer):
+                results = transducer_search.modified_beam_search(model, src, lengths, beam=options.beam,
+                                                                 nbest=options.nbest)
+            elif greedy:
                 results = [[h] for h in greedy_search(model, src, lengths, options.max_len_ratio,
                                                       options.max_len_bias, options.max_len)]
             else:

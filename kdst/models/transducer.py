@@ -154,7 +154,8 @@ class Transducer(nn.Module):
             per_row = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="none")
             weights = weights.float()
             loss = (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
-        stats = {"rnnt": loss.item(), "ntokens": float(ntokens)}
+        # nll: what validation and checkpoint selection read, the RNN-T loss per token (no acc for a transducer)
+        stats = {"rnnt": loss.item(), "nll": loss.item(), "ntokens": float(ntokens)}
         if distill is not None:
             kd, weight = distill(logits, batch)
             loss = (1 - weight) * loss + weight * kd

@@ -16,6 +16,22 @@ With ``cache`` the teacher's forward pass was run once (stage 6) and its top-k (
 sampled tokens with counts) are read per utterance id; with only ``teacher`` it runs
 in every step, frozen, in eval mode, under no_grad, and in bf16 on a GPU.  Both
 must share the student's target vocabulary: a mismatch is an error, not a warning.
+
+A transducer student distils from an online transducer teacher over the RNN-T lattice
+(Hwang et al. 2023, soft targets; their hard targets are teacher pseudo labels in
+``data.text`` and need nothing here):
+
+    kd:
+      teacher: exp/rnnt_teacher/avg_best5.pt  # a transducer checkpoint, same tokenizer and frame rate
+      weight: 0.5                             # loss = (1 - weight) * RNNT + weight * KD
+      temperature: 1.0                        # on both sides; no T^2 factor
+      mode: full                              # full: KL over V at every node; collapsed: over {y, blank, rest}
+
+The teacher hears the features before SpecAugment (``batch["clean_src"]``, noisy student)
+and its joint logits on the same lattice (same targets, same encoder frames) are the soft
+targets.  The KD term is ``rnnt_kd_loss(..., reduction="sum")`` divided by the number of
+target tokens, the same normaliser as the student's RNN-T term, so ``weight`` mixes two
+per-token quantities (the KD sum still runs over all T x (U+1) nodes of each lattice).
 """
 
 from __future__ import annotations
@@ -32,7 +48,8 @@ from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache
 from kdst.data.tokenizer import BLANK_ID, load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
-from kdst.losses import word_kd_loss
+from kdst.losses import rnnt_kd_loss, word_kd_loss
+from kdst.models import Transducer
 from kdst.train.checkpoint import load_model
 
 log = logging.getLogger("kdst.train")
@@ -101,6 +118,8 @@ class WordKD(nn.Module):
 
 def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, device: torch.device):
     """The loss model and the training dataset for the ``kd`` config section."""
+    if isinstance(student, Transducer):
+        return setup_transducer_distillation(kd, student, data, device), train_set
     teacher_path, cache_path = kd.get("teacher"), kd.get("cache")
     if not teacher_path and not cache_path:
         raise KdstError("the kd config section needs a teacher checkpoint (kd.teacher) or a cache (kd.cache)")
@@ -140,3 +159,108 @@ def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, devi
     teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
     log.info("word-level KD from the online teacher %s", teacher_path)
     return WordKD(student, teacher, **common), TeacherInputs(train_set, teacher_src=teacher_src)
+
+
+# --- transducers: KL over the RNN-T lattice -------------------------------------------------
+
+TRANSDUCER_KD_OPTIONS = ("teacher", "weight", "temperature", "mode")
+TRANSDUCER_KD_MODES = ("full", "collapsed")
+
+
+def _frame_lengths(model: Transducer, src_lengths: torch.Tensor) -> torch.Tensor:
+    """Encoder output frames per utterance, without running the encoder (every transducer encoder
+    starts with a Conv2dSubsampling, whose output lengths are a function of the input lengths)."""
+    return model.encoder.subsampling.output_lengths(src_lengths).clamp(min=1)
+
+
+class TransducerKD(nn.Module):
+    """A transducer student with the lattice KD term of an online transducer teacher;
+    ``forward(batch) -> (loss, stats)`` like the student's."""
+
+    def __init__(self, student: Transducer, teacher: Transducer, *, weight: float, temperature: float = 1.0,
+                 mode: str = "full", teacher_input_dim: int = 80):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.weight, self.temperature, self.mode = weight, temperature, mode
+        self.teacher_input_dim = teacher_input_dim
+        teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TransducerKD":
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the teacher, ever
+        return self
+
+    def forward(self, batch: dict):
+        return self.student(batch, distill=self.kd_term)
+
+    def kd_term(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, float]:
+        if "tgt_weight" in batch:
+            raise KdstError("transducer KD does not combine with several weighted targets per utterance")
+        src = batch.get("clean_src", batch["src"])  # the teacher hears the features without SpecAugment
+        if src.shape[-1] != self.teacher_input_dim:
+            raise KdstError(f"the teacher takes {self.teacher_input_dim}-dim features, the student's batch has "
+                            f"{src.shape[-1]}")
+        cuda = src.device.type == "cuda"
+        with torch.no_grad(), torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=cuda):
+            teacher_logits, teacher_lengths, targets, target_lengths = self.teacher.joint_logits({**batch, "src": src})
+        frames = _frame_lengths(self.student, batch["src_lengths"])
+        if "tgt_utt" in batch:
+            frames = frames[batch["tgt_utt"]]
+        if teacher_logits.shape != logits.shape or not torch.equal(teacher_lengths, frames):
+            raise KdstError(f"the teacher's joint lattice {tuple(teacher_logits.shape)} is not the student's "
+                            f"{tuple(logits.shape)}: teacher and student need one frame rate and one vocabulary")
+        kd = rnnt_kd_loss(logits, teacher_logits, targets, frames, target_lengths, mode=self.mode,
+                          temperature=self.temperature, blank=BLANK_ID, reduction="sum")
+        return kd / max(int(target_lengths.sum()), 1), self.weight  # per target token, as the RNN-T term
+
+
+def setup_transducer_distillation(kd: dict, student: Transducer, data: dict, device: torch.device) -> TransducerKD:
+    """The loss model of a transducer student for the ``kd`` config section (an online transducer teacher)."""
+    unknown = sorted(set(kd) - set(TRANSDUCER_KD_OPTIONS))
+    if unknown:
+        raise KdstError(f"unknown kd option(s) for a transducer student: {', '.join(unknown)} (accepted: "
+                        f"{', '.join(TRANSDUCER_KD_OPTIONS)}; transducer KD needs an online teacher)")
+    if not kd.get("teacher"):
+        raise KdstError("the kd config section of a transducer student needs a teacher checkpoint (kd.teacher)")
+    weight, temperature, mode = float(kd.get("weight", 0.5)), float(kd.get("temperature", 1.0)), kd.get("mode", "full")
+    if not 0.0 <= weight <= 1.0:
+        raise KdstError(f"kd.weight must be in [0, 1], not {weight}")
+    if not temperature > 0:
+        raise KdstError(f"kd.temperature must be > 0, not {temperature}")
+    if mode not in TRANSDUCER_KD_MODES:
+        raise KdstError(f"unknown kd.mode '{mode}' ({', '.join(TRANSDUCER_KD_MODES)})")
+    teacher_path = kd["teacher"]
+    teacher, teacher_config = load_model(teacher_path, device)
+    if not isinstance(teacher, Transducer):
+        raise KdstError(f"{teacher_path}: the teacher of a transducer student must be a transducer "
+                        f"(model.type: transducer)")
+    teacher_data = teacher_config["data"]
+    if teacher.vocab_size != student.vocab_size:
+        raise KdstError(f"{teacher_path}: the teacher's vocabulary has {teacher.vocab_size} tokens, the student's "
+                        f"{student.vocab_size}: transducer KD needs one tokenizer")
+    if tokenizer_fingerprint(teacher_data["tokenizer"]) != tokenizer_fingerprint(data["tokenizer"]):
+        raise KdstError(f"{teacher_path}: the teacher's tokenizer {teacher_data['tokenizer']} is not the "
+                        f"student's {data['tokenizer']}: transducer KD needs one tokenizer")
+    if teacher_data.get("input", "speech") != "speech" or data.get("input", "speech") != "speech":
+        raise KdstError(f"{teacher_path}: transducer KD needs a teacher and a student that read speech")
+    if not _same_file(teacher_data.get("cmvn"), data.get("cmvn")):
+        raise KdstError(f"{teacher_path}: the teacher was trained on features normalised with "
+                        f"{teacher_data.get('cmvn')}, the student's are normalised with {data.get('cmvn')}")
+    probe = torch.arange(1, 4097)
+    differ = (_frame_lengths(teacher, probe) != _frame_lengths(student, probe)).nonzero()
+    if len(differ):
+        raise KdstError(f"{teacher_path}: the teacher's encoder has another frame rate than the student's (e.g. "
+                        f"{int(probe[differ[0]])} input frames): transducer KD compares their lattices node by node")
+    log.info("transducer KD (%s, weight %g, T=%g) from the online teacher %s", mode, weight, temperature,
+             teacher_path)
+    return TransducerKD(student, teacher, weight=weight, temperature=temperature, mode=mode,
+                        teacher_input_dim=int(teacher_config["model"].get("input_dim", 80)))
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Both unset, or the same file (by path or by content)."""
+    if not a or not b:
+        return not a and not b
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    return Path(a).is_file() and Path(b).is_file() and file_digest(a) == file_digest(b)

@@ -145,6 +145,7 @@ def compute_loss(model, batch: dict, config: dict, device: torch.device) -> tupl
     batch = to_device(batch, device)
     specaug = config["train"].get("specaugment")
     if specaug and model.training and batch["src"].dim() == 3:
+        batch["clean_src"] = batch["src"]  # what an online teacher hears (noisy student: clean for the teacher)
         batch["src"] = spec_augment(batch["src"], batch["src_lengths"], SpecAugmentOptions(**specaug))
     bf16 = device.type == "cuda" and config["train"].get("bf16", True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -213,15 +214,19 @@ def validate(model, dataset, config: dict, device: torch.device) -> dict[str, fl
     batches = make_batches(dataset.src_lengths, int(config["data"]["max_units"]), shuffle=False)
     if dist.is_initialized():
         batches = batches[dist.get_rank()::dist.get_world_size()]
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # nll*n, acc*n, n
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # nll*n, acc*n, n, n where acc is known
     for batch in iterate(dataset, batches):
         _, stats = compute_loss(model, batch, config, device)
-        n = stats["ntokens"]
-        totals += torch.tensor([stats["nll"] * n, stats["acc"] * n, n], dtype=torch.float64, device=device)
+        n, acc = stats["ntokens"], stats.get("acc")  # a transducer has no token accuracy
+        totals += torch.tensor([stats["nll"] * n, (acc or 0.0) * n, n, n if acc is not None else 0.0],
+                               dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
     n = max(totals[2].item(), 1.0)
-    return {"nll": totals[0].item() / n, "acc": totals[1].item() / n, "ntokens": totals[2].item()}
+    result = {"nll": totals[0].item() / n, "ntokens": totals[2].item()}
+    if totals[3].item() > 0:
+        result["acc"] = totals[1].item() / totals[3].item()
+    return result
 
 
 # --- the whole run ---------------------------------------------------------------------
@@ -306,9 +311,11 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
                 break
             stats = validate(model, valid_set, config, device)
             progress.history[progress.epoch] = stats["nll"]
-            log.info("epoch %d done: validation nll=%.4f acc=%.4f", progress.epoch, stats["nll"], stats["acc"])
+            shown = [key for key in ("nll", "acc") if key in stats]
+            log.info("epoch %d done: validation %s", progress.epoch,
+                     " ".join(f"{key}={stats[key]:.4f}" for key in shown))
             if writer is not None:
-                for key in ("nll", "acc"):
+                for key in shown:
                     writer.add_scalar(f"valid/{key}", stats[key], progress.step)
             epoch = progress.epoch
             progress.epoch, progress.batch_in_epoch = epoch + 1, 0

@@ -82,7 +82,7 @@ def test_weighted_targets_ctc_and_distill():
     b = batch()
     with torch.no_grad():
         loss, stats = model(b)
-        assert set(stats) == {"loss", "rnnt", "ctc", "ntokens"}
+        assert set(stats) == {"loss", "rnnt", "nll", "ctc", "ntokens"}
         assert loss.item() == pytest.approx(0.7 * stats["rnnt"] + 0.3 * stats["ctc"], rel=1e-5)
         # one weight-1 target row per utterance is the plain loss
         weighted, wstats = model({**b, "tgt_utt": torch.arange(3), "tgt_weight": torch.ones(3)})
