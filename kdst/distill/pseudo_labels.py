@@ -15,6 +15,14 @@ sequences that detokenise to the same words) are merged and their
 weights added.  With a reference, the statistics also say how good the pseudo
 labels are: the WER of the 1-best, of the oracle (best of the N) and the
 posterior-weighted expected WER.
+
+Confidence filtering (``min_confidence``, for self-training on unlabelled
+speech) drops the utterances whose teacher is unsure, before anything is
+written: ``posterior`` is the 1-best's posterior over the whole decoded n-best
+(softmax of ``scale`` * log P over every hypothesis, so also with ``n`` = 1), in
+[0, 1]; ``logprob`` is the 1-best's log-probability per word (its words + 1, for
+the end of the sentence), <= 0.  The statistics count what was dropped; the
+label WERs are those of the labels kept (plus the 1-best WER of the dropped).
 """
 
 from __future__ import annotations
@@ -56,9 +64,28 @@ def _entropy(weights: list[float]) -> float:
     return -sum(w * math.log(w) for w in weights if w > 0.0)
 
 
+CONFIDENCE_MEASURES = ("posterior", "logprob")
+
+
+def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: float = 1.0) -> float:
+    """How sure the teacher is of its 1-best (``entries`` rank-sorted): see the module docstring."""
+    if measure == "posterior":
+        return posterior(entries, len(entries), scale)[0][0]
+    if measure == "logprob":
+        return entries[0].logprob / (len(entries[0].text.split()) + 1)
+    raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
+
+
 def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLike, n: int, *,
-                        scale: float = 1.0, reference: str | os.PathLike | None = None) -> dict:
-    """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics."""
+                        scale: float = 1.0, reference: str | os.PathLike | None = None,
+                        min_confidence: float | None = None, measure: str = "posterior") -> dict:
+    """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics.
+
+    With ``min_confidence``, only the utterances whose ``confidence(.., measure, scale)`` is at
+    least that are written (and counted in the label statistics).
+    """
+    if measure not in CONFIDENCE_MEASURES:
+        raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
     if n < 1:
         raise KdstError(f"--n must be at least 1, not {n}")
     if not scale > 0.0:
@@ -74,6 +101,13 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
             raise DataError(nbest_path, f"{len(missing)} utterance(s) of {reference} have no hypotheses, "
                                         f"e.g. '{missing[0]}' (decode the same data dir)")
     utts = sorted(nbest, key=c_sort_key)
+    dropped: list[str] = []
+    if min_confidence is not None:
+        dropped = [u for u in utts if confidence(nbest[u], measure, scale) < min_confidence]
+        if len(dropped) == len(utts):
+            raise KdstError(f"{nbest_path}: every one of the {len(utts)} utterances is below the confidence "
+                            f"threshold {min_confidence} ({measure}): lower --min-confidence")
+        utts = [u for u in utts if u not in set(dropped)]
     kept = {u: posterior(nbest[u], n, scale) for u in utts}
     atomic_write_text(out / "text.1best", "".join(f"{u} {kept[u][0][1]}".rstrip() + "\n" for u in utts))
     lines = [f"{u}-{rank} {w:.6f} {t}".rstrip() + "\n" for u in utts for rank, (w, t) in enumerate(kept[u], 1)]
@@ -83,8 +117,13 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
              "hypotheses_per_utterance": round(sum(sizes) / len(utts), 3),
              "best_weight_mean": round(sum(kept[u][0][0] for u in utts) / len(utts), 4),
              "entropy_mean_nats": round(sum(_entropy([w for w, _ in kept[u]]) for u in utts) / len(utts), 4)}
+    if min_confidence is not None:
+        stats.update(confidence=measure, min_confidence=min_confidence, kept=len(utts), dropped=len(dropped))
     if refs is not None:
         stats.update(_label_quality(kept, refs))
+        if dropped:
+            stats["wer_1best_dropped"] = _label_quality({u: posterior(nbest[u], 1) for u in dropped},
+                                                        refs)["wer_1best"]
     return stats
 
 
@@ -113,10 +152,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="posterior = softmax(scale * log-probability) over the N kept")
     parser.add_argument("--ref", type=Path, help="references (Kaldi text): adds the pseudo labels' WER to the stats")
     parser.add_argument("--stats-json", type=Path, help="write the statistics here too")
+    parser.add_argument("--min-confidence", type=float, metavar="X",
+                        help="drop the utterances whose teacher confidence is below X (default: keep all)")
+    parser.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default="posterior",
+                        help="posterior: the 1-best's posterior over the whole n-best (0..1, with --scale); "
+                             "logprob: its log-probability per word (<= 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref)
+    stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref,
+                                min_confidence=args.min_confidence, measure=args.confidence)
     text = json.dumps(stats, indent=1) + "\n"
     if args.stats_json is not None:
         atomic_write_text(args.stats_json, text)

@@ -103,17 +103,26 @@ class TransformerDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.output = nn.Linear(d_model, vocab_size)
 
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                memory_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, U, V) for input tokens (B, U) that start with <sos>.
 
         Padding at the end of ``tokens`` needs no mask: causal attention never
         lets a real position see it, and its outputs are ignored by the loss.
+        ``memory_rows`` (B,), optional, names the row of ``memory`` each token row
+        reads (several targets per utterance): the encoder keys/values are then
+        projected once per utterance, not once per target.
         """
         x = self.dropout(self.positions(self.embed(tokens)))
         mask = memory_mask[:, None, None, :]
+        if memory_rows is not None:
+            mask = mask[memory_rows]
         for layer in self.layers:
             h = layer.self_norm(x)
-            x = layer(x, layer.self_attn.project_kv(h), True, layer.cross_attn.project_kv(memory), mask)
+            cross_kv = layer.cross_attn.project_kv(memory)
+            if memory_rows is not None:
+                cross_kv = (cross_kv[0][memory_rows], cross_kv[1][memory_rows])
+            x = layer(x, layer.self_attn.project_kv(h), True, cross_kv, mask)
         return self.output(self.norm(x))
 
     def init_state(self, memory: torch.Tensor, memory_mask: torch.Tensor, group: int = 1,

@@ -62,10 +62,8 @@ class EncoderDecoder(nn.Module):
         """Teacher-forced decoder logits (B, U+1, V), the targets they predict, encoder output and lengths."""
         memory, memory_lengths = self.encode(batch["src"], batch["src_lengths"])
         inputs, targets = decoder_io(batch["tgt"], batch["tgt_lengths"])
-        rows, row_lengths = memory, memory_lengths
-        if "tgt_utt" in batch:  # several targets per utterance: the encoder ran once, the decoder per target
-            rows, row_lengths = memory[batch["tgt_utt"]], memory_lengths[batch["tgt_utt"]]
-        logits = self.decoder(inputs, rows, lengths_to_mask(row_lengths, rows.shape[1]))
+        # Several targets per utterance (tgt_utt): the encoder ran once, the decoder runs per target.
+        logits = self.decoder(inputs, memory, lengths_to_mask(memory_lengths, memory.shape[1]), batch.get("tgt_utt"))
         return logits, targets, memory, memory_lengths
 
     def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -84,8 +82,8 @@ class EncoderDecoder(nn.Module):
             if "ctc_tgt" in batch:
                 ctc = self.ctc_loss(memory, memory_lengths, batch["ctc_tgt"], batch["ctc_tgt_lengths"])
             elif weights is not None:
-                rows = batch["tgt_utt"]
-                ctc = self.ctc_loss(memory[rows], memory_lengths[rows], batch["tgt"], batch["tgt_lengths"], weights)
+                ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"], weights,
+                                    rows=batch["tgt_utt"])
             else:
                 ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
             loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
@@ -127,9 +125,17 @@ class EncoderDecoder(nn.Module):
         return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(mask.sum())}
 
     def ctc_loss(self, memory: torch.Tensor, memory_lengths: torch.Tensor, tgt: torch.Tensor,
-                 tgt_lengths: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """CTC per target token; with row ``weights``, sum_r w_r CTC_r / sum_r w_r len_r."""
-        log_probs = self.ctc(memory).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+                 tgt_lengths: torch.Tensor, weights: torch.Tensor | None = None,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """CTC per target token; with row ``weights``, sum_r w_r CTC_r / sum_r w_r len_r.
+
+        ``rows`` maps each target row to its utterance: the CTC posteriors are computed
+        once per utterance and shared by its N-best rows.
+        """
+        log_probs = self.ctc(memory).float().log_softmax(-1)
+        if rows is not None:
+            log_probs, memory_lengths = log_probs[rows], memory_lengths[rows]
+        log_probs = log_probs.transpose(0, 1)  # (T, B, V)
         if weights is None:
             loss = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum",
                               zero_infinity=True)

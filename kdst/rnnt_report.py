@@ -1,0 +1,227 @@
+"""The modes x architectures matrix of the RNN-T distillation recipe (egs/TEMPLATE/rnnt.sh, stage 10).
+
+Hwang et al. (2022) compare hard targets (the teacher's 1-best) and soft targets
+(KD on the output lattice) per student architecture: hard targets win when the
+student differs from the teacher (a small streaming student), soft ones in
+self-training (the teacher's own architecture).  This module lays the scores
+that ``kdst results`` wrote to ``exp/results.json`` out that way:
+
+    exp/rnnt_matrix.json   {"report_set", "metric", "teacher", "archs", "modes",
+                            "cells": {mode: {arch: {system, wer, cer, params}}},
+                            "best": {arch: mode}, "noisy_student": [{generation, system, ...}]}
+    exp/RESULTS.md         + a section (between markers, replaced on a re-run): the matrix
+                           (rows = KD modes, columns = student architectures, cells = WER on
+                           the report set and its relative change against the column's
+                           ``none`` student) and the noisy-student generations
+    exp/rnnt_matrix.png    grouped bars: WER per mode, one bar per architecture, the teacher as a line
+
+``results.json`` itself is left as it is (its contract: one entry per system).
+Student systems are named ``rnnt_<arch>_<mode>``, the mode spelled without '+'
+and '-' (``hard+soft`` -> ``hard_soft``, ``soft-full`` -> ``soft_full``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kdst.data.files import atomic_write_text
+from kdst.errors import KdstError
+
+MATRIX_JSON = "rnnt_matrix.json"
+MATRIX_PNG = "rnnt_matrix.png"
+BEGIN, END = "<!-- rnnt-matrix -->", "<!-- /rnnt-matrix -->"
+MODES = ("none", "hard", "soft-full", "soft-collapsed", "hard+soft")
+MODE_LABELS = {"none": "none (references)", "hard": "hard (1-best)", "soft-full": "soft, full lattice",
+               "soft-collapsed": "soft, collapsed", "hard+soft": "hard + soft"}
+
+
+def mode_dir(mode: str) -> str:
+    """The mode as system names spell it: ``hard+soft`` -> ``hard_soft``."""
+    return mode.replace("+", "_").replace("-", "_")
+
+
+def student_system(arch: str, mode: str) -> str:
+    return f"rnnt_{arch}_{mode_dir(mode)}"
+
+
+def _entry(results: dict, system: str, report_set: str) -> dict:
+    """The results.json entry of ``system`` on ``report_set`` (keys are ``system/set`` with several sets)."""
+    for key in (f"{system}/{report_set}", system):
+        if key in results:
+            entry = results[key]
+            return {"system": system, **{k: entry[k] for k in ("wer", "cer", "params") if k in entry}}
+    raise KdstError(f"results.json has no entry for {system} on {report_set} (run the scoring stage, "
+                    f"kdst results, with it first)")
+
+
+def _relative(wer: float, base: float) -> float | None:
+    """Relative WER change against ``base``, in percent (negative: better)."""
+    return None if base == 0 else round(100.0 * (wer - base) / base, 1)
+
+
+def collect(exp_root: str | Path, archs: list[str], modes: list[str], report_set: str, *,
+            teacher: str = "rnnt_teacher", ns_systems: list[str] = (), metric: str = "wer",
+            plots: bool = True) -> dict:
+    """Build the matrix from ``exp_root/results.json``; writes rnnt_matrix.json, the PNG and the
+    RESULTS.md section, and returns the matrix."""
+    exp_root = Path(exp_root)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise KdstError(f"unknown mode(s) {', '.join(unknown)} ({', '.join(MODES)})")
+    if not archs or not modes:
+        raise KdstError("the matrix needs at least one architecture and one mode")
+    path = exp_root / "results.json"
+    if not path.is_file():
+        raise KdstError(f"{path}: missing (run kdst results first)")
+    results = json.loads(path.read_text())
+    if metric not in ("wer", "cer"):
+        raise KdstError(f"--metric {metric}: wer or cer")
+    top = _entry(results, teacher, report_set)
+    if metric not in top:
+        raise KdstError(f"results.json: {teacher} has no {metric} (score with --metrics wer,cer)")
+    cells = {mode: {arch: _entry(results, student_system(arch, mode), report_set) for arch in archs}
+             for mode in modes}
+    for mode in modes:
+        for arch in archs:
+            cell = cells[mode][arch]
+            cell["vs_teacher"] = _relative(cell[metric], top[metric])
+            if "none" in cells:
+                cell["vs_none"] = _relative(cell[metric], cells["none"][arch][metric])
+    best = {arch: min(modes, key=lambda m: cells[m][arch][metric]) for arch in archs}
+    generations = [{"generation": 0, **top, "teacher": None}]
+    for g, system in enumerate(ns_systems, start=1):
+        row = {"generation": g, **_entry(results, system, report_set), "teacher": generations[-1]["system"]}
+        stats_path = exp_root / system / "pseudo_labels.json"
+        if stats_path.is_file():
+            stats = json.loads(stats_path.read_text())
+            row["pseudo_labels"] = {k: stats[k] for k in ("utterances", "dropped", "wer_1best", "wer_oracle")
+                                    if k in stats}
+        row["vs_teacher"] = _relative(row[metric], top[metric])
+        generations.append(row)
+    matrix = {"report_set": report_set, "metric": metric, "teacher": top, "archs": list(archs),
+              "modes": list(modes), "cells": cells, "best": best,
+              "noisy_student": generations if ns_systems else []}
+    atomic_write_text(exp_root / MATRIX_JSON, json.dumps(matrix, indent=1) + "\n")
+    chart = plot_matrix(matrix, exp_root / MATRIX_PNG) if plots else False
+    _update_results_md(exp_root / "RESULTS.md", markdown(matrix, MATRIX_PNG if chart else None))
+    return matrix
+
+
+def _params(value) -> str:
+    return f"{value / 1e6:.2f}M" if isinstance(value, (int, float)) else "?"
+
+
+def markdown(matrix: dict, chart: str | None = None) -> str:
+    """The RESULTS.md section (markers included)."""
+    metric, label = matrix["metric"], matrix["metric"].upper()
+    archs, top = matrix["archs"], matrix["teacher"]
+    params = {a: next(iter(matrix["cells"].values()))[a].get("params") for a in archs}
+    lines = [BEGIN, f"## RNN-T distillation: {label} (%) on {matrix['report_set']}, KD modes x student "
+             "architectures", "",
+             f"Teacher `{top['system']}` ({_params(top.get('params'))}): {label} {top[metric]:.2f}.  "
+             "Cells: the student's " + label + ", in brackets its relative change against the `none` "
+             "student of its column; **bold**: the best mode of the column.", "",
+             "| mode | " + " | ".join(f"{a} ({_params(params[a])})" for a in archs) + " |",
+             "|---|" + "---|" * len(archs),
+             "| *teacher* | " + " | ".join(f"*{top[metric]:.2f}*" for _ in archs) + " |"]
+    for mode in matrix["modes"]:
+        cells = []
+        for arch in archs:
+            cell = matrix["cells"][mode][arch]
+            text = f"{cell[metric]:.2f}"
+            if mode != "none" and cell.get("vs_none") is not None:
+                text += f" ({cell['vs_none']:+.1f}%)"
+            cells.append(f"**{text}**" if matrix["best"][arch] == mode else text)
+        lines.append(f"| {MODE_LABELS[mode]} | " + " | ".join(cells) + " |")
+    systems = sorted({c["system"] for row in matrix["cells"].values() for c in row.values()})
+    lines += ["", "Systems: " + ", ".join(f"`{s}`" for s in systems) + "."]
+    if matrix["noisy_student"]:
+        lines += ["", f"### Noisy-student generations ({label} on {matrix['report_set']})", "",
+                  f"| generation | system | teacher | {label} | vs teacher | pseudo-label WER | dropped |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in matrix["noisy_student"]:
+            labels = row.get("pseudo_labels", {})
+            rel = row.get("vs_teacher") if row["generation"] else None
+            lines.append(" | ".join([f"| {row['generation']}", f"`{row['system']}`",
+                                     f"`{row['teacher']}`" if row["teacher"] else "-", f"{row[metric]:.2f}",
+                                     f"{rel:+.1f}%" if rel is not None else "-",
+                                     f"{labels['wer_1best']:.2f}" if "wer_1best" in labels else "-",
+                                     f"{labels['dropped']}" if "dropped" in labels else "-"]) + " |")
+        lines += ["", "Pseudo-label WER: the 1-best of the generation's teacher on the labelled part of "
+                  "the pool, against the references; dropped: utterances under the confidence threshold."]
+    if chart:
+        lines += ["", f"![KD modes x architectures]({chart})"]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def _update_results_md(path: Path, section: str) -> None:
+    """Replace the section between the markers, or append it (RESULTS.md of kdst results stays above)."""
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + tail
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + section
+    atomic_write_text(path, text)
+
+
+def plot_matrix(matrix: dict, path: Path) -> bool:
+    """Grouped bars (a group per mode, a bar per architecture) with the teacher as a dashed line."""
+    from kdst.results import _figure, _save_png
+
+    metric, archs, modes = matrix["metric"], matrix["archs"], matrix["modes"]
+    fig, (ax,) = _figure(1, max(5.0, 1.3 * len(modes) * max(1, len(archs)) / 2 + 2.0))
+    width = 0.8 / len(archs)
+    for i, arch in enumerate(archs):
+        xs = [m + (i - (len(archs) - 1) / 2) * width for m in range(len(modes))]
+        bars = ax.bar(xs, [matrix["cells"][mode][arch][metric] for mode in modes], width, label=arch)
+        ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
+    ax.axhline(matrix["teacher"][metric], color="black", linestyle="--", linewidth=1,
+               label=f"teacher ({matrix['teacher']['system']})")
+    ax.set_xticks(range(len(modes)), [MODE_LABELS[m] for m in modes], fontsize=8)
+    ax.set_ylabel(f"{metric.upper()} (%)")
+    ax.margins(y=0.15)
+    ax.set_title(f"{metric.upper()} on {matrix['report_set']}: KD modes x student architectures", fontsize=10)
+    ax.legend(fontsize=8)
+    _save_png(fig, path)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp"))
+    parser.add_argument("--archs", required=True, help="space-separated student architectures (columns)")
+    parser.add_argument("--modes", default=" ".join(MODES), help="space-separated KD modes (rows)")
+    parser.add_argument("--report-set", required=True, help="the evaluation set of the matrix")
+    parser.add_argument("--sets", help="the sets kdst results scored (unused: keys are found either way)")
+    parser.add_argument("--teacher", default="rnnt_teacher")
+    parser.add_argument("--ns-systems", default="", help="space-separated noisy-student generations, in order")
+    parser.add_argument("--metric", default="wer", choices=("wer", "cer"))
+    parser.add_argument("--no-plot", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    matrix = collect(args.exp_dir, args.archs.split(), args.modes.split(), args.report_set,
+                     teacher=args.teacher, ns_systems=args.ns_systems.split(), metric=args.metric,
+                     plots=not args.no_plot)
+    print(markdown(matrix, None), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdst.rnnt_report", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except KdstError as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
