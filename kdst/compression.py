@@ -170,7 +170,8 @@ def group_by_mode(names, teacher: str) -> tuple[dict[str, list[str]], list[str]]
 
 def plot_compression(results: dict, teacher: str, path: Path) -> bool:
     """WER against parameters (log scale); the recipe's students coloured by mode, a line per mode
-    through its sizes; the teacher a star.  Always writes (there is at least the teacher)."""
+    through its sizes; the teacher a star, labelled like any student outside the recipe's naming.
+    Always writes (there is at least the teacher)."""
     from matplotlib.ticker import FuncFormatter
 
     fig, (ax,) = _figure(1, 7.0)
@@ -186,7 +187,10 @@ def plot_compression(results: dict, teacher: str, path: Path) -> bool:
     t = results[teacher]
     ax.scatter([t["params"]], [t["wer"]], marker="*", s=200, color="black", zorder=3, label="teacher")
     ax.axhline(t["wer"], color="black", linewidth=0.8, linestyle=":", alpha=0.5)
-    for name, r in results.items():
+    # The legend names the modes and the x position the size: only the rest get a label (students of
+    # one size share an x, where names would overprint each other).
+    for name in [teacher, *others]:
+        r = results[name]
         ax.annotate(name, (r["params"], r["wer"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
