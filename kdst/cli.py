@@ -291,6 +291,12 @@ def cmd_prep_librispeech(args: argparse.Namespace) -> int:
     return librispeech.run(args)
 
 
+def cmd_rnnt_report(args: argparse.Namespace) -> int:
+    from kdst import rnnt_report
+
+    return rnnt_report.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -409,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(size, speed, WER) into exp/results.json and RESULTS.md")
     compression.add_arguments(p)
     p.set_defaults(func=cmd_compression)
+
+    from kdst import rnnt_report
+
+    p = sub.add_parser("rnnt-report", help="the RNN-T recipe's KD modes x student architectures matrix "
+                                           "into RESULTS.md and exp/rnnt_matrix.json")
+    rnnt_report.add_arguments(p)
+    p.set_defaults(func=cmd_rnnt_report)
 
     from kdst.distill import rescore
 

@@ -23,6 +23,8 @@ written: ``posterior`` is the 1-best's posterior over the whole decoded n-best
 [0, 1]; ``logprob`` is the 1-best's log-probability per word (its words + 1, for
 the end of the sentence), <= 0.  The statistics count what was dropped; the
 label WERs are those of the labels kept (plus the 1-best WER of the dropped).
+``drop_empty`` also drops the utterances whose 1-best is empty (a transducer
+that emitted only blanks): a training target cannot be empty in a data dir.
 """
 
 from __future__ import annotations
@@ -78,11 +80,13 @@ def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: flo
 
 def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLike, n: int, *,
                         scale: float = 1.0, reference: str | os.PathLike | None = None,
-                        min_confidence: float | None = None, measure: str = "posterior") -> dict:
+                        min_confidence: float | None = None, measure: str = "posterior",
+                        drop_empty: bool = False) -> dict:
     """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics.
 
     With ``min_confidence``, only the utterances whose ``confidence(.., measure, scale)`` is at
-    least that are written (and counted in the label statistics).
+    least that are written (and counted in the label statistics); with ``drop_empty``, only those
+    whose 1-best is not empty.
     """
     if measure not in CONFIDENCE_MEASURES:
         raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
@@ -109,6 +113,13 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
                             f"threshold {min_confidence} ({measure}): lower --min-confidence")
         utts = [u for u in utts if u not in set(dropped)]
     kept = {u: posterior(nbest[u], n, scale) for u in utts}
+    empty = [u for u in utts if drop_empty and not kept[u][0][1]]
+    if empty:
+        if len(empty) == len(utts):
+            raise KdstError(f"{nbest_path}: the 1-best of every one of the {len(utts)} utterances kept is empty "
+                            f"(a teacher that emits nothing: train it longer)")
+        utts = [u for u in utts if u not in set(empty)]
+        kept = {u: kept[u] for u in utts}
     atomic_write_text(out / "text.1best", "".join(f"{u} {kept[u][0][1]}".rstrip() + "\n" for u in utts))
     lines = [f"{u}-{rank} {w:.6f} {t}".rstrip() + "\n" for u in utts for rank, (w, t) in enumerate(kept[u], 1)]
     atomic_write_text(out / f"pseudo_nbest{n}.txt", "".join(lines))
@@ -118,11 +129,15 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
              "best_weight_mean": round(sum(kept[u][0][0] for u in utts) / len(utts), 4),
              "entropy_mean_nats": round(sum(_entropy([w for w, _ in kept[u]]) for u in utts) / len(utts), 4)}
     if min_confidence is not None:
-        stats.update(confidence=measure, min_confidence=min_confidence, kept=len(utts), dropped=len(dropped))
+        stats.update(confidence=measure, min_confidence=min_confidence, dropped=len(dropped))
+    if drop_empty:
+        stats["empty"] = len(empty)
+    if min_confidence is not None or drop_empty:
+        stats["kept"] = len(utts)
     if refs is not None:
         stats.update(_label_quality(kept, refs))
-        if dropped:
-            stats["wer_1best_dropped"] = _label_quality({u: posterior(nbest[u], 1) for u in dropped},
+        if dropped or empty:
+            stats["wer_1best_dropped"] = _label_quality({u: posterior(nbest[u], 1) for u in dropped + empty},
                                                         refs)["wer_1best"]
     return stats
 
@@ -157,11 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default="posterior",
                         help="posterior: the 1-best's posterior over the whole n-best (0..1, with --scale); "
                              "logprob: its log-probability per word (<= 0)")
+    parser.add_argument("--drop-empty", action="store_true",
+                        help="drop the utterances whose 1-best is empty (they cannot be training targets)")
 
 
 def run(args: argparse.Namespace) -> int:
     stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref,
-                                min_confidence=args.min_confidence, measure=args.confidence)
+                                min_confidence=args.min_confidence, measure=args.confidence,
+                                drop_empty=args.drop_empty)
     text = json.dumps(stats, indent=1) + "\n"
     if args.stats_json is not None:
         atomic_write_text(args.stats_json, text)

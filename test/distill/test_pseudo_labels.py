@@ -10,7 +10,7 @@ import pytest
 
 from kdst.cli import main
 from kdst.data.nbest_targets import read_pseudo_nbest
-from kdst.distill.pseudo_labels import posterior, write_pseudo_labels
+from kdst.distill.pseudo_labels import confidence, posterior, write_pseudo_labels
 from kdst.distill.rescore import NbestEntry, read_nbest
 from kdst.errors import DataError, KdstError
 
@@ -117,3 +117,62 @@ def test_read_pseudo_nbest_rejects_bad_files(tmp_path):
 def test_decoded_nbest_reader_is_shared(tmp_path):
     # the pseudo labels read kdst decode's nbest.txt through the rescorer's reader
     assert list(read_nbest(write_nbest(tmp_path / "n.txt"))) == sorted(NBEST)
+
+
+def test_confidence_measures():
+    hyps = entries(NBEST["spk1-utt-a"])
+    # posterior over the whole decoded n-best (4 hypotheses), whatever --n keeps
+    assert confidence(hyps) == pytest.approx(softmax([-0.5, -1.5, -2.0, -4.0])[0])
+    assert confidence(hyps, "posterior", 0.5) == pytest.approx(softmax([-0.25, -0.75, -1.0, -2.0])[0])
+    assert confidence(hyps, "logprob") == pytest.approx(-0.5 / 4)  # 3 words + the end
+    with pytest.raises(KdstError, match="unknown confidence measure"):
+        confidence(hyps, "entropy")
+
+
+def test_min_confidence_drops_unsure_utterances_and_counts_them(tmp_path):
+    nbest_path = write_nbest(tmp_path / "nbest.txt")
+    refs = tmp_path / "text"
+    refs.write_text("".join(f"{u} {t}\n" for u, t in REFS.items()))
+    sure_a = confidence(entries(NBEST["spk1-utt-a"]))
+    sure_b = confidence(entries(NBEST["spk1-utt-b"]))
+    assert sure_b > sure_a  # "hello world" twice (merged) against one unlikely rival
+    threshold = (sure_a + sure_b) / 2
+    stats = write_pseudo_labels(nbest_path, tmp_path / "out", 3, reference=refs, min_confidence=threshold)
+    assert (tmp_path / "out" / "text.1best").read_text() == "spk1-utt-b hello world\n"
+    assert set(read_pseudo_nbest(tmp_path / "out" / "pseudo_nbest3.txt")) == {"spk1-utt-b"}
+    assert stats["utterances"] == 1 and stats["kept"] == 1 and stats["dropped"] == 1
+    assert stats["confidence"] == "posterior" and stats["min_confidence"] == threshold
+    assert stats["wer_1best"] == 50.0 and stats["wer_1best_dropped"] == 0.0
+    with pytest.raises(KdstError, match="every one of the 2 utterances is below"):
+        write_pseudo_labels(nbest_path, tmp_path / "none", 3, min_confidence=1.01)
+
+
+def test_cli_min_confidence_writes_the_dropped_count(tmp_path):
+    nbest_path = write_nbest(tmp_path / "nbest.txt")
+    assert main(["pseudo-labels", "--nbest", str(nbest_path), "--out-dir", str(tmp_path / "d"), "--n", "1",
+                 "--min-confidence", "-0.2", "--confidence", "logprob",
+                 "--stats-json", str(tmp_path / "pseudo_labels.json")]) == 0
+    stats = json.loads((tmp_path / "pseudo_labels.json").read_text())
+    # per word: utt-a -0.5/4 = -0.125 (kept), utt-b -0.2/3 = -0.067 (kept)
+    assert stats["dropped"] == 0 and stats["kept"] == 2
+    assert main(["pseudo-labels", "--nbest", str(nbest_path), "--out-dir", str(tmp_path / "e"), "--n", "1",
+                 "--min-confidence", "-0.1", "--confidence", "logprob",
+                 "--stats-json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["dropped"] == 1
+    assert (tmp_path / "e" / "text.1best").read_text() == "spk1-utt-b hello world\n"
+
+
+def test_drop_empty_leaves_out_utterances_whose_1best_is_empty(tmp_path):
+    nbest_path = tmp_path / "nbest.txt"
+    nbest_path.write_text("u1-1 -0.1 -0.1\nu1-2 -0.5 -2.0 hello\nu2-1 -0.2 -0.4 hello world\n")
+    refs = tmp_path / "text"
+    refs.write_text("u1 hello\nu2 hello world\n")
+    stats = write_pseudo_labels(nbest_path, tmp_path / "out", 2, reference=refs, drop_empty=True)
+    assert (tmp_path / "out" / "text.1best").read_text() == "u2 hello world\n"
+    assert stats["empty"] == 1 and stats["kept"] == 1 and "dropped" not in stats
+    assert stats["wer_1best"] == 0.0 and stats["wer_1best_dropped"] == 100.0
+    kept_all = write_pseudo_labels(nbest_path, tmp_path / "all", 2)  # without the option: written as they are
+    assert kept_all["utterances"] == 2 and "empty" not in kept_all
+    (tmp_path / "blank.txt").write_text("u1-1 -0.1 -0.1\n")
+    with pytest.raises(KdstError, match="1-best of every one of the 1 utterances kept is empty"):
+        write_pseudo_labels(tmp_path / "blank.txt", tmp_path / "none", 1, drop_empty=True)

@@ -1,0 +1,105 @@
+"""kdst.rnnt_report: the modes x architectures matrix of the RNN-T recipe from exp/results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdst.errors import KdstError
+from kdst.rnnt_report import (BEGIN, END, MATRIX_JSON, MATRIX_PNG, MODES, collect, main, mode_dir,
+                              student_system)
+
+ARCHS = ["same", "streaming"]
+# WER per (arch, mode): hard targets help the streaming student most, soft ones the same-architecture one
+WER = {("same", "none"): 10.0, ("same", "hard"): 9.5, ("same", "soft-full"): 8.0, ("same", "soft-collapsed"): 8.5,
+       ("same", "hard+soft"): 9.0, ("streaming", "none"): 20.0, ("streaming", "hard"): 15.0,
+       ("streaming", "soft-full"): 18.0, ("streaming", "soft-collapsed"): 19.0, ("streaming", "hard+soft"): 16.0}
+
+
+def write_results(exp: Path, sets=("test",), ns=("ns_gen1",)) -> Path:
+    results = {}
+    entries = {"rnnt_teacher": (7.0, 4_000_000)}
+    entries.update({student_system(a, m): (w, 4_000_000 if a == "same" else 1_000_000) for (a, m), w in WER.items()})
+    entries.update({n: (6.5 - i, 4_000_000) for i, n in enumerate(ns)})
+    for system, (wer, params) in entries.items():
+        for s in sets:
+            key = system if len(sets) == 1 else f"{system}/{s}"
+            # another set gets other numbers, so that a wrong pick shows
+            bump = 0.0 if s == sets[-1] else 50.0
+            results[key] = {"wer": wer + bump, "cer": wer / 2, "n": 4, "params": params, "sentences_per_s": 10.0}
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "results.json").write_text(json.dumps(results))
+    (exp / "RESULTS.md").write_text("# Results (test)\n\n| system | WER |\n|---|---|\n")
+    return exp
+
+
+def test_mode_names_in_system_dirs():
+    assert [mode_dir(m) for m in MODES] == ["none", "hard", "soft_full", "soft_collapsed", "hard_soft"]
+    assert student_system("streaming", "hard+soft") == "rnnt_streaming_hard_soft"
+
+
+def test_matrix_cells_best_and_relative_changes(tmp_path):
+    exp = write_results(tmp_path / "exp")
+    (exp / "ns_gen1").mkdir()
+    (exp / "ns_gen1" / "pseudo_labels.json").write_text(json.dumps(
+        {"utterances": 10, "kept": 10, "dropped": 2, "wer_1best": 12.5, "wer_oracle": 8.0, "n": 1}))
+    matrix = collect(exp, ARCHS, list(MODES), "test", ns_systems=["ns_gen1"], plots=False)
+    assert matrix["cells"]["hard"]["streaming"] == {
+        "system": "rnnt_streaming_hard", "wer": 15.0, "cer": 7.5, "params": 1_000_000,
+        "vs_teacher": pytest.approx(100 * 8 / 7, abs=0.05), "vs_none": -25.0}
+    assert matrix["best"] == {"same": "soft-full", "streaming": "hard"}
+    assert matrix["teacher"]["wer"] == 7.0
+    ns = matrix["noisy_student"]
+    assert [r["generation"] for r in ns] == [0, 1] and ns[1]["teacher"] == "rnnt_teacher"
+    assert ns[1]["wer"] == 6.5 and ns[1]["pseudo_labels"]["dropped"] == 2
+    assert json.loads((exp / MATRIX_JSON).read_text()) == json.loads(json.dumps(matrix))
+    # results.json (the contract: one entry per system) is left alone
+    assert "matrix" not in json.loads((exp / "results.json").read_text())
+
+
+def test_results_md_gets_one_section_replaced_on_rerun(tmp_path):
+    exp = write_results(tmp_path / "exp")
+    collect(exp, ARCHS, list(MODES), "test", ns_systems=["ns_gen1"], plots=False)
+    text = (exp / "RESULTS.md").read_text()
+    assert text.startswith("# Results (test)") and text.count(BEGIN) == 1 and text.count(END) == 1
+    section = text.split(BEGIN)[1]
+    assert "| mode | same (4.00M) | streaming (1.00M) |" in section
+    assert "| *teacher* | *7.00* | *7.00* |" in section
+    assert "| hard (1-best) | 9.50 (-5.0%) | **15.00 (-25.0%)** |" in section
+    assert "| soft, full lattice | **8.00 (-20.0%)** | 18.00 (-10.0%) |" in section
+    assert "| none (references) | 10.00 | 20.00 |" in section
+    assert "| 1 | `ns_gen1` | `rnnt_teacher` | 6.50 | -7.1% | - | - |" in section
+    collect(exp, ARCHS, ["none", "hard"], "test", plots=False)
+    again = (exp / "RESULTS.md").read_text()
+    assert again.count(BEGIN) == 1 and "soft, full lattice" not in again and "Noisy-student" not in again
+    assert again.startswith("# Results (test)")
+
+
+def test_several_sets_use_the_report_set_and_a_chart(tmp_path):
+    exp = write_results(tmp_path / "exp", sets=("dev", "test"), ns=("ns_gen1", "ns_gen2"))
+    matrix = collect(exp, ARCHS, ["none", "hard", "hard+soft"], "test", ns_systems=["ns_gen1", "ns_gen2"])
+    assert matrix["cells"]["none"]["same"]["wer"] == 10.0  # not dev's 60
+    assert [r["teacher"] for r in matrix["noisy_student"]] == [None, "rnnt_teacher", "ns_gen1"]
+    assert (exp / MATRIX_PNG).read_bytes()[:4] == b"\x89PNG"
+    assert f"![KD modes x architectures]({MATRIX_PNG})" in (exp / "RESULTS.md").read_text()
+
+
+def test_missing_systems_and_bad_options_are_errors(tmp_path):
+    exp = write_results(tmp_path / "exp")
+    with pytest.raises(KdstError, match="no entry for rnnt_tiny_none on test"):
+        collect(exp, ["tiny"], ["none"], "test", plots=False)
+    with pytest.raises(KdstError, match="unknown mode"):
+        collect(exp, ARCHS, ["word"], "test", plots=False)
+    with pytest.raises(KdstError, match="missing"):
+        collect(tmp_path / "nowhere", ARCHS, ["none"], "test", plots=False)
+
+
+def test_cli(tmp_path, capsys):
+    exp = write_results(tmp_path / "exp")
+    assert main(["--exp-dir", str(exp), "--archs", "same streaming", "--modes", "none hard",
+                 "--report-set", "test", "--no-plot"]) == 0
+    assert "| hard (1-best) |" in capsys.readouterr().out
+    assert main(["--exp-dir", str(exp), "--archs", "big", "--report-set", "test", "--no-plot"]) == 1
+    assert "no entry for rnnt_big_none" in capsys.readouterr().err
