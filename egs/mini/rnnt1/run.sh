@@ -4,8 +4,8 @@
 # teacher and distilled into students of its own architecture ("same": self-training) and a 3x
 # smaller streaming one, with hard targets (its 1-best), soft targets (KD on the output lattice,
 # full or collapsed) or both, plus one noisy-student generation: stages 0-10 within about 30
-# minutes on 2 CPU cores, which leaves the students 3 epochs each (plumbing more than quality:
-# --student-opts "--set train.epochs=N" for better students).  Options: ./run.sh --help
+# minutes on 2 CPU cores, which leaves the students 8 epochs each, about half the teacher's
+# updates (--student-opts "--set train.epochs=N" for better students).  Options: ./run.sh --help
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../TEMPLATE/rnnt.sh \
