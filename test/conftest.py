@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import write_wav
 from kdst.data.kaldi_dir import write_data_dir
@@ -42,3 +43,12 @@ def plain_dir(tmp_path: Path) -> Path:
     write_data_dir(data, files)
     return data
 
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only adds waiting, a lot of it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

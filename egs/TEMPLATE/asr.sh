@@ -32,6 +32,7 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizer, 4 teacher, 5 teac
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
 . "$template/utils/jobs.sh"
+. "$template/utils/common.sh"
 
 opt stage 0 "first stage to run"
 opt stop_stage 10 "last stage to run"
@@ -104,19 +105,6 @@ prepare_data() {
   kdst validate-data --no-audio $(for s in ${prepared_sets//,/ }; do echo "data/$s"; done)
 }
 
-make_features() {
-  if [ -n "$speed_perturb" ]; then
-    kdst speed-perturb "data/$train_set" "data/$train_sp" --factors "$speed_perturb"
-  fi
-  local set
-  for set in $all_sets; do
-    kdst fbank --nj "$nj" --cmd "$train_cmd" --config "$fbank_config" "data/$set" "$feat_dir/$set"
-  done
-  kdst compute-cmvn "data/$train_sp/feats.scp" "data/$train_sp/cmvn.ark"
-  # shellcheck disable=SC2046
-  kdst validate-data --no-audio $(for s in $all_sets; do echo "data/$s"; done)
-}
-
 train_tokenizer() {
   local symbols=()
   [ -s data/nlsyms.txt ] && symbols=(--user-symbols data/nlsyms.txt)  # kept whole, never split
@@ -126,14 +114,6 @@ train_tokenizer() {
 
 asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
-
-# train_model EXP_DIR CONFIG "DATA OVERRIDES": resumes an interrupted run, then averages checkpoints.
-train_model() {
-  mkdir -p "$1"
-  # shellcheck disable=SC2086
-  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
-  kdst average --exp-dir "$1" --num "$n_average"
-}
 
 # decode_sets SYSTEM SETS...
 decode_sets() {

@@ -29,6 +29,7 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
 . "$template/utils/jobs.sh"
+. "$template/utils/common.sh"
 
 opt stage 0 "first stage to run"
 opt stop_stage 12 "last stage to run"
@@ -101,19 +102,6 @@ prepare_data() {
   kdst validate-data $(for s in $train_set $dev_set $test_sets; do echo "data/$s"; done)
 }
 
-make_features() {
-  if [ -n "$speed_perturb" ]; then
-    kdst speed-perturb "data/$train_set" "data/$train_sp" --factors "$speed_perturb"
-  fi
-  local set
-  for set in $all_sets; do
-    kdst fbank --nj "$nj" --cmd "$train_cmd" --config "$fbank_config" "data/$set" "$feat_dir/$set"
-  done
-  kdst compute-cmvn "data/$train_sp/feats.scp" "data/$train_sp/cmvn.ark"
-  # shellcheck disable=SC2046
-  kdst validate-data --no-audio $(for s in $all_sets; do echo "data/$s"; done)
-}
-
 train_tokenizers() {
   kdst tokenizer train "$src_tokens" "data/$train_set/text.$src_lang" \
     --type "$src_token_type" --vocab-size "$src_vocab_size"
@@ -127,14 +115,6 @@ mt_data="--set data.train=$mt_train --set data.valid=data/$dev_set --set data.sr
   --set data.tokenizer=$tgt_tokens --set data.src_tokenizer=$src_tokens"
 st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tgt_tokens
   --set data.cmvn=data/$train_sp/cmvn.ark --set data.ctc_text=text.$src_lang --set data.ctc_tokenizer=$src_tokens"
-
-# train_model EXP_DIR CONFIG "DATA OVERRIDES": resumes an interrupted run, then averages checkpoints.
-train_model() {
-  mkdir -p "$1"
-  # shellcheck disable=SC2086
-  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
-  kdst average --exp-dir "$1" --num "$n_average"
-}
 
 # decode_sets EXP_DIR MAX_LEN_RATIO SETS...
 decode_sets() {

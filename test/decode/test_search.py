@@ -15,13 +15,7 @@ from kdst.models.encoders import lengths_to_mask
 EOS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds waiting, a lot of it on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def mt_model(vocab: int = 6, seed: int = 0, scale: float = 5.0, eos_bias: float = 0.0):

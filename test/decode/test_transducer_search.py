@@ -15,12 +15,7 @@ from kdst.models import build_model
 LENGTHS = [43, 23, 61, 35, 19, 50]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def model_for(encoder: str, predictor: str, vocab: int = 8, blank_bias: float = 2.0, seed: int = 0):

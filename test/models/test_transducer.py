@@ -22,12 +22,7 @@ PREDICTORS = {"stateless": {"type": "stateless", "dim": 16, "context_size": 2},
               "lstm": {"type": "lstm", "dim": 16, "layers": 2, "dropout": 0.0}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def config(encoder="streaming_conformer", predictor="stateless", vocab=8, **extra) -> dict:

@@ -21,12 +21,7 @@ CPU = torch.device("cpu")
 SPECAUGMENT = {"freq_masks": 1, "freq_width": 6, "time_masks": 1, "time_width": 10}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

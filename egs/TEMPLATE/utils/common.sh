@@ -1,0 +1,25 @@
+# Stage functions every recipe template shares (source it after the options are parsed).
+# They read the template's variables when called: train_set, train_sp, all_sets,
+# speed_perturb, nj, fbank_config, feat_dir, train_cmd, cuda_cmd, train_opts, n_average.
+
+# Stage 2: optional speed perturbation, fbank in nj jobs, global CMVN on the training set.
+make_features() {
+  if [ -n "$speed_perturb" ]; then
+    kdst speed-perturb "data/$train_set" "data/$train_sp" --factors "$speed_perturb"
+  fi
+  local set
+  for set in $all_sets; do
+    kdst fbank --nj "$nj" --cmd "$train_cmd" --config "$fbank_config" "data/$set" "$feat_dir/$set"
+  done
+  kdst compute-cmvn "data/$train_sp/feats.scp" "data/$train_sp/cmvn.ark"
+  # shellcheck disable=SC2046
+  kdst validate-data --no-audio $(for s in $all_sets; do echo "data/$s"; done)
+}
+
+# train_model EXP_DIR CONFIG "OPTIONS": resumes an interrupted run, then averages checkpoints.
+train_model() {
+  mkdir -p "$1"
+  # shellcheck disable=SC2086
+  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
+  kdst average --exp-dir "$1" --num "$n_average"
+}
