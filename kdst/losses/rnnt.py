@@ -57,6 +57,7 @@ from collections.abc import Iterator
 
 import torch
 
+from kdst.losses.dispatch import use_triton
 from kdst.losses.word_kd import REDUCTIONS, _compute_dtype
 
 MODES = ("full", "collapsed")
@@ -282,8 +283,10 @@ def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.
         The loss in float32 (float64 for float64 logits); padding has no effect and gets
         a zero gradient.
 
-    Uses ``torchaudio.functional.rnnt_loss`` (CPU/CUDA, no gradient clamping) where it
-    applies, else :func:`rnnt_loss_reference` (float64 logits, other devices, no torchaudio).
+    On CUDA it runs the fused Triton kernels (:mod:`kdst.losses.triton.rnnt`), which read
+    half-precision logits as they are.  Elsewhere it uses ``torchaudio.functional.rnnt_loss``
+    (no gradient clamping) where it applies, else :func:`rnnt_loss_reference` (float64
+    logits, other devices, no torchaudio).
     Lengths are read on the host, so a CUDA call synchronises once.
 
     Raises:
@@ -292,6 +295,11 @@ def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.
     """
     t_len, u_len = _check_lattice(logits, targets, logit_lengths, target_lengths, blank, reduction,
                                   name="logits", min_frames=1)
+    if use_triton(logits):
+        from kdst.losses.triton.rnnt import fused_lattice_losses
+        nll, _ = fused_lattice_losses(logits, None, targets, logit_lengths, target_lengths, with_rnnt=True,
+                                      kd_mode=None, blank=blank)
+        return _reduce(nll, reduction)
     op = _torchaudio_rnnt()
     if (op is not None and logits.dtype in _TORCHAUDIO_DTYPES and logits.device.type in ("cpu", "cuda")
             and logits.shape[0] > 0):
@@ -352,6 +360,23 @@ def _collapsed_kd(lp_s: torch.Tensor, lp_t: torch.Tensor, y: torch.Tensor, has_l
     per_class[..., blank] = shift[..., 1]
     second = per_class.add_(lp_s).exp_()
     return kl, lp_s.exp().sub_(second).div_(temperature)
+
+
+def _check_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+              logit_lengths: torch.Tensor, target_lengths: torch.Tensor, mode: str, temperature: float, blank: int,
+              reduction: str, *, min_frames: int) -> tuple[list[int], list[int]]:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    lengths = _check_lattice(student_logits, targets, logit_lengths, target_lengths, blank, reduction,
+                             name="student_logits", min_frames=min_frames)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} does not match "
+                         f"student_logits shape {tuple(student_logits.shape)}")
+    if not teacher_logits.is_floating_point():
+        raise ValueError(f"teacher_logits must be floating point, got {teacher_logits.dtype}")
+    return lengths
 
 
 class _RnntKD(torch.autograd.Function):
@@ -415,18 +440,40 @@ def rnnt_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
             to blank or outside the vocabulary, an unknown mode or reduction, or a
             temperature that is not > 0.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    t_len, u_len = _check_lattice(student_logits, targets, logit_lengths, target_lengths, blank, reduction,
-                                  name="student_logits", min_frames=0)
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} does not match "
-                         f"student_logits shape {tuple(student_logits.shape)}")
-    if not teacher_logits.is_floating_point():
-        raise ValueError(f"teacher_logits must be floating point, got {teacher_logits.dtype}")
+    t_len, u_len = _check_kd(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode,
+                             temperature, blank, reduction, min_frames=0)
+    if use_triton(student_logits, teacher_logits):
+        from kdst.losses.triton.rnnt import fused_lattice_losses
+        _, kd = fused_lattice_losses(student_logits, teacher_logits, targets, logit_lengths, target_lengths,
+                                     with_rnnt=False, kd_mode=mode, temperature=temperature, blank=blank)
+        return _reduce(kd, reduction)
     dtype = _compute_dtype(student_logits, teacher_logits)
     per_utterance = _RnntKD.apply(student_logits, teacher_logits.detach(), targets.to(student_logits.device),
                                   t_len, u_len, mode, float(temperature), int(blank), dtype)
     return _reduce(per_utterance, reduction)
+
+
+# ---------------------------------------------------------------- both at once
+
+
+def rnnt_loss_and_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                     logit_lengths: torch.Tensor, target_lengths: torch.Tensor, *, mode: str = "full",
+                     temperature: float = 1.0, blank: int = 0,
+                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rnnt_loss(student_logits, ...), rnnt_kd_loss(student_logits, teacher_logits, ...))`` in one go.
+
+    Same arguments as :func:`rnnt_kd_loss`, except that every utterance needs a frame
+    (as for :func:`rnnt_loss`), and the same two results.  On CUDA one fused pass over
+    the lattice serves both losses and their gradients are written together, once;
+    elsewhere it calls the two functions.
+    """
+    _check_kd(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode, temperature, blank,
+              reduction, min_frames=1)
+    if use_triton(student_logits, teacher_logits):
+        from kdst.losses.triton.rnnt import fused_lattice_losses
+        nll, kd = fused_lattice_losses(student_logits, teacher_logits, targets, logit_lengths, target_lengths,
+                                       with_rnnt=True, kd_mode=mode, temperature=temperature, blank=blank)
+        return _reduce(nll, reduction), _reduce(kd, reduction)
+    return (rnnt_loss(student_logits, targets, logit_lengths, target_lengths, blank=blank, reduction=reduction),
+            rnnt_kd_loss(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode=mode,
+                         temperature=temperature, blank=blank, reduction=reduction))

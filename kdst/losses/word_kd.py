@@ -13,6 +13,9 @@ those k entries, and ``log p_S`` is still normalised over the *full*
 vocabulary and then read at the k indices.  Entries with ``p_T = 0`` (a
 teacher logit of -inf, or a probability that underflows) contribute exactly 0.
 
+On CUDA (float32/bfloat16/float16) the per-token losses come from the fused Triton
+kernel in :mod:`kdst.losses.triton.word_kd`; elsewhere from the PyTorch code below.
+
 No ``T**2`` factor is applied; callers that want the usual gradient-scale
 correction multiply by it themselves.  The gradient with respect to the
 student logits of one counted token is ``(p_S - p_T) / T`` (full mode).
@@ -25,6 +28,8 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+
+from kdst.losses.dispatch import use_triton
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -139,7 +144,17 @@ def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
     teacher = teacher_logits if teacher_logits is not None else topk_logits
     assert teacher is not None
     dtype = _compute_dtype(student_logits, teacher)
+    if use_triton(student_logits, teacher):
+        from kdst.losses.triton.word_kd import word_kd_per_token
+        per_token = word_kd_per_token(student_logits, teacher_logits, topk_indices, topk_logits, temperature, mask)
+    else:
+        per_token = _per_token_reference(student_logits, teacher, topk_indices, temperature, dtype)
+    return _reduce_tokens(per_token, mask, reduction, dtype)
 
+
+def _per_token_reference(student_logits: torch.Tensor, teacher: torch.Tensor, topk_indices: torch.Tensor | None,
+                         temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """(N,) KL per token in plain PyTorch; ``teacher`` is the full or the top-k logits."""
     log_p_s = _log_softmax(student_logits, temperature, dtype)
     if topk_indices is not None:
         # Normalise over the full vocabulary first, then read only the k stored entries:
@@ -157,8 +172,11 @@ def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
 
     # A student log-prob of -inf where p_T = 0 would otherwise give 0 * inf = NaN.
     log_p_s = log_p_s.masked_fill(drop, 0.0)
-    per_token = (p_t * (log_p_t - log_p_s)).sum(dim=-1)
+    return (p_t * (log_p_t - log_p_s)).sum(dim=-1)
 
+
+def _reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor | None, reduction: str,
+                   dtype: torch.dtype) -> torch.Tensor:
     if mask is not None:
         # where, not multiplication: a masked row that is inf/NaN must not leak through.
         per_token = torch.where(mask, per_token, per_token.new_zeros(()))

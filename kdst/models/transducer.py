@@ -18,17 +18,26 @@ logits: ``(1 - w) * RNNT + w * KD``.
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdst.data.tokenizer import BLANK_ID
-from kdst.losses import rnnt_loss
+from kdst.losses import rnnt_loss, rnnt_loss_and_kd
 from kdst.models.encoders import SpeechEncoder
 from kdst.models.streaming import StreamingConformerEncoder
 
 State = tuple[torch.Tensor, ...]  # predictor state: tensors with the row (batch) dimension first
+
+
+class LatticeTeacher(NamedTuple):
+    """What a transducer student's forward needs for its lattice KD term."""
+    logits: torch.Tensor  # the teacher's (R, T', U+1, V) joint logits on the student's lattice
+    mode: str  # "full" or "collapsed", see kdst.losses.rnnt
+    temperature: float
+    weight: float  # loss = (1 - weight) * RNNT + weight * KD
 
 
 class StatelessPredictor(nn.Module):
@@ -142,12 +151,20 @@ class Transducer(nn.Module):
         return logits, logit_lengths, batch["tgt"], batch["tgt_lengths"]
 
     def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """``distill(logits, batch) -> (kd_loss, weight)``, optional: the transducer loss becomes
-        ``(1 - weight) * RNNT + weight * kd_loss``; the stats report both parts."""
+        """``distill(logits, batch) -> LatticeTeacher``, optional: the transducer loss becomes
+        ``(1 - weight) * RNNT + weight * KD`` with the lattice KD term of the teacher's logits,
+        both per target token; the stats report both parts."""
         logits, logit_lengths, enc, enc_lengths = self._joint(batch)
         tgt, tgt_lengths, weights = batch["tgt"], batch["tgt_lengths"], batch.get("tgt_weight")
         ntokens = int(tgt_lengths.sum())
-        if weights is None:
+        kd = None
+        if distill is not None:
+            teacher = distill(logits, batch)
+            # One call for both terms: on a GPU one fused pass over the lattice serves both.
+            loss, kd = rnnt_loss_and_kd(logits, teacher.logits, tgt, logit_lengths, tgt_lengths, mode=teacher.mode,
+                                        temperature=teacher.temperature, blank=BLANK_ID, reduction="sum")
+            loss, kd = loss / max(ntokens, 1), kd / max(ntokens, 1)
+        elif weights is None:
             loss = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum")
             loss = loss / max(ntokens, 1)
         else:  # sum_r w_r RNNT_r / sum_r w_r len_r, as the encoder-decoder's weighted losses
@@ -156,9 +173,8 @@ class Transducer(nn.Module):
             loss = (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
         # nll: what validation and checkpoint selection read, the RNN-T loss per token (no acc for a transducer)
         stats = {"rnnt": loss.item(), "nll": loss.item(), "ntokens": float(ntokens)}
-        if distill is not None:
-            kd, weight = distill(logits, batch)
-            loss = (1 - weight) * loss + weight * kd
+        if kd is not None:
+            loss = (1 - teacher.weight) * loss + teacher.weight * kd
             stats["kd"] = kd.item()
         if self.ctc is not None:
             log_probs = self.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)

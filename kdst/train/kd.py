@@ -29,8 +29,9 @@ A transducer student distils from an online transducer teacher over the RNN-T la
 
 The teacher hears the features before SpecAugment (``batch["clean_src"]``, noisy student)
 and its joint logits on the same lattice (same targets, same encoder frames) are the soft
-targets.  The KD term is ``rnnt_kd_loss(..., reduction="sum")`` divided by the number of
-target tokens, the same normaliser as the student's RNN-T term, so ``weight`` mixes two
+targets.  The KD term is ``rnnt_kd_loss(..., reduction="sum")`` (computed together with the
+RNN-T term by ``rnnt_loss_and_kd``) divided by the number of target tokens, the same
+normaliser as the student's RNN-T term, so ``weight`` mixes two
 per-token quantities (the KD sum still runs over all T x (U+1) nodes of each lattice).
 """
 
@@ -48,8 +49,9 @@ from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache
 from kdst.data.tokenizer import BLANK_ID, load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
-from kdst.losses import rnnt_kd_loss, word_kd_loss
+from kdst.losses import word_kd_loss
 from kdst.models import Transducer
+from kdst.models.transducer import LatticeTeacher
 from kdst.train.checkpoint import load_model
 
 log = logging.getLogger("kdst.train")
@@ -193,7 +195,7 @@ class TransducerKD(nn.Module):
     def forward(self, batch: dict):
         return self.student(batch, distill=self.kd_term)
 
-    def kd_term(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, float]:
+    def kd_term(self, logits: torch.Tensor, batch: dict) -> LatticeTeacher:
         if "tgt_weight" in batch:
             raise KdstError("transducer KD does not combine with several weighted targets per utterance")
         src = batch.get("clean_src", batch["src"])  # the teacher hears the features without SpecAugment
@@ -209,9 +211,7 @@ class TransducerKD(nn.Module):
         if teacher_logits.shape != logits.shape or not torch.equal(teacher_lengths, frames):
             raise KdstError(f"the teacher's joint lattice {tuple(teacher_logits.shape)} is not the student's "
                             f"{tuple(logits.shape)}: teacher and student need one frame rate and one vocabulary")
-        kd = rnnt_kd_loss(logits, teacher_logits, targets, frames, target_lengths, mode=self.mode,
-                          temperature=self.temperature, blank=BLANK_ID, reduction="sum")
-        return kd / max(int(target_lengths.sum()), 1), self.weight  # per target token, as the RNN-T term
+        return LatticeTeacher(teacher_logits, self.mode, self.temperature, self.weight)
 
 
 def setup_transducer_distillation(kd: dict, student: Transducer, data: dict, device: torch.device) -> TransducerKD:

@@ -7,8 +7,10 @@ import torch
 import torchaudio
 
 from kdst.decode.transducer_search import greedy_search
+from kdst.losses import rnnt_kd_loss
 from kdst.models import Transducer, build_model
 from kdst.models.encoders import SpeechEncoder
+from kdst.models.transducer import LatticeTeacher
 from kdst.models.streaming import StreamingConformerEncoder, visible_input_frames
 
 ENCODERS = {
@@ -86,12 +88,17 @@ def test_weighted_targets_ctc_and_distill():
         seen = {}
 
         def distill(logits, batch):
-            seen["shape"] = logits.shape
-            return torch.tensor(2.0), 0.25
+            seen["logits"] = logits
+            seen["teacher"] = torch.randn_like(logits) * 3
+            return LatticeTeacher(seen["teacher"], "full", 2.0, 0.25)
         mixed, mstats = model(b, distill=distill)
-    assert seen["shape"] == (3, 10, 5, 8)
-    assert mstats["kd"] == 2.0
-    expected = 0.7 * (0.75 * stats["rnnt"] + 0.25 * 2.0) + 0.3 * stats["ctc"]
+        ntokens = b["tgt_lengths"].sum()
+        frames = model.joint_logits(b)[1]
+        kd = rnnt_kd_loss(seen["logits"], seen["teacher"], b["tgt"], frames, b["tgt_lengths"],
+                          temperature=2.0, reduction="sum") / ntokens
+    assert seen["logits"].shape == (3, 10, 5, 8)
+    assert mstats["kd"] == pytest.approx(float(kd), rel=1e-5) and mstats["rnnt"] == pytest.approx(stats["rnnt"])
+    expected = 0.7 * (0.75 * stats["rnnt"] + 0.25 * float(kd)) + 0.3 * stats["ctc"]
     assert mixed.item() == pytest.approx(expected, rel=1e-5)
 
 

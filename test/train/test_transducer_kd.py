@@ -10,7 +10,7 @@ import torch
 import kdst.train.kd as kd_module
 from kdst.data.dataset import collate
 from kdst.errors import KdstError
-from kdst.losses import rnnt_kd_loss
+from kdst.losses import rnnt_kd_loss, rnnt_loss
 from kdst.models import Transducer, build_model
 from kdst.train.checkpoint import load_model
 from kdst.train.kd import TransducerKD, setup_distillation
@@ -57,13 +57,20 @@ def test_kd_term_is_the_lattice_kl_per_target_token(task):
     loss_model.train()
     assert student.training and not teacher.training
     batch = collate([kd_set[u] for u in kd_set.ids[:5]])
+    loss_model.eval()  # no dropout: the forward below sees the same lattices
     with torch.no_grad():
         logits, lengths, tgt, tgt_lengths = student.joint_logits(batch)
         t_logits = teacher.joint_logits(batch)[0]
         expected = rnnt_kd_loss(logits, t_logits, tgt, lengths, tgt_lengths, mode="collapsed", temperature=2.0,
                                 reduction="sum") / tgt_lengths.sum()
-        kd, weight = loss_model.kd_term(logits, batch)
-    assert weight == 0.5 and float(kd) == pytest.approx(float(expected), rel=1e-6) and float(kd) > 0
+        rnnt = rnnt_loss(logits, tgt, lengths, tgt_lengths, reduction="sum") / tgt_lengths.sum()
+        lattice_teacher = loss_model.kd_term(logits, batch)
+        assert torch.equal(lattice_teacher.logits, t_logits)
+        assert (lattice_teacher.mode, lattice_teacher.temperature, lattice_teacher.weight) == ("collapsed", 2.0, 0.5)
+        loss, stats = loss_model(batch)
+    assert stats["kd"] == pytest.approx(float(expected), rel=1e-5) and stats["kd"] > 0
+    assert stats["rnnt"] == pytest.approx(float(rnnt), rel=1e-5)
+    assert float(loss) == pytest.approx(0.5 * float(rnnt) + 0.5 * float(expected), rel=1e-5)
 
 
 def test_the_teacher_hears_the_features_before_specaugment(task):

@@ -1,0 +1,218 @@
+"""Fused word-level KD: one Triton program per token, the gradient written during the forward.
+
+Same math and contract as :func:`kdst.losses.word_kd.word_kd_loss` (see its module
+docstring).  Per row the kernel makes two passes over the V logits:
+
+1. an online softmax: per-lane running maxima and sums for the student (and, in full
+   mode, the teacher), reduced to a log-sum-exp at the end;
+2. with the log-sum-exps known, the KL terms and the gradient ``(p_S - p_T) / T``,
+   written in the student's dtype.
+
+In top-k mode the teacher is the k stored logits, read once; the student still gets
+its log-sum-exp over the whole vocabulary.  The gradient row is first written as
+``p_S / T`` and then corrected at the k stored indices.
+
+Nothing of size (N, V) is allocated besides the gradient itself; the backward only
+scales it by the incoming per-row gradient, in place.  Masked rows are never read:
+they get a loss of 0 and a zero gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kdst.losses.triton.common import block_size
+
+# Upper bound on BLOCK_V: two float32 accumulators per lane and per distribution
+# must stay in registers.
+MAX_BLOCK_V = 4096
+
+
+@triton.jit
+def _online_update(x, m_lane, l_lane):
+    """Fold one block into per-lane running (max, sum of exp(x - max)); -inf lanes stay (−inf, 0)."""
+    m_new = tl.maximum(m_lane, x)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    l_lane = l_lane * tl.exp(m_lane - m_safe) + tl.exp(x - m_safe)
+    return m_new, l_lane
+
+
+@triton.jit
+def _finish_lse(m_lane, l_lane):
+    """Per-lane (max, sum) -> the row's log-sum-exp (-inf for an all -inf row)."""
+    m = tl.max(m_lane, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.sum(l_lane * tl.exp(m_lane - m_safe), axis=0)
+    return m_safe + tl.log(total)
+
+
+@triton.jit
+def _word_kd_full_kernel(student_ptr, teacher_ptr, grad_ptr, loss_ptr, mask_ptr,
+                         V, stride_s, stride_t, stride_g, inv_t,
+                         HAS_MASK: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_V)
+    keep = True
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + row) != 0
+    if keep:
+        s_row = student_ptr + row * stride_s
+        t_row = teacher_ptr + row * stride_t
+        m_s = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        l_s = tl.zeros([BLOCK_V], tl.float32)
+        m_t = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        l_t = tl.zeros([BLOCK_V], tl.float32)
+        for start in range(0, V, BLOCK_V):
+            inside = start + cols < V
+            s = tl.load(s_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
+            t = tl.load(t_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
+            m_s, l_s = _online_update(s, m_s, l_s)
+            m_t, l_t = _online_update(t, m_t, l_t)
+        lse_s = _finish_lse(m_s, l_s)
+        lse_t = _finish_lse(m_t, l_t)
+        # An all -inf (or NaN) teacher row has no distribution: it adds 0 and, as in the
+        # reference, d/dz of -sum p_T log p_S = p_S * sum(p_T) - p_T is then 0.
+        teacher_mass = tl.where((lse_t > float("-inf")) & (lse_t < float("inf")), 1.0, 0.0)
+        kl = tl.zeros([BLOCK_V], tl.float32)
+        for start in range(0, V, BLOCK_V):
+            inside = start + cols < V
+            s = tl.load(s_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
+            t = tl.load(t_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
+            log_pt = t - lse_t
+            p_t = tl.exp(log_pt)
+            present = p_t > 0  # also False for NaN: p_T = 0 adds exactly 0
+            log_ps = s - lse_s
+            kl += tl.where(present, p_t * (log_pt - log_ps), 0.0)
+            if WRITE_GRAD:
+                grad = (tl.exp(log_ps) * teacher_mass - tl.where(present, p_t, 0.0)) * inv_t
+                tl.store(grad_ptr + row * stride_g + start + cols, grad.to(grad_ptr.dtype.element_ty),
+                         mask=inside)
+        tl.store(loss_ptr + row, tl.sum(kl, axis=0))
+    else:
+        tl.store(loss_ptr + row, 0.0)
+        if WRITE_GRAD:
+            for start in range(0, V, BLOCK_V):
+                tl.store(grad_ptr + row * stride_g + start + cols,
+                         tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty), mask=start + cols < V)
+
+
+@triton.jit
+def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, grad_ptr, loss_ptr, mask_ptr,
+                         V, K, stride_s, stride_i, stride_k, stride_g, inv_t,
+                         HAS_MASK: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                         BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_V)
+    keep = True
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + row) != 0
+    if keep:
+        s_row = student_ptr + row * stride_s
+        m_s = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        l_s = tl.zeros([BLOCK_V], tl.float32)
+        for start in range(0, V, BLOCK_V):
+            s = tl.load(s_row + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32) * inv_t
+            m_s, l_s = _online_update(s, m_s, l_s)
+        lse_s = _finish_lse(m_s, l_s)
+
+        # The teacher: the softmax of its k stored logits (renormalised over them).
+        ks = tl.arange(0, BLOCK_K)
+        in_k = ks < K
+        index = tl.load(index_ptr + row * stride_i + ks, mask=in_k, other=0).to(tl.int64)
+        t = tl.load(topk_ptr + row * stride_k + ks, mask=in_k, other=float("-inf")).to(tl.float32) * inv_t
+        t_max = tl.max(t, axis=0)
+        t_shift = tl.where(t_max == float("-inf"), 0.0, t_max)
+        lse_t = t_shift + tl.log(tl.sum(tl.exp(t - t_shift), axis=0))
+        log_pt = t - lse_t
+        p_t = tl.exp(log_pt)
+        present = in_k & (p_t > 0)
+        log_ps_k = tl.load(s_row + index, mask=in_k, other=0.0).to(tl.float32) * inv_t - lse_s
+        kl = tl.sum(tl.where(present, p_t * (log_pt - log_ps_k), 0.0), axis=0)
+        tl.store(loss_ptr + row, kl)
+
+        if WRITE_GRAD:
+            teacher_mass = tl.where((lse_t > float("-inf")) & (lse_t < float("inf")), 1.0, 0.0)
+            g_row = grad_ptr + row * stride_g
+            for start in range(0, V, BLOCK_V):
+                inside = start + cols < V
+                s = tl.load(s_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
+                grad = tl.exp(s - lse_s) * teacher_mass * inv_t
+                tl.store(g_row + start + cols, grad.to(grad_ptr.dtype.element_ty), mask=inside)
+            # The row above must be in memory before the k entries are overwritten.
+            tl.debug_barrier()
+            grad_k = (tl.exp(log_ps_k) * teacher_mass - tl.where(present, p_t, 0.0)) * inv_t
+            tl.store(g_row + index, grad_k.to(grad_ptr.dtype.element_ty), mask=in_k)
+    else:
+        tl.store(loss_ptr + row, 0.0)
+        if WRITE_GRAD:
+            for start in range(0, V, BLOCK_V):
+                tl.store(grad_ptr + row * stride_g + start + cols,
+                         tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty), mask=start + cols < V)
+
+
+def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _WordKD(torch.autograd.Function):
+    """(N,) per-token KL; the (N, V) student gradient is made in the forward and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor | None, topk_indices: torch.Tensor | None,
+                topk_logits: torch.Tensor | None, temperature: float, mask: torch.Tensor | None,
+                block_v: int | None) -> torch.Tensor:
+        student = _rows_last_contiguous(student)
+        n, v = student.shape
+        want_grad = ctx.needs_input_grad[0]
+        loss = torch.empty(n, dtype=torch.float32, device=student.device)
+        # A dummy pointer when there is no gradient: the kernel never touches it.
+        grad = torch.empty_like(student) if want_grad else loss
+        mask_arg = mask.view(torch.uint8) if mask is not None else loss
+        block = block_v or block_size(v, MAX_BLOCK_V)
+        grid = (n,)
+        if n:
+            if teacher is not None:
+                teacher = _rows_last_contiguous(teacher)
+                _word_kd_full_kernel[grid](
+                    student, teacher, grad, loss, mask_arg, v, student.stride(0), teacher.stride(0),
+                    grad.stride(0) if want_grad else 0, 1.0 / temperature,
+                    HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block)
+            else:
+                index, topk = _rows_last_contiguous(topk_indices), _rows_last_contiguous(topk_logits)
+                k = index.shape[1]
+                _word_kd_topk_kernel[grid](
+                    student, index, topk, grad, loss, mask_arg, v, k, student.stride(0), index.stride(0),
+                    topk.stride(0), grad.stride(0) if want_grad else 0, 1.0 / temperature,
+                    HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block,
+                    BLOCK_K=triton.next_power_of_2(k))
+        ctx.save_for_backward(grad if want_grad else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 7
+        # In place: the only (N, V) buffer stays the one made in the forward.  The product
+        # is computed in float32 and rounded once to the student's dtype.  A second backward
+        # (retain_graph) is refused by autograd, which sees the saved tensor modified.
+        grad.mul_(grad_loss.to(torch.float32)[:, None])
+        return (grad,) + (None,) * 6
+
+
+def word_kd_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                      topk_indices: torch.Tensor | None, topk_logits: torch.Tensor | None,
+                      temperature: float, mask: torch.Tensor | None, *, block_v: int | None = None) -> torch.Tensor:
+    """(N,) float32 per-token KL from the Triton kernel; inputs already validated by word_kd_loss.
+
+    ``block_v`` forces the vocabulary block (a power of two); tests use small ones so
+    that the multi-block loops run on tiny vocabularies.
+    """
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.detach()
+    else:
+        topk_logits = topk_logits.detach()
+    return _WordKD.apply(student_logits, teacher_logits, topk_indices, topk_logits, float(temperature),
+                         mask, block_v)
