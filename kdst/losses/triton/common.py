@@ -1,11 +1,29 @@
-"""Small helpers shared by the Triton loss kernels."""
+"""Helpers shared by the Triton loss kernels: block sizes and the online log-sum-exp."""
 
 from __future__ import annotations
 
 import triton
+import triton.language as tl
 
 
 def block_size(length: int, largest: int, smallest: int = 16) -> int:
     """The power-of-two block that covers ``length`` in one step, capped at ``largest``."""
     return max(smallest, min(largest, triton.next_power_of_2(max(length, 1))))
 
+
+@triton.jit
+def online_update(x, m_lane, l_lane):
+    """Fold one block into per-lane running (max, sum of exp(x - max)); -inf lanes stay (−inf, 0)."""
+    m_new = tl.maximum(m_lane, x)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    l_lane = l_lane * tl.exp(m_lane - m_safe) + tl.exp(x - m_safe)
+    return m_new, l_lane
+
+
+@triton.jit
+def finish_lse(m_lane, l_lane):
+    """Per-lane (max, sum) -> the row's log-sum-exp (-inf for an all -inf row)."""
+    m = tl.max(m_lane, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.sum(l_lane * tl.exp(m_lane - m_safe), axis=0)
+    return m_safe + tl.log(total)

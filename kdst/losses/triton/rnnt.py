@@ -33,8 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size
-from kdst.losses.triton.word_kd import _finish_lse, _online_update
+from kdst.losses.triton.common import block_size, finish_lse, online_update
 
 MAX_BLOCK_V = 2048
 # Log-probability of an impossible lattice cell.  Finite so that sums of two stay finite
@@ -96,12 +95,12 @@ def _lattice_stats_kernel(s_ptr, z_ptr, y_ptr, t_len_ptr, u_len_ptr,
             inside = index < V
             s = tl.load(s_row + index, mask=inside, other=float("-inf")).to(tl.float32)
             if WITH_RNNT:
-                m1, l1 = _online_update(s, m1, l1)
+                m1, l1 = online_update(s, m1, l1)
             if KD != 0:
                 a = s * inv_t
                 zt = tl.load(z_row + index, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
                 if (not SAME_T) or (not WITH_RNNT):  # else the temperature-1 sums serve
-                    m_s, l_s = _online_update(a, m_s, l_s)
+                    m_s, l_s = online_update(a, m_s, l_s)
                 if KD == 1:
                     m_new = tl.maximum(m_t, zt)
                     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -110,23 +109,23 @@ def _lattice_stats_kernel(s_ptr, z_ptr, y_ptr, t_len_ptr, u_len_ptr,
                     l_t = l_t * tl.exp(m_t - m_safe) + tl.exp(zt - m_safe)
                     m_t = m_new
                 else:
-                    m_t, l_t = _online_update(zt, m_t, l_t)
+                    m_t, l_t = online_update(zt, m_t, l_t)
                     rest = (index != blank) & (index != y)
-                    m_rs, l_rs = _online_update(tl.where(rest, a, float("-inf")), m_rs, l_rs)
-                    m_rt, l_rt = _online_update(tl.where(rest, zt, float("-inf")), m_rt, l_rt)
+                    m_rs, l_rs = online_update(tl.where(rest, a, float("-inf")), m_rs, l_rs)
+                    m_rt, l_rt = online_update(tl.where(rest, zt, float("-inf")), m_rt, l_rt)
         out = b * T * U1 + t * U1 + u
         if WITH_RNNT:
-            lse1 = _finish_lse(m1, l1)
+            lse1 = finish_lse(m1, l1)
             tl.store(lse_ptr + out, lse1)
             tl.store(phi_ptr + out, tl.load(s_row + blank).to(tl.float32) - lse1)
             psi = tl.where(has_label, tl.load(s_row + y).to(tl.float32) - lse1, 0.0)
             tl.store(psi_ptr + out, psi)
         if KD != 0:
             if SAME_T and WITH_RNNT:
-                lse_s = _finish_lse(m1, l1)
+                lse_s = finish_lse(m1, l1)
             else:
-                lse_s = _finish_lse(m_s, l_s)
-            lse_t = _finish_lse(m_t, l_t)
+                lse_s = finish_lse(m_s, l_s)
+            lse_t = finish_lse(m_t, l_t)
             tl.store(lse_s_ptr + out, lse_s)
             tl.store(lse_t_ptr + out, lse_t)
             if KD == 1:
@@ -140,8 +139,8 @@ def _lattice_stats_kernel(s_ptr, z_ptr, y_ptr, t_len_ptr, u_len_ptr,
                 t_label = tl.where(has_label, tl.load(z_row + y).to(tl.float32) * inv_t - lse_t, float("-inf"))
                 s_blank = tl.load(s_row + blank).to(tl.float32) * inv_t - lse_s
                 t_blank = tl.load(z_row + blank).to(tl.float32) * inv_t - lse_t
-                s_rest = _finish_lse(m_rs, l_rs) - lse_s
-                t_rest = _finish_lse(m_rt, l_rt) - lse_t
+                s_rest = finish_lse(m_rs, l_rs) - lse_s
+                t_rest = finish_lse(m_rt, l_rt) - lse_t
                 kl = tl.where(t_label > float("-inf"), tl.exp(t_label) * (t_label - s_label), 0.0)
                 kl += tl.where(t_blank > float("-inf"), tl.exp(t_blank) * (t_blank - s_blank), 0.0)
                 kl += tl.where(t_rest > float("-inf"), tl.exp(t_rest) * (t_rest - s_rest), 0.0)

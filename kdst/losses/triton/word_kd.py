@@ -23,29 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size
+from kdst.losses.triton.common import block_size, finish_lse, online_update
 
 # Upper bound on BLOCK_V: two float32 accumulators per lane and per distribution
 # must stay in registers.
 MAX_BLOCK_V = 4096
-
-
-@triton.jit
-def _online_update(x, m_lane, l_lane):
-    """Fold one block into per-lane running (max, sum of exp(x - max)); -inf lanes stay (−inf, 0)."""
-    m_new = tl.maximum(m_lane, x)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l_lane = l_lane * tl.exp(m_lane - m_safe) + tl.exp(x - m_safe)
-    return m_new, l_lane
-
-
-@triton.jit
-def _finish_lse(m_lane, l_lane):
-    """Per-lane (max, sum) -> the row's log-sum-exp (-inf for an all -inf row)."""
-    m = tl.max(m_lane, axis=0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.sum(l_lane * tl.exp(m_lane - m_safe), axis=0)
-    return m_safe + tl.log(total)
 
 
 @triton.jit
@@ -68,10 +50,10 @@ def _word_kd_full_kernel(student_ptr, teacher_ptr, grad_ptr, loss_ptr, mask_ptr,
             inside = start + cols < V
             s = tl.load(s_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
             t = tl.load(t_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
-            m_s, l_s = _online_update(s, m_s, l_s)
-            m_t, l_t = _online_update(t, m_t, l_t)
-        lse_s = _finish_lse(m_s, l_s)
-        lse_t = _finish_lse(m_t, l_t)
+            m_s, l_s = online_update(s, m_s, l_s)
+            m_t, l_t = online_update(t, m_t, l_t)
+        lse_s = finish_lse(m_s, l_s)
+        lse_t = finish_lse(m_t, l_t)
         # An all -inf (or NaN) teacher row has no distribution: it adds 0 and, as in the
         # reference, d/dz of -sum p_T log p_S = p_S * sum(p_T) - p_T is then 0.
         teacher_mass = tl.where((lse_t > float("-inf")) & (lse_t < float("inf")), 1.0, 0.0)
@@ -114,8 +96,8 @@ def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, grad_ptr, loss_ptr, m
         l_s = tl.zeros([BLOCK_V], tl.float32)
         for start in range(0, V, BLOCK_V):
             s = tl.load(s_row + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32) * inv_t
-            m_s, l_s = _online_update(s, m_s, l_s)
-        lse_s = _finish_lse(m_s, l_s)
+            m_s, l_s = online_update(s, m_s, l_s)
+        lse_s = finish_lse(m_s, l_s)
 
         # The teacher: the softmax of its k stored logits (renormalised over them).
         ks = tl.arange(0, BLOCK_K)
