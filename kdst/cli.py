@@ -102,23 +102,28 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from kdst.decode.decode import decode_data_dir, merge_job_outputs
     from kdst.decode.search import SearchOptions
 
+    if (args.checkpoint is None) == (args.teacher_espnet is None):
+        raise KdstError("decode needs one model: --checkpoint or --teacher-espnet")
     options = SearchOptions(beam=args.beam, nbest=args.nbest, max_len_ratio=args.max_len_ratio,
                             max_len_bias=args.max_len_bias, min_len_ratio=args.min_len_ratio,
-                            length_penalty=args.length_penalty)
+                            length_penalty=args.length_penalty, espnet_rule=args.espnet_rule)
     nj = _jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         decode_data_dir(args.checkpoint, args.data_dir, args.output_dir, options, greedy=args.greedy,
                         batch_units=args.batch_units, device=args.device,
-                        max_symbols_per_frame=args.max_symbols_per_frame)
+                        max_symbols_per_frame=args.max_symbols_per_frame, teacher_espnet=args.teacher_espnet,
+                        src_text=args.src_text)
         return 0
     start = time.perf_counter()
-    job_args = ["decode", "--nj", "1", "--checkpoint", str(args.checkpoint.resolve()), "--beam", str(args.beam),
+    model_args = (["--checkpoint", str(args.checkpoint.resolve())] if args.checkpoint else
+                  ["--teacher-espnet", str(args.teacher_espnet.resolve()), "--src-text", args.src_text])
+    job_args = ["decode", "--nj", "1", *model_args, "--beam", str(args.beam),
                 "--nbest", str(args.nbest), "--max-len-ratio", str(args.max_len_ratio),
                 "--max-len-bias", str(args.max_len_bias), "--min-len-ratio", str(args.min_len_ratio),
                 "--length-penalty", str(args.length_penalty), "--batch-units", str(args.batch_units),
                 "--max-symbols-per-frame", str(args.max_symbols_per_frame),
                 *(["--greedy"] if args.greedy else []), *(["--device", args.device] if args.device else []),
-                "--data-dir"]
+                *(["--espnet-rule"] if args.espnet_rule else []), "--data-dir"]
     jobs_dir = args.output_dir.resolve() / f"split{nj}"
     status = _run_split_jobs(args.data_dir, nj, args.cmd, args.output_dir / "log" / "decode.JOB.log", job_args,
                              ["--output-dir", str(jobs_dir / "JOB")])
@@ -132,13 +137,17 @@ def cmd_topk(args: argparse.Namespace) -> int:
     from kdst.data.teacher_cache import TeacherCache, merge_caches
     from kdst.distill.topk import write_cache
 
+    if (args.teacher is None) == (args.teacher_espnet is None):
+        raise KdstError("topk needs one teacher: --teacher or --teacher-espnet")
     options = dict(k=args.k, mode=args.mode, text=args.text, batch_units=args.batch_units, device=args.device,
-                   seed=args.seed)
+                   seed=args.seed, teacher_espnet=args.teacher_espnet, src_text=args.src_text)
     nj = _jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         write_cache(args.teacher, args.data_dir, args.out, **options)
     else:
-        job_args = ["topk", "--nj", "1", "--teacher", str(args.teacher.resolve()), "--k", str(args.k), "--mode",
+        teacher_args = (["--teacher", str(args.teacher.resolve())] if args.teacher else
+                        ["--teacher-espnet", str(args.teacher_espnet.resolve()), "--src-text", args.src_text])
+        job_args = ["topk", "--nj", "1", *teacher_args, "--k", str(args.k), "--mode",
                     args.mode, "--batch-units", str(args.batch_units), "--seed", str(args.seed),
                     *(["--text", args.text] if args.text else []), *(["--device", args.device] if args.device else []),
                     "--data-dir"]
@@ -152,6 +161,14 @@ def cmd_topk(args: argparse.Namespace) -> int:
     cache = TeacherCache(args.out)
     print(f"{args.out}: {len(cache)} utterances, k={cache.k} ({cache.mode}), {cache.bytes_per_token():.1f} bytes "
           f"per target token")
+    return 0
+
+
+def cmd_espnet_tokenizer(args: argparse.Namespace) -> int:
+    from kdst.models.espnet_bridge import export_tokenizer, resolve
+
+    out = export_tokenizer(resolve(args.teacher_espnet), args.out, args.side)
+    print(f"{out}: the {args.side} token list and BPE model of {args.teacher_espnet} as a kdst tokenizer")
     return 0
 
 
@@ -235,9 +252,14 @@ def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kdst.train.trainer import load_config, run
+    from kdst.train.trainer import TrainingStopped, load_config, run
 
-    run(load_config(args.config, args.set), args.exp_dir, resume=args.resume)
+    try:
+        run(load_config(args.config, args.set), args.exp_dir, resume=args.resume)
+    except TrainingStopped as e:  # not finished: the stage must not go on as if it were
+        if os.environ.get("RANK", "0") == "0":  # one message, not one per DDP process
+            print(f"kdst train: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
@@ -328,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fbank)
 
     p = sub.add_parser("decode", help="beam search over a data dir: hyp.txt, nbest.txt, decode_stats.json")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--teacher-espnet", type=Path, help="an ESPnet2 exp dir or packed zip instead of --checkpoint")
+    p.add_argument("--src-text", default="text.en", help="--teacher-espnet MT: the source text file of the data dir")
+    p.add_argument("--espnet-rule", action="store_true",
+                   help="ESPnet BeamSearch's pruning and length rules (kdst.decode.search)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--beam", type=int, default=5)
@@ -347,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("topk", help="teacher top-k (or sampled) cache of a data dir for word-level KD")
-    p.add_argument("--teacher", type=Path, required=True, help="MT teacher checkpoint")
+    p.add_argument("--teacher", type=Path, help="MT teacher checkpoint")
+    p.add_argument("--teacher-espnet", type=Path, help="an ESPnet2 MT exp dir or packed zip instead of --teacher")
+    p.add_argument("--src-text", default="text.en", help="--teacher-espnet: the source text file of the data dir")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="cache directory to write")
     p.add_argument("--k", type=int, default=8, help="entries (topk) or draws (sampled) per target token")
@@ -359,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nj", type=int, default=1, help="parallel jobs")
     p.add_argument("--cmd", help="launcher for the jobs, as in cmd.sh (default: kdst launch, in-process)")
     p.set_defaults(func=cmd_topk)
+
+    p = sub.add_parser("espnet-tokenizer", help="an ESPnet model's token list + BPE model as a kdst tokenizer dir")
+    p.add_argument("--teacher-espnet", type=Path, required=True, help="ESPnet2 exp dir, packed zip or config.yaml")
+    p.add_argument("--out", type=Path, required=True, help="kdst tokenizer directory to write")
+    p.add_argument("--side", choices=("tgt", "src"), default="tgt", help="target or (MT) source vocabulary")
+    p.set_defaults(func=cmd_espnet_tokenizer)
 
     p = sub.add_parser("compute-cmvn", help="global CMVN statistics (Kaldi matrix) of a feats.scp")
     p.add_argument("feats_scp", type=Path)

@@ -17,6 +17,11 @@ elapsed time <s> seconds``; :func:`run_job` writes both, for every backend.
 ``--gpu N`` is recorded on the backend for cluster backends (e.g. Slurm's
 ``--gres``); the local backend sets nothing (no CUDA_VISIBLE_DEVICES), so
 local jobs see every GPU and must choose one themselves.
+
+``--backend slurm --config conf/slurm.yaml`` submits the jobs as one sbatch
+array (kdst/slurm.py).  ``--rerun-failed`` runs only the jobs whose log does not
+show this same command ending with code 0, e.g. after fixing what made 2 of 40
+fail.
 """
 
 from __future__ import annotations
@@ -185,9 +190,14 @@ class Backend(ABC):
 
     def __init__(self, *, gpu: int = 0):
         self.gpu = gpu  # GPUs per job
+        self.reasons: dict[int, str] = {}  # job index -> why it failed, where the exit code does not say
+
+    def default_max_jobs(self) -> int | None:
+        """Jobs at once without --max-jobs (None: no limit)."""
+        return _cpus()
 
     @abstractmethod
-    def run(self, jobs: Sequence[Job], max_jobs: int) -> list[int]:
+    def run(self, jobs: Sequence[Job], max_jobs: int | None) -> list[int]:
         """Run the jobs, at most ``max_jobs`` at once; exit statuses in job order.
 
         On SIGINT/SIGTERM: stop the jobs and raise LaunchInterrupted.
@@ -265,15 +275,45 @@ class LocalBackend(Backend):
 
 
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend}
+CLUSTER_BACKENDS = ("slurm",)  # imported when asked for: kdst/slurm.py builds on this module
+
+
+def make_backend(name: str, *, gpu: int = 0, config: str | None = None) -> Backend:
+    """The backend called ``name``; ``config`` is a cluster backend's options file."""
+    if name == "slurm":
+        from kdst.slurm import SlurmBackend, SlurmOptions, load_options
+
+        return SlurmBackend(gpu=gpu, options=load_options(config) if config else SlurmOptions())
+    if name not in BACKENDS:
+        raise KdstError(f"unknown backend '{name}' (known: {', '.join([*BACKENDS, *CLUSTER_BACKENDS])})")
+    if config:
+        raise KdstError(f"--config {config} is for a cluster backend ({', '.join(CLUSTER_BACKENDS)}), "
+                        f"not --backend {name}")
+    return BACKENDS[name](gpu=gpu)
+
+
+def succeeded_before(job: Job) -> bool:
+    """Whether the job's log shows this very command ending with code 0 (for --rerun-failed)."""
+    try:
+        with open(job.log, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 2 and lines[0] == f"# {job.command}" and lines[-1].startswith("# Ended (code 0) ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``kdst launch``; the job words land in ``args.launch_argv`` untouched."""
     parser.add_argument("--max-jobs", type=int, metavar="N",
-                        help="run at most N jobs at once (default: the number of CPUs)")
-    parser.add_argument("--backend", default="local", help=f"where jobs run: {', '.join(BACKENDS)} (default: local)")
+                        help="run at most N jobs at once (default: local: the number of CPUs; "
+                             "slurm: max_jobs of --config, else no limit)")
+    parser.add_argument("--backend", default="local",
+                        help=f"where jobs run: {', '.join([*BACKENDS, *CLUSTER_BACKENDS])} (default: local)")
+    parser.add_argument("--config", metavar="YAML", help="options of a cluster backend, e.g. conf/slurm.yaml")
     parser.add_argument("--gpu", type=int, default=0, metavar="N",
                         help="GPUs per job, for cluster backends; the local backend sets nothing")
+    parser.add_argument("--rerun-failed", action="store_true",
+                        help="run only the jobs whose log does not show this command ending with code 0")
     # dest differs from kdst's top-level --verbose so one does not reset the other.
     parser.add_argument("--verbose", dest="launch_verbose", action="store_true",
                         help="say how many jobs ran when all succeed")
@@ -293,17 +333,21 @@ def run(args: argparse.Namespace) -> int:
     if words[:1] == ["--"]:
         words = words[1:]
     jobs = make_jobs(words)
-    max_jobs = args.max_jobs if args.max_jobs is not None else _cpus()
-    if max_jobs < 1:
+    backend = make_backend(args.backend, gpu=args.gpu, config=getattr(args, "config", None))
+    max_jobs = args.max_jobs if args.max_jobs is not None else backend.default_max_jobs()
+    if max_jobs is not None and max_jobs < 1:
         raise KdstError(f"--max-jobs must be at least 1, got {max_jobs}")
-    if args.backend not in BACKENDS:
-        raise KdstError(f"unknown backend '{args.backend}' (known: {', '.join(BACKENDS)})")
     for directory in {job.log.parent for job in jobs}:
         try:  # fail before starting anything rather than in the middle
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise KdstError(f"cannot create log directory {directory}: {e.strerror}") from None
-    backend = BACKENDS[args.backend](gpu=args.gpu)
+    if getattr(args, "rerun_failed", False):
+        done = [job for job in jobs if succeeded_before(job)]
+        jobs = [job for job in jobs if job not in done]
+        print(f"kdst launch: {len(done)} job(s) succeeded before; running the other {len(jobs)}", file=sys.stderr)
+        if not jobs:
+            return 0
     try:
         codes = backend.run(jobs, max_jobs)
     except LaunchInterrupted as e:
@@ -311,9 +355,12 @@ def run(args: argparse.Namespace) -> int:
         return 128 + e.signum
     failed = [(job, code) for job, code in zip(jobs, codes) if code != 0]
     for job, code in failed:
-        print(f"kdst launch: job {job.index} failed (exit {code}), log: {job.log}", file=sys.stderr)
+        why = backend.reasons.get(job.index, f"exit {code}")
+        print(f"kdst launch: job {job.index} failed ({why}), log: {job.log}", file=sys.stderr)
     if failed:
         print(f"kdst launch: {len(failed)} / {len(jobs)} failed", file=sys.stderr)
+        if len(jobs) > 1:
+            print("kdst launch: to run only the failed jobs again, add --rerun-failed", file=sys.stderr)
         return 1
     if getattr(args, "launch_verbose", False):
         print(f"kdst launch: {len(jobs)} job(s) succeeded", file=sys.stderr)
@@ -336,4 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy: kdst.slurm's classes build on kdst.launch's.
+    from kdst.launch import main as _main
+
+    sys.exit(_main())

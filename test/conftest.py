@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm cluster on localhost (test/slurm_cluster.py), shared by the session."""
+    import shutil
+
+    from slurm_cluster import start_cluster, stop_cluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = start_cluster()
+    yield cluster
+    stop_cluster(cluster)
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    """The session's Slurm cluster, with SLURM_CONF set for this test (and its subprocesses); no job left over."""
+    from slurm_cluster import cancel_all
+
+    for var in [v for v in os.environ if v.startswith("SLURM_") and v not in slurm_cluster.env]:
+        monkeypatch.delenv(var)  # from an outer Slurm job
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    yield slurm_cluster
+    cancel_all(slurm_cluster)

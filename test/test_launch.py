@@ -95,7 +95,7 @@ def test_failing_job_is_reported(tmp_path, capsys):
     assert launch(["JOB=1:3", log, "test", "JOB", "-ne", "2", "||", "exit", "3"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [f"kdst launch: job 2 failed (exit 3), log: {tmp_path / 'f.2.log'}",
-                   "kdst launch: 1 / 3 failed"]
+                   "kdst launch: 1 / 3 failed", "kdst launch: to run only the failed jobs again, add --rerun-failed"]
     assert (tmp_path / "f.2.log").read_text().splitlines()[-1].startswith("# Ended (code 3) at ")
     assert (tmp_path / "f.1.log").read_text().splitlines()[-1].startswith("# Ended (code 0) at ")
 

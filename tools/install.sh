@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up kdst: system tools (espeak-ng, sox, flac), tools/venv with the pinned
-# Python dependencies, and kdst itself in editable mode.
+# Sets up kdst: system tools (espeak-ng, sox, flac; as root also Slurm for the cluster
+# tests), tools/venv with the pinned Python dependencies, and kdst itself in editable mode.
 #
 # Idempotent: a second run with everything present only checks and returns in
 # seconds.  Delete tools/venv to start over.
@@ -34,6 +34,31 @@ install_system_tools() {
   fi
 }
 
+# Optional: Slurm for the cluster tests, which start their own single-node cluster from
+# these binaries (test/slurm_cluster.py; no service is configured).  Installed only as
+# root with apt; anything else just means those tests are skipped, never a failed install.
+slurm_packages=(slurmctld slurmd slurm-client munge)
+install_slurm_for_tests() {
+  local missing=0 tool
+  for tool in slurmctld slurmd sbatch munged; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing=1
+  done
+  [ "$missing" -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    log "Slurm is not installed: the Slurm tests will be skipped (Debian/Ubuntu, as root:" \
+      "apt-get install ${slurm_packages[*]})"
+    return 0
+  fi
+  log "installing Slurm for the cluster tests: ${slurm_packages[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${slurm_packages[@]}" >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${slurm_packages[@]}" >/dev/null 2>&1 ||
+      log "could not install ${slurm_packages[*]}: the Slurm tests will be skipped"
+  fi
+}
+
 # What the venv was built from; a change to any of these re-runs pip.
 fingerprint() {
   cat "$root/setup.cfg" "$root/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
@@ -51,12 +76,15 @@ install_python_packages() {
     "$python" -m venv "$venv"
   fi
   log "installing Python packages (torch is large: the first run takes minutes)"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q --progress-bar off -e "$root[test]"
+  # pip 26 refuses any PyPI package that declares a git URL, even under an extra nobody asks for:
+  # espnet's dependency ci_sdr does (padertorch, extra "all"), so pip stays below 26.
+  "$venv/bin/python" -m pip install -q 'pip>=23,<26'
+  "$venv/bin/python" -m pip install -q --progress-bar off -e "$root[test,espnet]"
   echo "$want" >"$stamp"
 }
 
 start=$SECONDS
 install_system_tools
+install_slurm_for_tests
 install_python_packages
 log "done in $((SECONDS - start)) s; activate with: . $venv/bin/activate"

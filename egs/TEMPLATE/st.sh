@@ -17,6 +17,11 @@
 # top-k cache, or online with --word-kd-source online), seqkd (the teacher's 1-best as
 # the target), seqinter (the n-best entry closest to the reference), and combinations
 # of a sequence mode with word KD (seqkd+word, seqinter+word; online teacher).
+#
+# --teacher-espnet PATH: an ESPnet2 MT model (exp dir with config.yaml + model file, or a
+# packed zip) is the teacher as it is: stage 3 exports its target token list and BPE model
+# as the students' target tokenizer (they must share one vocabulary), stage 4 trains
+# nothing, and stages 5-9 run it through kdst (kdst.models.espnet_bridge).
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -69,6 +74,7 @@ opt beam 5 "beam size for decoding"
 opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
 opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)"
 opt decode_nj 2 "parallel decoding jobs"
+opt teacher_espnet "" "an ESPnet2 MT exp dir or packed zip as the teacher (no teacher training; students adopt its vocabulary)"
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 11 12 "  # the stages this version of kdst has
@@ -90,6 +96,11 @@ src_tokens=data/tokens/${src_lang}_${src_token_type}${src_vocab_size}
 tgt_tokens=data/tokens/${tgt_lang}_${tgt_token_type}${tgt_vocab_size}
 [ "$src_token_type" = char ] && src_tokens=data/tokens/${src_lang}_char
 [ "$tgt_token_type" = char ] && tgt_tokens=data/tokens/${tgt_lang}_char
+if [ -n "$teacher_espnet" ]; then
+  teacher_espnet=$(readlink -f "$teacher_espnet")
+  [ -e "$teacher_espnet" ] || { echo "$prog: --teacher-espnet $teacher_espnet: not found" >&2; exit 2; }
+  tgt_tokens=data/tokens/${tgt_lang}_espnet
+fi
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -105,6 +116,10 @@ prepare_data() {
 train_tokenizers() {
   kdst tokenizer train "$src_tokens" "data/$train_set/text.$src_lang" \
     --type "$src_token_type" --vocab-size "$src_vocab_size"
+  if [ -n "$teacher_espnet" ]; then  # the students adopt the ESPnet teacher's token list and BPE model
+    kdst espnet-tokenizer --teacher-espnet "$teacher_espnet" --out "$tgt_tokens"
+    return 0
+  fi
   kdst tokenizer train "$tgt_tokens" "data/$train_set/text.$tgt_lang" \
     --type "$tgt_token_type" --vocab-size "$tgt_vocab_size"
 }
@@ -128,6 +143,10 @@ decode_sets() {
 }
 
 train_teacher() {
+  if [ -n "$teacher_espnet" ]; then
+    log "the teacher is the ESPnet model $teacher_espnet; nothing to train"
+    return 0
+  fi
   if [ -n "$mt_extra_sets" ]; then
     # shellcheck disable=SC2086
     kdst combine-text "$mt_train" "data/$train_set" $mt_extra_sets --files "text.$src_lang,text"
@@ -136,14 +155,32 @@ train_teacher() {
 }
 
 evaluate_teacher() {
-  # shellcheck disable=SC2086
-  decode_sets exp/mt_teacher "$mt_max_len_ratio" $dev_set $test_sets
+  local set
+  if [ -n "$teacher_espnet" ]; then
+    for set in $dev_set $test_sets; do
+      # shellcheck disable=SC2086
+      kdst decode $teacher_decode_opts --data-dir "data/$set" --output-dir "exp/mt_teacher/decode_$set" \
+        --beam "$beam" --max-len-ratio "$mt_max_len_ratio" --nj "$decode_nj" --cmd "$decode_cmd"
+    done
+  else
+    # shellcheck disable=SC2086
+    decode_sets exp/mt_teacher "$mt_max_len_ratio" $dev_set $test_sets
+  fi
   kdst results --systems mt_teacher --sets "$test_sets"
 }
 
 teacher=exp/mt_teacher/avg_best$n_average.pt
 topk_cache=exp/mt_teacher/topk_$train_sp
 nbest_dir=exp/mt_teacher/nbest_$train_sp
+# How the teacher stages name the teacher: a kdst checkpoint, or the ESPnet model.
+teacher_decode_opts="--checkpoint $teacher"
+teacher_topk_opts="--teacher $teacher"
+teacher_kd_opts="--set kd.teacher=$teacher"
+if [ -n "$teacher_espnet" ]; then
+  teacher_decode_opts="--teacher-espnet $teacher_espnet --src-text text.$src_lang"
+  teacher_topk_opts=$teacher_decode_opts
+  teacher_kd_opts="--set kd.teacher_espnet=$teacher_espnet --set kd.teacher_src_text=text.$src_lang"
+fi
 wants() { [[ " $kd_modes " == *"$1"* ]]; }  # wants seq: some mode uses a sequence-level target
 
 teacher_topk_cache() {
@@ -151,7 +188,8 @@ teacher_topk_cache() {
     log "no --kd-modes entry reads the top-k cache; nothing to do"
     return 0
   fi
-  kdst topk --teacher "$teacher" --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
+  # shellcheck disable=SC2086
+  kdst topk $teacher_topk_opts --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
     --mode "$topk_mode" --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -160,7 +198,8 @@ teacher_nbest() {
     log "no --kd-modes entry uses the teacher's n-best; nothing to do"
     return 0
   fi
-  kdst decode --checkpoint "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
+  # shellcheck disable=SC2086
+  kdst decode $teacher_decode_opts --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
     --beam "$nbest_beam" --nbest "$nbest_size" --max-len-ratio "$mt_max_len_ratio" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
@@ -187,7 +226,7 @@ mode_opts() {
   esac
   case $mode in
     *word*)
-      echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.teacher=$teacher"
+      echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature $teacher_kd_opts"
       # the cache holds the teacher on the gold references; a sequence target needs the teacher online
       [ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo "--set kd.cache=$topk_cache" ;;
   esac
@@ -248,13 +287,13 @@ stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
 run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
-run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set" train_tokenizers
-run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets" train_teacher
-run_stage 5 "$beam $mt_max_len_ratio $test_sets" evaluate_teacher
-run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode" teacher_topk_cache
-run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio" teacher_nbest
-run_stage 8 "$kd_modes $rescore_metric $nbest_size" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature" train_students
+run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $teacher_espnet" train_tokenizers
+run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $teacher_espnet" train_teacher
+run_stage 5 "$beam $mt_max_len_ratio $test_sets $teacher_espnet" evaluate_teacher
+run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $teacher_espnet" teacher_topk_cache
+run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $teacher_espnet" teacher_nbest
+run_stage 8 "$kd_modes $rescore_metric $nbest_size $teacher_espnet" rescore_nbest
+run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $teacher_espnet" train_students
 run_stage 10 "$kd_modes $finetune $finetune_opts" finetune_word_kd
 run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune" decode_students
 run_stage 12 "$kd_modes $finetune $test_sets" score_all

@@ -13,6 +13,12 @@ special ids, so its ids and the token list agree without any remapping.
 
 User symbols (non-linguistic marks such as WSJ's ``<NOISE>``) are kept whole:
 one unit each, never split into characters or pieces.
+
+``type: espnet`` is an ESPnet2 token list adopted as it is (kdst.models.espnet_bridge
+writes it): ``tokens.txt`` holds ESPnet's list with its last entry, ``<sos/eos>``,
+moved to id 2, and text maps to pieces of ESPnet's own BPE model (``sp.model``, or
+characters with ``<space>``, or words) and pieces to ids through the list, as ESPnet does;
+ESPnet's sentencepiece ids are never used.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ BLANK_ID, UNK_ID, SOS_EOS_ID = 0, 1, 2
 SPECIALS = (BLANK, UNK, SOS_EOS)
 SPACE = "\u2581"  # sentencepiece's word boundary, reused for characters
 TYPES = ("bpe", "unigram", "char")
+ESPNET_SPACE = "<space>"  # the word boundary of ESPnet's char token lists
 
 
 class Tokenizer(Protocol):
@@ -75,6 +82,37 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.tokens[i] for i in ids if i not in (BLANK_ID, SOS_EOS_ID)).replace(SPACE, " ").strip()
+
+
+class EspnetTokenizer:
+    """An ESPnet2 token list (kdst order) with ESPnet's BPE model or characters (``token_type``)."""
+
+    def __init__(self, directory: Path, token_type: str):
+        self.tokens = read_token_list(directory / "tokens.txt")
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+        self.token_type = token_type
+        if token_type == "bpe":
+            self.model = spm.SentencePieceProcessor(model_file=os.fspath(directory / "sp.model"))
+        elif token_type not in ("char", "word"):
+            raise DataError(directory / "tokenizer.yaml", f"unsupported ESPnet token_type '{token_type}' "
+                                                          f"(bpe, char, word)")
+
+    def encode(self, text: str) -> list[int]:
+        if self.token_type == "bpe":
+            pieces = self.model.encode(text, out_type=str)
+        elif self.token_type == "word":
+            pieces = text.split()
+        else:
+            pieces = [ESPNET_SPACE if c == " " else c for c in text]
+        return [self._ids.get(p, UNK_ID) for p in pieces]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        pieces = [self.tokens[i] for i in ids if i not in (BLANK_ID, SOS_EOS_ID)]
+        if self.token_type == "bpe":
+            return self.model.decode_pieces(pieces)
+        if self.token_type == "word":
+            return " ".join(pieces)
+        return "".join(pieces).replace(ESPNET_SPACE, " ")
 
 
 def _symbol_pattern(symbols: Iterable[str]) -> re.Pattern | None:
@@ -193,6 +231,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return CharTokenizer(directory, config.get("user_symbols", ()))
     if kind in ("bpe", "unigram"):
         return SentencePieceTokenizer(directory)
+    if kind == "espnet":
+        return EspnetTokenizer(directory, config.get("token_type", "bpe"))
     raise DataError(config_path, f"unknown tokenizer type '{kind}'")
 
 

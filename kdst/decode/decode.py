@@ -38,12 +38,21 @@ log = logging.getLogger("kdst.decode")
 FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
 
 
-def decode_data_dir(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+def decode_data_dir(checkpoint: str | Path | None, data_dir: str | Path, out_dir: str | Path,
                     options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
-                    device: str | None = None, max_symbols_per_frame: int = 3) -> dict:
-    """Decode every utterance of ``data_dir``; returns the statistics it also writes."""
+                    device: str | None = None, max_symbols_per_frame: int = 3,
+                    teacher_espnet: str | Path | None = None, src_text: str = "text.en") -> dict:
+    """Decode every utterance of ``data_dir``; returns the statistics it also writes.
+    ``teacher_espnet``: an ESPnet model (kdst.models.espnet_bridge) instead of a kdst ``checkpoint``;
+    ``src_text`` is then the data dir's source text file of an ESPnet MT model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config = load_model(checkpoint, device)
+    if teacher_espnet is not None:
+        from kdst.models.espnet_bridge import load_espnet_teacher
+
+        model, config = load_espnet_teacher(teacher_espnet, device, src_text=src_text)
+        checkpoint = config["checkpoint"]
+    else:
+        model, config = load_model(checkpoint, device)
     if isinstance(model, Transducer):
         greedy = greedy or options.beam == 1
     tokenizer = load_tokenizer(config["data"]["tokenizer"])

@@ -32,6 +32,18 @@ decoder state, so they cost nothing afterwards.
 With ``length_penalty = 0`` and ``beam = 1`` this is exactly greedy search; with
 a positive length penalty a single beam may keep going past an <eos> that a
 longer hypothesis could still beat, so it can differ from greedy.
+
+``espnet_rule``: ESPnet's ``BeamSearch`` instead (what an ESPnet teacher's own
+inference does, for side-by-side checks): the K best of the K*V extensions are
+kept, and an <eos> among them finishes its hypothesis *and takes its beam slot*
+until the next step (fewer live beams); <eos> before the min length drops the
+hypothesis instead of being forbidden; the max length is
+``max(1, floor(ratio * n) + bias)``; and a hypothesis still live at the max length
+ends with an <eos> that adds no score (an <eos> chosen at the last step stays in
+the hypothesis as a token before it, as in ESPnet's output).  Ranking and the exact stopping rule are
+unchanged: ``length_penalty`` 0 is ESPnet's raw score (``penalty: 0``), 1 its
+``normalize_length``, and ESPnet keeps searching to the max length only to find
+hypotheses that cannot enter the n-best.
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ class SearchOptions:
     min_len_ratio: float = 0.0  # <eos> forbidden before floor(ratio * encoder-output length) tokens
     max_len: int = 512
     length_penalty: float = 1.0  # score = logprob / len ** length_penalty (len counts <eos>); 0 = raw sum
+    espnet_rule: bool = False  # ESPnet BeamSearch's pruning and length rules (module docstring)
 
     def __post_init__(self):
         if self.beam < 1 or not 1 <= self.nbest <= self.beam:
@@ -87,27 +100,33 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _encode(model, src, src_lengths, max_len_ratio, max_len_bias, max_len, min_len_ratio=0.0):
+def _encode(model, src, src_lengths, max_len_ratio, max_len_bias, max_len, min_len_ratio=0.0, espnet_rule=False):
     """Encoder output, its mask, and per-utterance max / min output lengths (python ints)."""
     device = next(model.parameters()).device
     memory, memory_lengths = model.encode(src.to(device), src_lengths.to(device))
     mask = lengths_to_mask(memory_lengths, memory.shape[1])
     lengths = memory_lengths.tolist()
-    max_lens = [max(0, min(math.ceil(max_len_ratio * n) + max_len_bias, max_len)) for n in lengths]
+    if espnet_rule:  # ESPnet: maxlen = max(1, int(maxlenratio * T))
+        max_lens = [max(1, min(math.floor(max_len_ratio * n) + max_len_bias, max_len)) for n in lengths]
+    else:
+        max_lens = [max(0, min(math.ceil(max_len_ratio * n) + max_len_bias, max_len)) for n in lengths]
     min_lens = [min(math.floor(min_len_ratio * n), m) for n, m in zip(lengths, max_lens)]
     return memory, mask, max_lens, min_lens
 
 
 def _mask_lengths(logp: torch.Tensor, t: int, min_rows: torch.Tensor, max_rows: torch.Tensor,
-                  min_max: int, max_min: int) -> None:
+                  min_max: int, max_min: int, espnet_rule: bool = False) -> None:
     """In place: blank never; <eos> not before the min length; nothing but <eos> at the max length.
-    ``min_max`` / ``max_min`` (smallest max / largest min length of the rows) skip work when no row needs it."""
+    ``min_max`` / ``max_min`` (smallest max / largest min length of the rows) skip work when no row needs it.
+    ``espnet_rule``: <eos> is not masked before the min length (the search drops such endings), and the
+    <eos> forced at the max length costs nothing."""
     logp[:, BLANK_ID] = NEG_INF
-    if t < max_min:
+    if t < max_min and not espnet_rule:
         logp[:, EOS_ID].masked_fill_(t < min_rows, NEG_INF)
     if t >= min_max:
-        eos = logp[:, EOS_ID].clone()
-        logp.masked_fill_((t >= max_rows)[:, None], NEG_INF)
+        at_max = t >= max_rows
+        eos = torch.where(at_max, 0.0, logp[:, EOS_ID]) if espnet_rule else logp[:, EOS_ID].clone()
+        logp.masked_fill_(at_max[:, None], NEG_INF)
         logp[:, EOS_ID] = eos
 
 
@@ -135,7 +154,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor,
 
 def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypothesis]]:
     memory, mask, max_lens, min_lens = _encode(model, src, src_lengths, opt.max_len_ratio, opt.max_len_bias,
-                                               opt.max_len, opt.min_len_ratio)
+                                               opt.max_len, opt.min_len_ratio, opt.espnet_rule)
     device, k, lp, b = memory.device, opt.beam, opt.length_penalty, memory.shape[0]
     results: list[list[Hypothesis]] = [[] for _ in range(b)]
     cap = max(max_lens) + 1  # token columns; the last one is only written by dead beams
@@ -161,7 +180,7 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
         logits, state = model.decoder.step(last, state)
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         vocab = logp.shape[1]
-        _mask_lengths(logp, t, min_rows, max_rows, min(max_lens), max(min_lens))
+        _mask_lengths(logp, t, min_rows, max_rows, min(max_lens), max(min_lens), opt.espnet_rule)
         cand = logp.add_(utt["scores"].view(-1, 1)).view(a, k * vocab)
         top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K), best first
         parent, tok = idx.div(vocab, rounding_mode="floor"), idx.remainder(vocab)
@@ -169,6 +188,11 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
 
         # <eos> among the first K candidates: finished; merged with the kept ones by one topk for all.
         ended = is_eos[:, :k] & (top[:, :k] > NEG_INF)
+        if opt.espnet_rule:  # an ending before the min length is dropped, not finished
+            # ESPnet appends the forced <eos> to everything still running after the last step, so an
+            # <eos> chosen at that step is kept as a token (and counted in the length), not an ending.
+            last_step = (t == utt["max_rows"] - 1)[:, None]
+            ended &= (t >= utt["min_rows"][:, None]) & ~last_step
         if bool(ended.any()):
             new_norm = torch.where(ended, top[:, :k] / float((t + 1) ** lp), NEG_INF)
             new_tok = seqs.view(a, k, cap).gather(1, parent[:, :k, None].expand(a, k, cap))
@@ -177,9 +201,13 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
             utt["fin_len"] = torch.cat([utt["fin_len"], torch.full_like(utt["fin_len"], t)], 1).gather(1, pick)
             utt["fin_tok"] = torch.cat([utt["fin_tok"], new_tok], 1).gather(1, pick[:, :, None].expand(a, k, cap))
 
-        # The best K candidates that are not <eos> live on, each placed by _slots.
-        live = torch.argsort(is_eos.to(torch.uint8), dim=1, stable=True)[:, :k]
-        scores, tok, parent = top.gather(1, live), tok.gather(1, live), parent.gather(1, live)
+        # The best K candidates that are not <eos> live on, each placed by _slots.  ESPnet's rule: the
+        # best K candidates, an <eos> among them leaving its slot dead (-inf) for this step.
+        if opt.espnet_rule:
+            scores, tok, parent = top[:, :k].masked_fill(is_eos[:, :k] & ~last_step, NEG_INF), tok[:, :k], parent[:, :k]
+        else:
+            live = torch.argsort(is_eos.to(torch.uint8), dim=1, stable=True)[:, :k]
+            scores, tok, parent = top.gather(1, live), tok.gather(1, live), parent.gather(1, live)
         slot = _slots(parent, earlier)
         scores, tok, parent = (torch.empty_like(x).scatter_(1, slot, x) for x in (scores, tok, parent))
         utt["scores"] = scores

@@ -51,13 +51,22 @@ def utterance_seed(utt: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{utt}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def write_cache(teacher: str | Path, data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
-                text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1) -> dict:
-    """Run the teacher over ``data_dir`` and write the cache to ``out``; returns a summary."""
+def write_cache(teacher: str | Path | None, data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
+                text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1,
+                teacher_espnet: str | Path | None = None, src_text: str = "text.en") -> dict:
+    """Run the teacher over ``data_dir`` and write the cache to ``out``; returns a summary.
+    ``teacher_espnet``: an ESPnet MT model (kdst.models.espnet_bridge) instead of a kdst checkpoint,
+    reading the data dir's ``src_text``; the cache then records its model file's digest."""
     if mode not in MODES:
         raise KdstError(f"unknown cache mode '{mode}' ({', '.join(MODES)})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config = load_model(teacher, device)
+    if teacher_espnet is not None:
+        from kdst.models.espnet_bridge import load_espnet_teacher
+
+        model, config = load_espnet_teacher(teacher_espnet, device, src_text=src_text)
+        teacher = config["checkpoint"]
+    else:
+        model, config = load_model(teacher, device)
     data = dict(config["data"])
     if data.get("input") != "text":
         raise KdstError(f"{teacher}: the top-k cache needs an MT teacher (it reads the transcript)")

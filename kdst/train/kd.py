@@ -11,6 +11,11 @@ The teacher's distribution comes from one of two places (the ``kd`` config secti
       t2_scale: false                      # multiply the KD term by T^2 (Hinton et al.)
       teacher: exp/mt_teacher/avg_best5.pt # online: the MT teacher reads the transcript
       cache: exp/mt_teacher/topk_train     # offline: a `kdst topk` cache replaces the teacher
+      teacher_espnet: exp/mt_espnet        # instead of teacher: an ESPnet2 MT exp dir or packed zip
+      teacher_src_text: text.en            # (ESPnet) the transcript file it reads (default: text.en)
+
+An ESPnet teacher (kdst.models.espnet_bridge) brings its own vocabulary: the student's
+``data.tokenizer`` must be the one ``kdst espnet-tokenizer`` exported from it.
 
 With ``cache`` the teacher's forward pass was run once (stage 6) and its top-k (or
 sampled tokens with counts) are read per utterance id; with only ``teacher`` it runs
@@ -122,9 +127,18 @@ def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, devi
     """The loss model and the training dataset for the ``kd`` config section."""
     if isinstance(student, Transducer):
         return setup_transducer_distillation(kd, student, data, device), train_set
-    teacher_path, cache_path = kd.get("teacher"), kd.get("cache")
-    if not teacher_path and not cache_path:
-        raise KdstError("the kd config section needs a teacher checkpoint (kd.teacher) or a cache (kd.cache)")
+    teacher_path, cache_path, espnet_path = kd.get("teacher"), kd.get("cache"), kd.get("teacher_espnet")
+    if not teacher_path and not cache_path and not espnet_path:
+        raise KdstError("the kd config section needs a teacher checkpoint (kd.teacher or kd.teacher_espnet) "
+                        "or a cache (kd.cache)")
+    if teacher_path and espnet_path:
+        raise KdstError("kd.teacher and kd.teacher_espnet name two teachers: give one")
+    espnet_files = None
+    if espnet_path:  # its vocabulary is checked before anything is loaded
+        from kdst.models.espnet_bridge import check_vocabulary, export_tokenizer, resolve
+
+        espnet_files = resolve(espnet_path)
+        check_vocabulary(export_tokenizer(espnet_files, espnet_files.root / "kdst_tokens" / "tgt"), data["tokenizer"])
     student_vocab = tokenizer_fingerprint(data["tokenizer"])
     common = dict(weight=float(kd.get("weight", 0.5)), temperature=float(kd.get("temperature", 1.0)),
                   t2_scale=bool(kd.get("t2_scale", False)))
@@ -132,8 +146,8 @@ def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, devi
         cache = TeacherCache(cache_path)
         made = cache.fingerprint
         expected = {"tokenizer": student_vocab, "text": data.get("text", "text")}
-        if teacher_path:
-            expected["teacher"] = file_digest(teacher_path)
+        if teacher_path or espnet_files:
+            expected["teacher"] = file_digest(espnet_files.model_file if espnet_files else teacher_path)
         wrong = [f"{key} ({made.get(key)} != {value})" for key, value in expected.items() if made.get(key) != value]
         if wrong:
             raise KdstError(f"{cache_path}: the teacher cache does not match this training run: "
@@ -143,7 +157,14 @@ def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, devi
         return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
                 TeacherInputs(train_set, cache=cache))
 
-    teacher, teacher_config = load_model(teacher_path, device)
+    if espnet_files:
+        from kdst.models.espnet_bridge import load_espnet_teacher
+
+        teacher_path = espnet_path
+        teacher, teacher_config = load_espnet_teacher(espnet_path, device, src_text=kd.get("teacher_src_text",
+                                                                                           "text.en"))
+    else:
+        teacher, teacher_config = load_model(teacher_path, device)
     teacher_data = teacher_config["data"]
     if tokenizer_fingerprint(teacher_data["tokenizer"]) != student_vocab:
         raise KdstError(f"{teacher_path}: the teacher's target tokenizer {teacher_data['tokenizer']} is not the "

@@ -5,6 +5,11 @@ config; ``compute_loss`` runs one batch; ``train_one_epoch`` steps through the
 batches of an epoch from where a resumed run left off; ``validate``; ``run``
 ties them together with checkpoints.  The model's ``forward(batch)`` returns
 ``(loss, stats)``, so new losses plug in without the trainer knowing them.
+
+SIGINT, SIGTERM and SIGUSR1 finish the current step, save ``last.pt`` and stop
+(TrainingStopped).  SIGUSR1 is what Slurm sends ahead of a time limit
+(``--signal=USR1@120``): under Slurm rank 0 then requeues the job, whose next
+run continues with ``--resume`` (egs/TEMPLATE/utils/slurm_train.sbatch).
 """
 
 from __future__ import annotations
@@ -32,10 +37,23 @@ from kdst.data.specaugment import SpecAugmentOptions, spec_augment
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
 from kdst.models import build_model
+from kdst.slurm import REQUEUED_EXIT, requeue
 from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
 from kdst.train.kd import setup_distillation
 
 log = logging.getLogger("kdst.train")
+
+
+class TrainingStopped(Exception):
+    """A signal stopped training after ``last.pt`` was saved; ``exit_code`` says how the process should end."""
+
+    def __init__(self, signum: int, checkpoint: Path, requeued: bool):
+        name = signal.Signals(signum).name
+        then = (f"Slurm job {os.environ.get('SLURM_JOB_ID')} was requeued and continues from it" if requeued
+                else "continue with --resume")
+        super().__init__(f"stopped by {name} after saving {checkpoint}; {then}")
+        # 75 (EX_TEMPFAIL) tells kdst's Slurm task wrapper the job runs again; else as a shell reports a signal
+        self.exit_code = REQUEUED_EXIT if requeued else 128 + signum
 
 
 @dataclass
@@ -235,6 +253,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     """Train as configured; checkpoints go to ``exp_dir`` (rank 0 writes)."""
     exp_dir = Path(exp_dir)
     rank, world_size, device = init_distributed()
+    if rank != 0:  # one log for the run: the other ranks speak only of problems
+        logging.getLogger("kdst").setLevel(logging.WARNING)
     train = config["train"]
     torch.manual_seed(int(train.get("seed", 1)))
     train_set, valid_set, sizes = build_datasets(config["data"], int(train.get("seed", 1)))
@@ -279,7 +299,8 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     writer = SummaryWriter(str(exp_dir / "tensorboard")) if rank == 0 else None
     signals: list[int] = []
     previous_handlers = {signum: signal.signal(signum, lambda s, f: signals.append(s))  # finish the step,
-                         for signum in (signal.SIGINT, signal.SIGTERM)}                # save, then stop
+                         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}  # save, then stop
+    requeued = False
 
     def checkpoint(path: Path) -> None:
         rngs = [None] * world_size
@@ -308,6 +329,11 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
                 why = f"signal {signals[0]}" if signals else f"train.max_steps={train.get('max_steps')}"
                 log.info("stopped at epoch %d, step %d (%s); continue with --resume", progress.epoch,
                          progress.step, why)
+                if signals and signals[0] == signal.SIGUSR1 and rank == 0 and os.environ.get("SLURM_JOB_ID"):
+                    # Said first: Slurm stops every process of the job as soon as it requeues it.
+                    log.info("requeueing Slurm job %s; its next run continues from %s", os.environ["SLURM_JOB_ID"],
+                             last)
+                    requeued = requeue()
                 break
             stats = validate(model, valid_set, config, device)
             progress.history[progress.epoch] = stats["nll"]
@@ -331,5 +357,7 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     if world_size > 1:  # left alive, the process group's threads abort the interpreter at exit
         dist.barrier()
         dist.destroy_process_group()
+    if signals:
+        raise TrainingStopped(signals[0], last, requeued)
     return progress
 
