@@ -2,6 +2,7 @@
 
     python bench/espnet_search.py --threads 2                      # 500 sentences, beam 5, n-best 5
     python bench/espnet_search.py --trained EXP --data DIR --sentences 200   # agreement on a trained model
+    python bench/espnet_search.py --device cuda                    # the same comparison on a GPU
 
 The model is an ESPnet2 Transformer MT built by ESPnet's MTTask (6+6 layers, d 256, 4 heads,
 ff 2048, 8000 tokens on each side) with random weights, saved in ESPnet's layout.  As in
@@ -84,14 +85,15 @@ def run_espnet(exp: Path, teacher, sources, args) -> tuple[float, list[list[tupl
     t2t = Text2Text(mt_train_config=exp / "config.yaml", mt_model_file=exp / "valid.acc.ave.pth",
                     bpemodel=resolve(exp).config.get("bpemodel"),
                     maxlenratio=args.max_len_ratio, minlenratio=0.0, beam_size=args.beam, ctc_weight=0.0,
-                    lm_weight=0.0, ngram_weight=0.0, penalty=0.0, nbest=args.nbest, normalize_length=False)
+                    lm_weight=0.0, ngram_weight=0.0, penalty=0.0, nbest=args.nbest, normalize_length=False,
+                    device=args.device)
     from_espnet = {int(e): k for k, e in enumerate(teacher.to_espnet.tolist())}
     src_map = teacher.src_to_espnet
     outputs = []
     start = time.perf_counter()
     with torch.no_grad():
         for ids in sources:
-            results = t2t(src_map[torch.tensor(ids)])
+            results = t2t(src_map[torch.tensor(ids, device=src_map.device)])
             outputs.append([tuple(from_espnet[int(t)] for t in hyp.yseq[1:-1]) for *_, hyp in results])
     return time.perf_counter() - start, outputs
 
@@ -118,6 +120,7 @@ def main() -> None:
     p.add_argument("--max-len-ratio", type=float, default=1.5)
     p.add_argument("--batch", type=int, default=100, help="kdst: sentences per batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: both searches run there")
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--output-scale", type=float, default=4.0)
     p.add_argument("--eos-bias", type=float, default=4.0)
@@ -129,7 +132,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="espnet_bench."))
     try:
         exp = args.trained or build_random(tmp, args.vocab, args.output_scale, args.eos_bias)
-        teacher, config = load_espnet_teacher(exp)
+        teacher, config = load_espnet_teacher(exp, args.device)
         sources = (data_sentences(config, args.data, args.sentences) if args.trained
                    else random_sentences(args.sentences, args.vocab))
         esp_s, esp_out = run_espnet(exp, teacher, sources[:args.espnet_sentences or len(sources)], args)
