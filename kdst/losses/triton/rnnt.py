@@ -38,7 +38,7 @@ from kdst.losses.triton.common import block_size, finish_lse, online_update
 MAX_BLOCK_V = 2048
 # Log-probability of an impossible lattice cell.  Finite so that sums of two stay finite
 # and logaddexp of two impossible cells is no NaN.
-NEG = -1e30
+NEG = tl.constexpr(-1e30)
 
 KD_NONE, KD_FULL, KD_COLLAPSED = 0, 1, 2
 KD_MODES = {None: KD_NONE, "full": KD_FULL, "collapsed": KD_COLLAPSED}
