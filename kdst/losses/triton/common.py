@@ -11,6 +11,16 @@ def block_size(length: int, largest: int, smallest: int = 16) -> int:
     return max(smallest, min(largest, triton.next_power_of_2(max(length, 1))))
 
 
+def warps_for(block: int, per_thread: int) -> int:
+    """num_warps giving each thread about ``per_thread`` elements of a ``block``-wide row (4..16).
+
+    The kernels keep several float32 accumulators per element: with too few threads they
+    take ~250 registers on sm_90, which leaves one block per SM and the loads unhidden;
+    ptxas counts for these choices are 60-70 registers (test/losses/triton_compile_check.py).
+    """
+    return max(4, min(16, block // (32 * per_thread)))
+
+
 @triton.jit
 def online_update(x, m_lane, l_lane):
     """Fold one block into per-lane running (max, sum of exp(x - max)); -inf lanes stay (−inf, 0)."""

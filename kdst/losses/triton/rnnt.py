@@ -33,9 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size, finish_lse, online_update
+from kdst.losses.triton.common import block_size, finish_lse, online_update, warps_for
 
 MAX_BLOCK_V = 2048
+# Elements per thread: the stats pass keeps up to ten float32 accumulators per element.
+STATS_PER_THREAD, GRAD_PER_THREAD = 4, 8
 # Log-probability of an impossible lattice cell.  Finite so that sums of two stay finite
 # and logaddexp of two impossible cells is no NaN.
 NEG = tl.constexpr(-1e30)
@@ -291,7 +293,8 @@ class _FusedLattice(torch.autograd.Function):
             _lattice_stats_kernel[grid](
                 student, teacher, targets, t_len, u_len, phi, psi, lse, lse_s, lse_t, shift, kl,
                 frames, u1, vocab, *student.stride()[:3], *teacher.stride()[:3], targets.stride(0), blank, inv_t,
-                WITH_RNNT=with_rnnt, KD=kd, SAME_T=temperature == 1.0, BLOCK_V=block)
+                WITH_RNNT=with_rnnt, KD=kd, SAME_T=temperature == 1.0, BLOCK_V=block,
+                num_warps=warps_for(block, STATS_PER_THREAD))
         nll = torch.zeros(bsz, **f32)
         alpha = beta = nll
         if with_rnnt and bsz:
@@ -324,7 +327,7 @@ class _FusedLattice(torch.autograd.Function):
                 student, teacher, targets, t_len, u_len, grad, phi, psi, lse, alpha, beta, -nll, g_nll,
                 lse_s, lse_t, shift, g_kd, frames, u1, vocab, *student.stride()[:3], *teacher.stride()[:3],
                 *grad.stride()[:3], targets.stride(0), blank, inv_t,
-                WITH_RNNT=with_rnnt, KD=kd, BLOCK_V=block)
+                WITH_RNNT=with_rnnt, KD=kd, BLOCK_V=block, num_warps=warps_for(block, GRAD_PER_THREAD))
         return (grad,) + (None,) * 9
 
 

@@ -23,11 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size, finish_lse, online_update
+from kdst.losses.triton.common import block_size, finish_lse, online_update, warps_for
 
 # Upper bound on BLOCK_V: two float32 accumulators per lane and per distribution
 # must stay in registers.
-MAX_BLOCK_V = 4096
+MAX_BLOCK_V = 2048
+ELEMENTS_PER_THREAD = 8
 
 
 @triton.jit
@@ -160,7 +161,8 @@ class _WordKD(torch.autograd.Function):
                 _word_kd_full_kernel[grid](
                     student, teacher, grad, loss, mask_arg, v, student.stride(0), teacher.stride(0),
                     grad.stride(0) if want_grad else 0, 1.0 / temperature,
-                    HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block)
+                    HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block,
+                    num_warps=warps_for(block, ELEMENTS_PER_THREAD))
             else:
                 index, topk = _rows_last_contiguous(topk_indices), _rows_last_contiguous(topk_logits)
                 k = index.shape[1]
@@ -168,7 +170,7 @@ class _WordKD(torch.autograd.Function):
                     student, index, topk, grad, loss, mask_arg, v, k, student.stride(0), index.stride(0),
                     topk.stride(0), grad.stride(0) if want_grad else 0, 1.0 / temperature,
                     HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block,
-                    BLOCK_K=triton.next_power_of_2(k))
+                    BLOCK_K=triton.next_power_of_2(k), num_warps=warps_for(block, ELEMENTS_PER_THREAD))
         ctx.save_for_backward(grad if want_grad else None)
         return loss
 
