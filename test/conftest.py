@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_wav
-from kdst.data.kaldi_dir import write_data_dir
+# Without a GPU the Triton kernels run in Triton's interpreter (test/losses/test_triton_kernels.py).
+# It must be chosen before triton is first imported, which decorates tl's own helpers one way
+# or the other; torch does not import triton, so this is early enough.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from helpers import write_wav  # noqa: E402
+from kdst.data.kaldi_dir import write_data_dir  # noqa: E402
 
 @pytest.fixture
 def segmented_dir(tmp_path: Path) -> Path:

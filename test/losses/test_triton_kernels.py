@@ -1,8 +1,7 @@
 """The fused Triton kernels against the PyTorch references: values, gradients, masks, padding.
 
 Without CUDA the kernels run on CPU tensors in Triton's interpreter: TRITON_INTERPRET must
-be set before ``kdst.losses.triton`` is first imported, which is why it is set here, at
-import time, and why nothing else in the test suite imports that package.  The shapes are
+be set before triton is first imported, which test/conftest.py does.  The shapes are
 tiny and the vocabulary blocks forced small, so every multi-block loop runs.  With CUDA
 the same tests run compiled on the GPU, plus public-API tests at realistic sizes.
 """
@@ -15,8 +14,7 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+assert CUDA or os.environ.get("TRITON_INTERPRET") == "1", "conftest.py sets TRITON_INTERPRET before triton is imported"
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (the fused kernels need it)")
 
