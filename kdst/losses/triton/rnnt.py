@@ -2,7 +2,7 @@
 
 Same math and contracts as :mod:`kdst.losses.rnnt` (see its module docstring).
 
-Forward, three kernels:
+Forward, two kernels:
 
 1. ``_lattice_stats_kernel``, one program per node (t, u): a single pass over the
    student's (and the teacher's) V logits gives the student's log-sum-exp and from it
@@ -11,13 +11,13 @@ Forward, three kernels:
    collapsed {label, blank, rest} terms (rest as its own running log-sum-exp, so it
    stays exact when label and blank hold nearly all the mass) and, in full mode, the
    KL itself (an online sum of p_T (z_T - z_S) / T, rescaled as the running maximum
-   moves).  Padding nodes are not read.
+   moves).  Padding nodes are not read.  The per-utterance KD losses are then a
+   (B, T, U+1) sum in torch.
 2. ``_alpha_beta_kernel``, one program per utterance: the forward and backward
    variables row by row.  Within a row t the label edges make alpha a first-order
    recurrence in u, alpha(t, u) = a(u) ⊕ psi(t, u-1) ⊗ alpha(t, u-1) in the log
    semiring, which an associative scan solves in log(U) steps; beta is the same scan
    run backwards.
-3. nothing else: per-utterance sums of the node KLs are a (B, T, U+1) reduction.
 
 Backward, ``_lattice_grad_kernel``, one program per node: the edge posteriors from
 alpha, beta and log P(y | x), and one more pass over the V logits that writes the
