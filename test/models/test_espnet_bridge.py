@@ -207,3 +207,57 @@ def test_waveform_frontend_is_refused_for_features(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher.espnet, "frontend", torch.nn.Identity())
     with pytest.raises(KdstError, match="frontend: null"):
         teacher.encode(torch.zeros(1, 30, 20), torch.tensor([30]))
+
+
+def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
+    """kd.teacher_espnet: the KD term of a batch is the KL to ESPnet's own teacher-forced distributions."""
+    from helpers import write_config
+
+    from kdst.data.dataset import collate
+    from kdst.data.kaldi_dir import write_data_dir
+    from kdst.data.tokenizer import train_tokenizer
+    from kdst.losses import word_kd_loss
+    from kdst.models import build_model
+    from kdst.train.kd import WordKD, setup_distillation
+    from kdst.train.trainer import build_datasets, load_config
+
+    ids = [f"utt{i:03d}" for i in range(40)]
+    for split, rows in (("train", slice(0, 40)), ("dev", slice(40, 50))):
+        names = ids if split == "train" else [f"dev{i}" for i in range(10)]
+        write_data_dir(tmp_path / split, {"text.en": dict(zip(names, mt["src"][rows])),
+                                          "text": dict(zip(names, mt["tgt"][rows])),
+                                          "utt2spk": {u: u for u in names}})
+    train_tokenizer(tmp_path / "tok_en", [tmp_path / "train" / "text.en"], type="char")  # the student's own source
+    config = load_config(write_config(tmp_path, tmp_path / "student.yaml"))
+    config["data"]["tokenizer"] = mt["config"]["data"]["tokenizer"]  # adopted from the teacher
+    train_set, _, sizes = build_datasets(config["data"])
+    torch.manual_seed(0)
+    student = build_model({**config["model"], **sizes}).eval()
+    kd = {"teacher_espnet": str(mt["exp"]), "weight": 0.5, "temperature": 2.0}
+    loss_model, kd_set = setup_distillation(kd, student, train_set, config["data"], torch.device("cpu"))
+    assert isinstance(loss_model, WordKD) and loss_model.teacher is not None
+
+    batch = collate([kd_set[u] for u in ids[:5]])
+    teacher, model = mt["teacher"], mt["espnet"]
+    src_tok, tok = (load_tokenizer(mt["config"]["data"][k]) for k in ("src_tokenizer", "tokenizer"))
+    with torch.no_grad():
+        logits, targets, *_ = student.decoder_logits(batch)
+        term, weight = loss_model.kd_term(logits, targets, batch)
+        # the oracle: ESPnet's encode + decoder forward, one utterance at a time, on ESPnet ids
+        expected = []
+        for n, utt in enumerate(ids[:5]):
+            src = teacher.src_to_espnet[torch.tensor(src_tok.encode(mt["src"][n]))][None]
+            y = _espnet_ids(teacher, tok.encode(mt["tgt"][n]))
+            memory, memory_lengths = model.encode(src, torch.tensor([src.shape[1]]))
+            ys_in = torch.cat([torch.tensor([model.sos]), y])[None]
+            out, _ = model.decoder(memory, memory_lengths, ys_in, torch.tensor([len(y) + 1]))
+            expected.append(out[0].index_select(-1, teacher.to_espnet))
+    mask = targets != 0
+    student_rows = torch.cat([logits[n][mask[n]] for n in range(5)])
+    oracle = word_kd_loss(student_rows, torch.cat(expected), temperature=2.0)
+    assert weight == 0.5 and float(term) == pytest.approx(float(oracle), rel=1e-5)
+
+    other = tmp_path / "tok_other"
+    train_tokenizer(other, [tmp_path / "train" / "text"], type="char")
+    with pytest.raises(KdstError, match="kdst espnet-tokenizer"):
+        setup_distillation(kd, student, train_set, {**config["data"], "tokenizer": str(other)}, torch.device("cpu"))
