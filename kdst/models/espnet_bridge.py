@@ -45,7 +45,7 @@ import torch
 import yaml
 from torch import nn
 
-from kdst.data.files import file_digest
+from kdst.data.files import atomic_path, file_digest
 from kdst.data.tokenizer import BLANK, BLANK_ID, SOS_EOS, SOS_EOS_ID, UNK, tokenizer_fingerprint
 from kdst.errors import KdstError
 from kdst.models.decoder import DecoderState
@@ -199,8 +199,9 @@ def export_tokenizer(files: EspnetFiles, out_dir: str | os.PathLike, side: str =
     if out.is_dir() and all((out / n).is_file() and (out / n).read_bytes() == b for n, b in wanted.items()):
         return out
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in wanted.items():
-        (out / name).write_bytes(data)
+    for name, data in wanted.items():  # each file whole or not at all: a stopped export is redone
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(data)
     return out
 
 
