@@ -175,7 +175,7 @@ def test_requeued_task_is_waited_for(slurm, tmp_path: Path):
                         30, "the task to start")[0]
         _wait_requeued(slurm, job)
         _release(slurm, job)
-        _, err = launcher.communicate(timeout=60)
+        _, err = launcher.communicate(timeout=180)  # the old run must end, then the scheduler start the new one
     finally:
         if launcher.poll() is None:
             launcher.kill()
