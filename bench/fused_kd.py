@@ -2,6 +2,7 @@
 
     python bench/fused_kd.py --out bench/fused_kd.json          # on a GPU: the issue's sizes
     python bench/fused_kd.py --smoke                             # tiny shapes, CPU interpreter: checks the script
+    python bench/fused_kd.py --sweep                             # also every block width of the fused kernels
 
 Word-level KD: N = 32,768 tokens x V in {8,192, 32,768}, bfloat16 logits, temperature 2,
 full teacher and a top-8 teacher, forward + backward of the mean loss, for
@@ -42,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile rows")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time the fused kernels at every vocabulary block width (to tune the defaults)")
     return p.parse_args()
 
 
@@ -252,10 +255,45 @@ def rnnt_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def sweep_rows(repeats: int) -> list[dict]:
+    """The fused kernels with every vocabulary block width (and the num_warps warps_for gives it)."""
+    from kdst.losses.triton.rnnt import fused_lattice_losses
+    from kdst.losses.triton.word_kd import word_kd_per_token
+
+    rows = []
+    n, v = (16, 100) if ARGS.smoke else (32768, 32768)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    student = torch.randn(n, v, generator=g, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    teacher = torch.randn(n, v, generator=g, device=DEVICE).to(torch.bfloat16)
+    for block in (512, 1024, 2048):
+        seconds, extra = measure(backward_of(
+            lambda block=block: word_kd_per_token(student, teacher, None, None, 2.0, None, block_v=block).mean(),
+            student), repeats)
+        rows.append({"loss": "word-KD", "shape": f"N={n} V={v}", "teacher": "full", "impl": f"triton BLOCK_V={block}",
+                     "value": value(), "ms": seconds * 1e3, "extra_mib": extra,
+                     "essential_bytes": 3 * n * v * student.element_size()})
+    del student, teacher
+    b, t, u, v = (2, 6, 3, 17) if ARGS.smoke else (32, 188, 86, 1025)
+    student = torch.randn(b, t, u + 1, v, generator=g, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    teacher = torch.randn(b, t, u + 1, v, generator=g, device=DEVICE).to(torch.bfloat16)
+    targets = torch.randint(1, v, (b, u), generator=g, device=DEVICE, dtype=torch.int32)
+    lengths = torch.full((b,), t, dtype=torch.int32, device=DEVICE)
+    labels = torch.full((b,), u, dtype=torch.int32, device=DEVICE)
+    for block in (128, 256, 512, 1024, 2048):
+        seconds, extra = measure(backward_of(
+            lambda block=block: tuple(x.mean() for x in fused_lattice_losses(
+                student, teacher, targets, lengths, labels, with_rnnt=True, kd_mode="collapsed", block_v=block)),
+            student), repeats)
+        rows.append({"loss": "RNN-T", "shape": f"B={b} T={t} U={u} V={v}", "teacher": "collapsed",
+                     "impl": f"triton rnnt+collapsed BLOCK_V={block}", "value": value(), "ms": seconds * 1e3,
+                     "extra_mib": extra, "essential_bytes": 3 * student.numel() * student.element_size()})
+    return rows
+
+
 def main() -> None:
     repeats = 1 if ARGS.smoke else ARGS.repeats
     bandwidth = copy_bandwidth()
-    rows = word_kd_rows(repeats) + rnnt_rows(repeats)
+    rows = word_kd_rows(repeats) + rnnt_rows(repeats) + (sweep_rows(repeats) if ARGS.sweep else [])
     for row in rows:
         row["tb_per_s"] = row["essential_bytes"] / (row["ms"] / 1e3) / 1e12
         row["of_copy_bw"] = row["essential_bytes"] / (row["ms"] / 1e3) / bandwidth

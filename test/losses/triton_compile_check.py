@@ -92,6 +92,13 @@ def main() -> None:
                             {"s_ptr": dtype, "z_ptr": dtype, "grad_ptr": dtype, **lattice, **saved,
                              **ints("g_sb", "g_st", "g_su")},
                             {"WITH_RNNT": with_rnnt, "KD": kd, "BLOCK_V": 512}, rnnt.GRAD_PER_THREAD)
+    for block in (1024, rnnt.MAX_BLOCK_V):  # the wider blocks lattice_block picks for larger vocabularies
+        compile_variant(rnnt._lattice_stats_kernel, {"s_ptr": "*bf16", "z_ptr": "*bf16", **lattice, **stats},
+                        {"WITH_RNNT": True, "KD": 2, "SAME_T": False, "BLOCK_V": block}, rnnt.STATS_PER_THREAD)
+        compile_variant(rnnt._lattice_grad_kernel,
+                        {"s_ptr": "*bf16", "z_ptr": "*bf16", "grad_ptr": "*bf16", **lattice, **saved,
+                         **ints("g_sb", "g_st", "g_su")},
+                        {"WITH_RNNT": True, "KD": 1, "BLOCK_V": block}, rnnt.GRAD_PER_THREAD)
     compile_variant(rnnt._alpha_beta_kernel,
                     {**{name: "*fp32" for name in ("phi_ptr", "psi_ptr", "alpha_ptr", "beta_ptr", "log_like_ptr")},
                      "t_len_ptr": "*i32", "u_len_ptr": "*i32", **ints("T", "U1")}, {"BLOCK_U": 128})
