@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +64,25 @@ def write_config(root: Path, path: Path, **train) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")  # a user's earlier run, not copied
+
+
+def copy_recipe(root: Path, name: str) -> Path:
+    """A private copy of egs/<name> under root/egs (sharing egs/TEMPLATE), so tests never touch the real one."""
+    egs = root / "egs"
+    egs.mkdir(parents=True, exist_ok=True)
+    if not (egs / "TEMPLATE").exists():
+        (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    shutil.copytree(REPO / "egs" / name, egs / name, symlinks=True, ignore=shutil.ignore_patterns(*RECIPE_OUTPUTS))
+    return egs / name
+
+
+def run_recipe(recipe: Path, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``recipe/run.sh args...`` with this Python's venv first on PATH; output captured."""
+    env = {**os.environ, **(env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run([str(recipe / "run.sh"), *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=timeout)

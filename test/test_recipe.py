@@ -3,42 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import kaldiio
 import pytest
 import yaml
 
-from helpers import needs
+import helpers
+from helpers import copy_recipe, needs
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache
 from kdst.data.tokenizer import load_tokenizer
 from kdst.data.validate import validate_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")
 TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --num-mt-extra 40 --seed 3"
 
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
-    """A private copy of egs/mini/st1 (sharing egs/TEMPLATE), so tests never touch the real one."""
-    egs = tmp_path / "egs"
-    (egs / "TEMPLATE").parent.mkdir(parents=True)
-    (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    shutil.copytree(REPO / "egs" / "mini" / "st1", egs / "mini" / "st1", symlinks=True,
-                    ignore=shutil.ignore_patterns(*RECIPE_OUTPUTS))  # a user's earlier run
-    return egs / "mini" / "st1"
+    return copy_recipe(tmp_path, "mini/st1")
 
 
 def run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(recipe / "run.sh"), *args], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=600)
+    return helpers.run_recipe(recipe, *args, timeout=600)
 
 
 def test_help_lists_options_with_current_values(recipe: Path):

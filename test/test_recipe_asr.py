@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import needs
+import helpers
+from helpers import copy_recipe, needs
 from kdst.data.nbest_targets import read_pseudo_nbest
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE_OUTPUTS = ("corpus", "data", "dump", "exp", ".stages")
 TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
 MODES = ("gold", "1best", "nbest_expand", "nbest_sample", "nbest_weighted")
 
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
-    """A private copy of egs/mini/asr1 (sharing egs/TEMPLATE), so tests never touch the real one."""
-    egs = tmp_path / "egs"
-    egs.mkdir()
-    (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    shutil.copytree(REPO / "egs" / "mini" / "asr1", egs / "mini" / "asr1", symlinks=True,
-                    ignore=shutil.ignore_patterns(*RECIPE_OUTPUTS))
-    return egs / "mini" / "asr1"
+    return copy_recipe(tmp_path, "mini/asr1")
 
 
 def run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(recipe / "run.sh"), *args], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=900)
+    return helpers.run_recipe(recipe, *args, timeout=900)
 
 
 def test_help_lists_the_stages_and_options(recipe: Path):

@@ -9,10 +9,6 @@ stage 7 the n-best on the training set and stage 8 rescores it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,35 +16,28 @@ import pytest
 pytest.importorskip("espnet2", reason="ESPnet is not installed (pip install 'kdst[espnet]')")
 
 from espnet_models import build_mt  # noqa: E402
-from helpers import make_mt_task  # noqa: E402
+from helpers import copy_recipe, make_mt_task, run_recipe  # noqa: E402
 
 from kdst.data.files import file_digest  # noqa: E402
 from kdst.data.kaldi_dir import DataDir  # noqa: E402
 from kdst.data.teacher_cache import TeacherCache  # noqa: E402
 from kdst.data.tokenizer import load_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_an_espnet_teacher_drives_the_teacher_stages(tmp_path: Path):
-    egs = tmp_path / "egs"
-    egs.mkdir()
-    (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    recipe = egs / "mini" / "st1"
-    shutil.copytree(REPO / "egs" / "mini" / "st1", recipe, symlinks=True,
-                    ignore=shutil.ignore_patterns("corpus", "data", "dump", "exp", ".stages"))
+    recipe = copy_recipe(tmp_path, "mini/st1")
     data = make_mt_task(recipe / "data", sizes=(("train", 24, 1), ("dev", 6, 2), ("tst-COMMON", 6, 3)))
     train = DataDir(data / "train")
     texts = {name: [line.split(" ", 1)[1] for line in (data / "train" / name).read_text().splitlines()]
              for name in ("text.en", "text")}
     exp, _ = build_mt(tmp_path / "espnet", texts["text.en"], texts["text"], vocab=80, eos_bias=3.0)
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(recipe / "run.sh"), "--stage", "3", "--stop-stage", "8", "--teacher-espnet", str(exp),
-                             "--kd-modes", "word seqkd seqinter", "--src-token-type", "char", "--topk", "4",
-                             "--nbest-beam", "2", "--nbest-size", "2", "--beam", "2", "--decode-nj", "1"],
-                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600)
+    result = run_recipe(recipe, "--stage", "3", "--stop-stage", "8", "--teacher-espnet", str(exp),
+                        "--kd-modes", "word seqkd seqinter", "--src-token-type", "char", "--topk", "4",
+                        "--nbest-beam", "2", "--nbest-size", "2", "--beam", "2", "--decode-nj", "1",
+                        env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing to train" in result.stderr
 

@@ -18,13 +18,12 @@ import pytest
 import torch
 import yaml
 
-from helpers import make_mt_task, write_config
+from helpers import REPO, copy_recipe, make_mt_task, run_recipe, write_config
 from kdst import slurm as kslurm
 from kdst.errors import KdstError
 from kdst.launch import launch
 from kdst.slurm import SlurmOptions, array_spec, load_options, sbatch_argv
 
-REPO = Path(__file__).resolve().parents[1]
 SBATCH_TRAIN = REPO / "egs" / "TEMPLATE" / "utils" / "slurm_train.sbatch"
 
 
@@ -274,12 +273,7 @@ def test_recipe_stage7_teacher_nbest_runs_as_a_slurm_array(slurm, mt_data: Path,
     from kdst.train.checkpoint import average
     from kdst.train.trainer import load_config, run
 
-    egs = tmp_path / "egs"
-    egs.mkdir()
-    (egs / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    recipe = egs / "mini" / "st1"
-    shutil.copytree(REPO / "egs" / "mini" / "st1", recipe, symlinks=True,
-                    ignore=shutil.ignore_patterns("corpus", "data", "dump", "exp", ".stages"))
+    recipe = copy_recipe(tmp_path, "mini/st1")
     cmd = recipe / "cmd.sh"
     assert "\ncluster=local\n" in cmd.read_text()
     cmd.write_text(cmd.read_text().replace("\ncluster=local\n", "\ncluster=slurm\n"))  # the one-line switch
@@ -289,10 +283,9 @@ def test_recipe_stage7_teacher_nbest_runs_as_a_slurm_array(slurm, mt_data: Path,
     run(load_config(write_config(recipe / "data", tmp_path / "teacher.yaml", epochs=1)), teacher)
     average(teacher, 1)
 
-    env = {**_env(), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(recipe / "run.sh"), "--stage", "7", "--stop-stage", "7", "--kd-modes", "seqkd",
-                             "--n-average", "1", "--nbest-beam", "2", "--nbest-size", "2", "--decode-nj", "4"],
-                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    result = run_recipe(recipe, "--stage", "7", "--stop-stage", "7", "--kd-modes", "seqkd", "--n-average", "1",
+                        "--nbest-beam", "2", "--nbest-size", "2", "--decode-nj", "4", timeout=300,
+                        env={**_env(), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     nbest_dir = teacher / "nbest_train"
     logs = sorted((nbest_dir / "log").glob("decode.*.log"))

@@ -37,3 +37,12 @@ def finish_lse(m_lane, l_lane):
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     total = tl.sum(l_lane * tl.exp(m_lane - m_safe), axis=0)
     return m_safe + tl.log(total)
+
+
+@triton.jit
+def store_zero_row(row_ptr, V, BLOCK_V: tl.constexpr):
+    """Zeros in the V entries at ``row_ptr`` (its own dtype): the gradient of a row that does not count."""
+    cols = tl.arange(0, BLOCK_V)
+    for start in range(0, V, BLOCK_V):
+        tl.store(row_ptr + start + cols, tl.zeros([BLOCK_V], tl.float32).to(row_ptr.dtype.element_ty),
+                 mask=start + cols < V)

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size, finish_lse, online_update, warps_for
+from kdst.losses.triton.common import block_size, finish_lse, online_update, store_zero_row, warps_for
 
 MAX_BLOCK_V = 2048
 # Elements per thread: the stats pass keeps up to ten float32 accumulators per element.
@@ -251,9 +251,7 @@ def _lattice_grad_kernel(s_ptr, z_ptr, y_ptr, t_len_ptr, u_len_ptr, grad_ptr,
                     grad += g_kd * (tl.exp(log_ps) - tl.exp(log_ps + shift))
             tl.store(g_row + index, grad.to(grad_ptr.dtype.element_ty), mask=inside)
     else:
-        for start in range(0, V, BLOCK_V):
-            tl.store(g_row + start + cols, tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty),
-                     mask=start + cols < V)
+        store_zero_row(g_row, V, BLOCK_V)
 
 
 def lattice_block(vocab: int) -> int:

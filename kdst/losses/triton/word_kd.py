@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdst.losses.triton.common import block_size, finish_lse, online_update, warps_for
+from kdst.losses.triton.common import block_size, finish_lse, online_update, store_zero_row, warps_for
 
 # Upper bound on BLOCK_V: two float32 accumulators per lane and per distribution
 # must stay in registers.
@@ -76,9 +76,7 @@ def _word_kd_full_kernel(student_ptr, teacher_ptr, grad_ptr, loss_ptr, mask_ptr,
     else:
         tl.store(loss_ptr + row, 0.0)
         if WRITE_GRAD:
-            for start in range(0, V, BLOCK_V):
-                tl.store(grad_ptr + row * stride_g + start + cols,
-                         tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty), mask=start + cols < V)
+            store_zero_row(grad_ptr + row * stride_g, V, BLOCK_V)
 
 
 @triton.jit
@@ -130,9 +128,7 @@ def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, grad_ptr, loss_ptr, m
     else:
         tl.store(loss_ptr + row, 0.0)
         if WRITE_GRAD:
-            for start in range(0, V, BLOCK_V):
-                tl.store(grad_ptr + row * stride_g + start + cols,
-                         tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty), mask=start + cols < V)
+            store_zero_row(grad_ptr + row * stride_g, V, BLOCK_V)
 
 
 def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
