@@ -135,7 +135,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_topk(args: argparse.Namespace) -> int:
     from kdst.data.teacher_cache import TeacherCache, merge_caches
-    from kdst.distill.topk import write_cache
+    from kdst.teacher.topk import write_cache
 
     if (args.teacher is None) == (args.teacher_espnet is None):
         raise KdstError("topk needs one teacher: --teacher or --teacher-espnet")
@@ -224,7 +224,7 @@ def cmd_prep_mustc(args: argparse.Namespace) -> int:
 
 
 def cmd_make_mini_text(args: argparse.Namespace) -> int:
-    from kdst.data.corpora.mini_mt import make_text_corpus
+    from kdst.synth.mt import make_text_corpus
 
     if make_text_corpus(args.out_dir, args.num, seed=args.seed, variability=args.variability,
                         exclude_files=args.exclude):
@@ -243,7 +243,7 @@ def cmd_combine_text(args: argparse.Namespace) -> int:
 
 
 def cmd_make_mini_corpus(args: argparse.Namespace) -> int:
-    from kdst.data.corpora.mini_speech import make_corpus
+    from kdst.synth.speech import make_corpus
 
     sizes = {"train": args.num_train, "dev": args.num_dev, "tst-COMMON": args.num_test}
     make_corpus(args.out_dir, sizes=sizes, seed=args.seed, utts_per_talk=args.utts_per_talk,  # logs its stats
@@ -278,25 +278,25 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from kdst import results
+    from kdst.report import results
 
     return results.run(args)
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from kdst.distill import rescore
+    from kdst.teacher import rescore
 
     return rescore.run(args)
 
 
 def cmd_pseudo_labels(args: argparse.Namespace) -> int:
-    from kdst.distill import pseudo_labels
+    from kdst.teacher import pseudo_labels
 
     return pseudo_labels.run(args)
 
 
 def cmd_compression(args: argparse.Namespace) -> int:
-    from kdst import compression
+    from kdst.report import compression
 
     return compression.run(args)
 
@@ -314,7 +314,7 @@ def cmd_prep_librispeech(args: argparse.Namespace) -> int:
 
 
 def cmd_rnnt_report(args: argparse.Namespace) -> int:
-    from kdst import rnnt_report
+    from kdst.report import rnnt as rnnt_report
 
     return rnnt_report.run(args)
 
@@ -437,33 +437,33 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_arguments(p)
     p.set_defaults(func=cmd_score)
 
-    from kdst import results
+    from kdst.report import results
 
     p = sub.add_parser("results", help="score decoded systems into exp/results.json and RESULTS.md")
     results.add_arguments(p)
     p.set_defaults(func=cmd_results)
 
-    from kdst import compression
+    from kdst.report import compression
 
     p = sub.add_parser("compression", help="compression report: students against their teacher "
                                            "(size, speed, WER) into exp/results.json and RESULTS.md")
     compression.add_arguments(p)
     p.set_defaults(func=cmd_compression)
 
-    from kdst import rnnt_report
+    from kdst.report import rnnt as rnnt_report
 
     p = sub.add_parser("rnnt-report", help="the RNN-T recipe's KD modes x student architectures matrix "
                                            "into RESULTS.md and exp/rnnt_matrix.json")
     rnnt_report.add_arguments(p)
     p.set_defaults(func=cmd_rnnt_report)
 
-    from kdst.distill import rescore
+    from kdst.teacher import rescore
 
     p = sub.add_parser("rescore", help="one distillation target per utterance from a teacher n-best (Seq-KD)")
     rescore.add_arguments(p)
     p.set_defaults(func=cmd_rescore)
 
-    from kdst.distill import pseudo_labels
+    from kdst.teacher import pseudo_labels
 
     p = sub.add_parser("pseudo-labels", help="1-best and weighted N-best pseudo-label sets from a teacher n-best")
     pseudo_labels.add_arguments(p)

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import yaml
 
-from kdst.data.corpora.mini_text import generate_pairs
+from kdst.synth.text import generate_pairs
 from kdst.data.kaldi_dir import write_data_dir
 from kdst.data.tokenizer import train_tokenizer
 

@@ -2,7 +2,7 @@
 
 Mun'im, Inoue & Shinoda (2019) train a small attention ASR student on several
 beam-search hypotheses of a big teacher per utterance.  The hypotheses come
-from ``kdst pseudo-labels`` (kdst.distill.pseudo_labels) as a file of the
+from ``kdst pseudo-labels`` (kdst.teacher.pseudo_labels) as a file of the
 training data dir (docs/FORMATS.md)::
 
     <utt>-<rank> <weight> <text>        weight: the teacher's posterior over the N-best, summing to 1

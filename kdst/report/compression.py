@@ -20,7 +20,7 @@ from pathlib import Path
 from kdst import metrics
 from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
-from kdst.results import _figure, _save_png, score_system
+from kdst.report.results import _figure, _save_png, score_system
 
 COMPRESSION_PNG = "compression.png"
 BYTES_PER_PARAM = 4  # float32: the estimate when the checkpoint file cannot be measured

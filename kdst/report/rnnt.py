@@ -172,7 +172,7 @@ def _update_results_md(path: Path, section: str) -> None:
 
 def plot_matrix(matrix: dict, path: Path) -> bool:
     """Grouped bars (a group per mode, a bar per architecture) with the teacher as a dashed line."""
-    from kdst.results import _figure, _save_png
+    from kdst.report.results import _figure, _save_png
 
     metric, archs, modes = matrix["metric"], matrix["archs"], matrix["modes"]
     fig, (ax,) = _figure(1, max(5.0, 1.3 * len(modes) * max(1, len(archs)) / 2 + 2.0))
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdst.rnnt_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kdst.report.rnnt", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

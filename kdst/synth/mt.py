@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from kdst.data.corpora.mini_text import generate_pairs
+from kdst.synth.text import generate_pairs
 from kdst.data.files import atomic_write_text
 from kdst.data.kaldi_dir import write_data_dir
 from kdst.errors import KdstError

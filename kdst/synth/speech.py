@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torchaudio.functional
 
-from kdst.data.corpora.mini_text import generate_pairs
+from kdst.synth.text import generate_pairs
 from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, NamedTuple, Sequence, TypeVar
 
-from kdst.data.corpora.mini_vocab import ADJECTIVES, Adjective, GermanVerb, NOUNS, Noun, TIMES, VERBS
+from kdst.synth.vocab import ADJECTIVES, Adjective, GermanVerb, NOUNS, Noun, TIMES, VERBS
 
 T = TypeVar("T")
 TENSES = ("present", "past", "future")

@@ -38,7 +38,7 @@ from pathlib import Path
 from kdst import metrics
 from kdst.data.files import atomic_write_text
 from kdst.data.kaldi_dir import c_sort_key, read_kv
-from kdst.distill.rescore import NbestEntry, read_nbest
+from kdst.teacher.rescore import NbestEntry, read_nbest
 from kdst.errors import DataError, KdstError
 
 

@@ -17,6 +17,6 @@ def test_missing_espnet_is_a_clear_error(monkeypatch):
 def test_core_never_imports_espnet():
     import subprocess
 
-    code = "import sys, kdst.cli, kdst.train.trainer, kdst.decode.decode, kdst.distill.topk, kdst.models; " \
+    code = "import sys, kdst.cli, kdst.train.trainer, kdst.decode.decode, kdst.teacher.topk, kdst.models; " \
            "print(any(m.split('.')[0] in ('espnet', 'espnet2') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdst import compression
-from kdst.compression import COMPRESSION_PNG, collect_compression, group_by_mode
+from kdst.report import compression
+from kdst.report.compression import COMPRESSION_PNG, collect_compression, group_by_mode
 from kdst.errors import KdstError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

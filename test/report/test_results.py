@@ -10,7 +10,7 @@ from sacrebleu.metrics import BLEU
 
 from kdst.cli import main
 from kdst.errors import KdstError
-from kdst.results import CURVES_PNG, RESULTS_PNG, collect, read_curves
+from kdst.report.results import CURVES_PNG, RESULTS_PNG, collect, read_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFS = {

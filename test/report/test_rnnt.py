@@ -1,4 +1,4 @@
-"""kdst.rnnt_report: the modes x architectures matrix of the RNN-T recipe from exp/results.json."""
+"""kdst.report.rnnt: the modes x architectures matrix of the RNN-T recipe from exp/results.json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdst.errors import KdstError
-from kdst.rnnt_report import (BEGIN, END, MATRIX_JSON, MATRIX_PNG, MODES, collect, main, mode_dir,
+from kdst.report.rnnt import (BEGIN, END, MATRIX_JSON, MATRIX_PNG, MODES, collect, main, mode_dir,
                               student_system)
 
 ARCHS = ["same", "streaming"]

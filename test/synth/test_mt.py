@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kdst.data.corpora.mini_mt import make_text_corpus
-from kdst.data.corpora.mini_text import generate_pairs
+from kdst.synth.mt import make_text_corpus
+from kdst.synth.text import generate_pairs
 from kdst.data.kaldi_dir import DataDir
 
 

@@ -12,8 +12,8 @@ import soundfile
 import yaml
 
 from helpers import needs
-from kdst.data.corpora import mini_speech
-from kdst.data.corpora.mini_speech import HELDOUT_VARIANTS, TRAIN_VARIANTS, make_corpus, pick_speaker
+from kdst.synth import speech as mini_speech
+from kdst.synth.speech import HELDOUT_VARIANTS, TRAIN_VARIANTS, make_corpus, pick_speaker
 from kdst.errors import KdstError
 
 SIZES = {"train": 6, "dev": 2, "tst-COMMON": 2}

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from kdst.data.corpora.mini_text import (NP, Clause, Sentence, SentencePair, generate_pairs, random_sentence,
+from kdst.synth.text import (NP, Clause, Sentence, SentencePair, generate_pairs, random_sentence,
                                          render_de, render_en)
 
 

@@ -1,4 +1,4 @@
-"""kdst.distill.pseudo_labels: posteriors over the N-best, the files written, the label-quality stats."""
+"""kdst.teacher.pseudo_labels: posteriors over the N-best, the files written, the label-quality stats."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from kdst.cli import main
 from kdst.data.nbest_targets import read_pseudo_nbest
-from kdst.distill.pseudo_labels import confidence, posterior, write_pseudo_labels
-from kdst.distill.rescore import NbestEntry, read_nbest
+from kdst.teacher.pseudo_labels import confidence, posterior, write_pseudo_labels
+from kdst.teacher.rescore import NbestEntry, read_nbest
 from kdst.errors import DataError, KdstError
 
 # (score, logprob, text) by rank

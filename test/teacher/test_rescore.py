@@ -1,4 +1,4 @@
-"""kdst.distill.rescore: n-best parsing, the scorers against sacrebleu oracles, and the command line."""
+"""kdst.teacher.rescore: n-best parsing, the scorers against sacrebleu oracles, and the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sacrebleu.metrics import BLEU, TER
 
 from kdst.cli import main
-from kdst.distill.rescore import SCORERS, NbestEntry, read_nbest, rescore
+from kdst.teacher.rescore import SCORERS, NbestEntry, read_nbest, rescore
 from kdst.errors import DataError, KdstError
 
 UTT1 = "ted_00001_0000000-0001000"  # ids may contain '-': the rank follows the last one

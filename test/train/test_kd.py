@@ -11,7 +11,7 @@ import yaml
 from helpers import make_mt_task, write_config
 from kdst.data.dataset import collate
 from kdst.data.teacher_cache import TeacherCache
-from kdst.distill.topk import write_cache
+from kdst.teacher.topk import write_cache
 from kdst.errors import KdstError
 from kdst.losses import word_kd_loss
 from kdst.models import build_model

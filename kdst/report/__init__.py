@@ -1,0 +1,1 @@
+"""Reports of a recipe: results tables, the compression report and the RNN-T matrix."""

@@ -1,0 +1,1 @@
+"""The synthetic corpora of the mini recipes: espeak-ng speech and templated En-De text."""
