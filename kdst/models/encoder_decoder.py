@@ -15,9 +15,11 @@ kdst.data.nbest_targets), ``tgt``/``tgt_lengths`` hold R >= B rows and
     tgt_weight   (R,) float          its weight; the losses average over rows by weight
 
 ``forward(batch)`` returns ``(loss, stats)``: the loss to minimise (a scalar,
-normalised by the number of target tokens) and float statistics to log.
-``forward(batch, distill=term)`` mixes in a distillation term computed from the
-decoder's logits: ``(1 - w) * CE + w * KD`` (word-level KD, kdst.train.kd).
+normalised by the number of target tokens) and statistics to log, 0-dim tensors
+(see kdst.models.protocol).  ``forward(batch, teacher=TeacherOutputs(...))``
+mixes in word-level KD (kdst.train.kd): the teacher's logits, or its cached top-k,
+at every decoder position, and ``(1 - w) * CE + w * KD`` with the KL computed
+here from the student's own logits (``kd_loss``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
+from kdst.losses import word_kd_loss
 from kdst.models.decoder import TransformerDecoder
 from kdst.models.encoders import SpeechEncoder, TextEncoder, lengths_to_mask
+from kdst.models.protocol import TeacherOutputs
 
 
 def decoder_io(tgt: torch.Tensor, tgt_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,18 +70,19 @@ class EncoderDecoder(nn.Module):
         logits = self.decoder(inputs, memory, lengths_to_mask(memory_lengths, memory.shape[1]), batch.get("tgt_utt"))
         return logits, targets, memory, memory_lengths
 
-    def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """``distill(logits, targets, batch) -> (kd_loss, weight)``, optional: the attention loss becomes
-        ``(1 - weight) * CE + weight * kd_loss``; the stats report both parts."""
+    def forward(self, batch: dict, teacher: TeacherOutputs | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """With a ``teacher`` the attention loss becomes ``(1 - teacher.weight) * CE + teacher.weight * KD``;
+        the stats report both parts."""
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
         weights = batch.get("tgt_weight")
         loss, stats = self.attention_loss(logits, targets, weights)
-        if distill is not None:
+        if teacher is not None:
             if weights is not None:
                 raise ValueError("word-level KD on weighted N-best targets is not supported")
-            kd, weight = distill(logits, targets, batch)
-            loss = (1 - weight) * loss + weight * kd
-            stats["kd"] = kd.item()
+            kd = self.kd_loss(logits, targets, teacher)
+            loss = (1 - teacher.weight) * loss + teacher.weight * kd
+            stats["kd"] = kd.detach()
         if self.ctc is not None:
             if "ctc_tgt" in batch:
                 ctc = self.ctc_loss(memory, memory_lengths, batch["ctc_tgt"], batch["ctc_tgt_lengths"])
@@ -87,12 +92,29 @@ class EncoderDecoder(nn.Module):
             else:
                 ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
             loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
-            stats["ctc"] = ctc.item()
-        stats["loss"] = loss.item()
+            stats["ctc"] = ctc.detach()
+        stats["loss"] = loss.detach()
         return loss, stats
 
+    def kd_loss(self, logits: torch.Tensor, targets: torch.Tensor, teacher: TeacherOutputs) -> torch.Tensor:
+        """Word-level KD per counted token (real tokens and <eos>) between ``logits`` and the teacher's."""
+        mask = targets != BLANK_ID
+        t = teacher.temperature
+        if teacher.logits is not None:
+            kd = word_kd_loss(logits[mask], teacher.logits[mask], temperature=t)
+        else:
+            indices, values = teacher.topk_indices[mask], teacher.topk_values[mask]
+            if teacher.sampled:
+                # Counts c_j of tokens drawn from the teacher: p_T = c_j / sum(c), which the loss gets
+                # as softmax(log(c) * T / T); empty slots (c = 0) get p_T = 0.
+                values = torch.log(values) * t
+            kd = word_kd_loss(logits[mask], topk_indices=indices, topk_logits=values, temperature=t)
+        if teacher.t2_scale:
+            kd = kd * t * t
+        return kd
+
     def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Label-smoothed cross-entropy per counted token; stats hold the plain NLL and accuracy too.
 
         With row ``weights`` every token of a row counts ``weight`` times, so the loss
@@ -103,16 +125,16 @@ class EncoderDecoder(nn.Module):
             return self._weighted_attention_loss(logits, targets, weights)
         mask = targets != BLANK_ID
         flat_logits, flat_targets = logits[mask].float(), targets[mask]
-        ntokens = max(int(mask.sum()), 1)
+        ntokens = mask.sum().clamp_min(1)  # a tensor: reading it would wait for the device
         loss = F.cross_entropy(flat_logits, flat_targets, reduction="sum",
                                label_smoothing=self.label_smoothing) / ntokens
         with torch.no_grad():
             nll = F.cross_entropy(flat_logits, flat_targets, reduction="sum") / ntokens
             acc = (flat_logits.argmax(-1) == flat_targets).float().sum() / ntokens
-        return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(ntokens)}
+        return loss, {"ce": loss.detach(), "nll": nll, "acc": acc, "ntokens": ntokens.float()}
 
     def _weighted_attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
-                                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = targets != BLANK_ID
         flat_logits, flat_targets = logits[mask].float(), targets[mask]
         token_weights = weights.float()[:, None].expand_as(targets)[mask]
@@ -122,7 +144,7 @@ class EncoderDecoder(nn.Module):
         with torch.no_grad():
             nll = (F.cross_entropy(flat_logits, flat_targets, reduction="none") * token_weights).sum() / total
             acc = ((flat_logits.argmax(-1) == flat_targets).float() * token_weights).sum() / total
-        return loss, {"ce": loss.item(), "nll": nll.item(), "acc": acc.item(), "ntokens": float(mask.sum())}
+        return loss, {"ce": loss.detach(), "nll": nll, "acc": acc, "ntokens": mask.sum().float()}
 
     def ctc_loss(self, memory: torch.Tensor, memory_lengths: torch.Tensor, tgt: torch.Tensor,
                  tgt_lengths: torch.Tensor, weights: torch.Tensor | None = None,
@@ -139,7 +161,7 @@ class EncoderDecoder(nn.Module):
         if weights is None:
             loss = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum",
                               zero_infinity=True)
-            return loss / max(int(tgt_lengths.sum()), 1)
+            return loss / tgt_lengths.sum().clamp_min(1)
         per_row = F.ctc_loss(log_probs, tgt, memory_lengths, tgt_lengths, blank=BLANK_ID, reduction="none",
                              zero_infinity=True)
         weights = weights.float()

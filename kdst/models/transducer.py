@@ -10,15 +10,18 @@ projections are applied once per frame and once per predictor output (see
 ``project_encoder`` and ``predictor_step``), so that ``join`` during search is
 just an addition, a tanh and the output layer.
 
-``forward(batch)`` returns ``(loss, stats)`` with the RNN-T loss per target token;
-``forward(batch, distill=term)`` mixes a distillation term computed from the joint
-logits: ``(1 - w) * RNNT + w * KD``.
+``forward(batch)`` returns ``(loss, stats)`` with the RNN-T loss per target token and
+the stats as 0-dim tensors (see kdst.models.protocol).
+``forward(batch, teacher=TeacherOutputs(...))`` mixes in lattice KD (kdst.train.kd):
+given the teacher's joint logits on the student's lattice, the KL at every node is
+computed here from the student's own joint logits, and the loss is
+``(1 - w) * RNNT + w * KD``, both per target token.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import NamedTuple
+
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +30,10 @@ from torch import nn
 from kdst.data.tokenizer import BLANK_ID
 from kdst.losses import rnnt_loss, rnnt_loss_and_kd
 from kdst.models.encoders import SpeechEncoder
+from kdst.models.protocol import TeacherOutputs
 from kdst.models.streaming import StreamingConformerEncoder
 
 State = tuple[torch.Tensor, ...]  # predictor state: tensors with the row (batch) dimension first
-
-
-class LatticeTeacher(NamedTuple):
-    """What a transducer student's forward needs for its lattice KD term."""
-    logits: torch.Tensor  # the teacher's (R, T', U+1, V) joint logits on the student's lattice
-    mode: str  # "full" or "collapsed", see kdst.losses.rnnt
-    temperature: float
-    weight: float  # loss = (1 - weight) * RNNT + weight * KD
 
 
 class StatelessPredictor(nn.Module):
@@ -150,32 +146,36 @@ class Transducer(nn.Module):
         logits, logit_lengths, _, _ = self._joint(batch)
         return logits, logit_lengths, batch["tgt"], batch["tgt_lengths"]
 
-    def forward(self, batch: dict, distill=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """``distill(logits, batch) -> LatticeTeacher``, optional: the transducer loss becomes
-        ``(1 - weight) * RNNT + weight * KD`` with the lattice KD term of the teacher's logits,
-        both per target token; the stats report both parts."""
+    def forward(self, batch: dict, teacher: TeacherOutputs | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """With a ``teacher`` (its joint logits on this lattice) the transducer loss becomes
+        ``(1 - teacher.weight) * RNNT + teacher.weight * KD``, both per target token; the stats
+        report both parts."""
         logits, logit_lengths, enc, enc_lengths = self._joint(batch)
         tgt, tgt_lengths, weights = batch["tgt"], batch["tgt_lengths"], batch.get("tgt_weight")
-        ntokens = int(tgt_lengths.sum())
+        ntokens = tgt_lengths.sum()  # a tensor: reading it would wait for the device
         kd = None
-        if distill is not None:
-            teacher = distill(logits, batch)
+        if teacher is not None:
+            if teacher.logits.shape != logits.shape:
+                raise ValueError(f"the teacher's joint lattice {tuple(teacher.logits.shape)} is not the student's "
+                                 f"{tuple(logits.shape)}: teacher and student need one frame rate and one "
+                                 f"vocabulary")
             # One call for both terms: on a GPU one fused pass over the lattice serves both.
             loss, kd = rnnt_loss_and_kd(logits, teacher.logits, tgt, logit_lengths, tgt_lengths, mode=teacher.mode,
                                         temperature=teacher.temperature, blank=BLANK_ID, reduction="sum")
-            loss, kd = loss / max(ntokens, 1), kd / max(ntokens, 1)
+            loss, kd = loss / ntokens.clamp_min(1), kd / ntokens.clamp_min(1)
         elif weights is None:
             loss = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum")
-            loss = loss / max(ntokens, 1)
+            loss = loss / ntokens.clamp_min(1)
         else:  # sum_r w_r RNNT_r / sum_r w_r len_r, as the encoder-decoder's weighted losses
             per_row = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="none")
             weights = weights.float()
             loss = (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
         # nll: what validation and checkpoint selection read, the RNN-T loss per token (no acc for a transducer)
-        stats = {"rnnt": loss.item(), "nll": loss.item(), "ntokens": float(ntokens)}
+        stats = {"rnnt": loss.detach(), "nll": loss.detach(), "ntokens": ntokens.float()}
         if kd is not None:
             loss = (1 - teacher.weight) * loss + teacher.weight * kd
-            stats["kd"] = kd.item()
+            stats["kd"] = kd.detach()
         if self.ctc is not None:
             log_probs = self.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
             if "tgt_utt" in batch:
@@ -185,8 +185,8 @@ class Transducer(nn.Module):
             w = weights.float() if weights is not None else torch.ones_like(per_row)
             ctc = (per_row * w).sum() / (w * tgt_lengths.float()).sum().clamp_min(1e-9)
             loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
-            stats["ctc"] = ctc.item()
-        stats["loss"] = loss.item()
+            stats["ctc"] = ctc.detach()
+        stats["loss"] = loss.detach()
         return loss, stats
 
 

@@ -52,11 +52,10 @@ from torch import nn
 from kdst.data.files import file_digest
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache
-from kdst.data.tokenizer import BLANK_ID, load_tokenizer, tokenizer_fingerprint
+from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
-from kdst.losses import word_kd_loss
 from kdst.models import Transducer
-from kdst.models.transducer import LatticeTeacher
+from kdst.models.protocol import TeacherOutputs
 from kdst.train.checkpoint import load_model
 
 log = logging.getLogger("kdst.train")
@@ -99,28 +98,24 @@ class WordKD(nn.Module):
         return self
 
     def forward(self, batch: dict):
-        return self.student(batch, distill=self.kd_term)
+        return self.student(batch, teacher=self.teacher_outputs(batch))
+
+    def teacher_outputs(self, batch: dict) -> TeacherOutputs:
+        """The teacher's view of the batch at the student's decoder positions: the online teacher's logits,
+        forced with the same target prefix from the transcript, or the cached top-k rows."""
+        common = dict(weight=self.weight, temperature=self.temperature, t2_scale=self.t2_scale)
+        if self.teacher is None:
+            return TeacherOutputs(topk_indices=batch["teacher_topk_indices"],
+                                  topk_values=batch["teacher_topk_values"], sampled=self.sampled, **common)
+        with torch.no_grad():
+            teacher_batch = {"src": batch["teacher_src"], "src_lengths": batch["teacher_src_lengths"],
+                             "tgt": batch["tgt"], "tgt_lengths": batch["tgt_lengths"]}
+            return TeacherOutputs(logits=self.teacher.decoder_logits(teacher_batch)[0], **common)
 
     def kd_term(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> tuple[torch.Tensor, float]:
-        mask = targets != BLANK_ID  # real tokens and <eos>
-        t = self.temperature
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_batch = {"src": batch["teacher_src"], "src_lengths": batch["teacher_src_lengths"],
-                                 "tgt": batch["tgt"], "tgt_lengths": batch["tgt_lengths"]}
-                teacher_logits = self.teacher.decoder_logits(teacher_batch)[0]
-            kd = word_kd_loss(logits[mask], teacher_logits[mask], temperature=t)
-        else:
-            indices = batch["teacher_topk_indices"][mask]
-            values = batch["teacher_topk_values"][mask]
-            if self.sampled:
-                # Counts c_j of tokens drawn from the teacher: p_T = c_j / sum(c), which the loss gets
-                # as softmax(log(c) * T / T); empty slots (c = 0) get p_T = 0.
-                values = torch.log(values) * t
-            kd = word_kd_loss(logits[mask], topk_indices=indices, topk_logits=values, temperature=t)
-        if self.t2_scale:
-            kd = kd * t * t
-        return kd, self.weight
+        """The KD term alone for the student's ``logits``, and its weight (for tests and diagnostics)."""
+        teacher = self.teacher_outputs(batch)
+        return self.student.kd_loss(logits, targets, teacher), teacher.weight
 
 
 def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, device: torch.device):
@@ -214,9 +209,18 @@ class TransducerKD(nn.Module):
         return self
 
     def forward(self, batch: dict):
-        return self.student(batch, distill=self.kd_term)
+        return self.student(batch, teacher=self.teacher_outputs(batch))
 
-    def kd_term(self, logits: torch.Tensor, batch: dict) -> LatticeTeacher:
+    def kd_term(self, logits: torch.Tensor, batch: dict) -> TeacherOutputs:
+        """The teacher's outputs for the student's joint ``logits`` of this batch (for tests and diagnostics)."""
+        teacher = self.teacher_outputs(batch)
+        if teacher.logits.shape != logits.shape:
+            raise KdstError(f"the teacher's joint lattice {tuple(teacher.logits.shape)} is not the student's "
+                            f"{tuple(logits.shape)}: teacher and student need one frame rate and one vocabulary")
+        return teacher
+
+    def teacher_outputs(self, batch: dict) -> TeacherOutputs:
+        """The teacher's joint logits on the student's lattice: same targets, same encoder frames."""
         if "tgt_weight" in batch:
             raise KdstError("transducer KD does not combine with several weighted targets per utterance")
         src = batch.get("clean_src", batch["src"])  # the teacher hears the features without SpecAugment
@@ -225,14 +229,10 @@ class TransducerKD(nn.Module):
                             f"{src.shape[-1]}")
         cuda = src.device.type == "cuda"
         with torch.no_grad(), torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=cuda):
-            teacher_logits, teacher_lengths, targets, target_lengths = self.teacher.joint_logits({**batch, "src": src})
-        frames = _frame_lengths(self.student, batch["src_lengths"])
-        if "tgt_utt" in batch:
-            frames = frames[batch["tgt_utt"]]
-        if teacher_logits.shape != logits.shape or not torch.equal(teacher_lengths, frames):
-            raise KdstError(f"the teacher's joint lattice {tuple(teacher_logits.shape)} is not the student's "
-                            f"{tuple(logits.shape)}: teacher and student need one frame rate and one vocabulary")
-        return LatticeTeacher(teacher_logits, self.mode, self.temperature, self.weight)
+            teacher_logits = self.teacher.joint_logits({**batch, "src": src})[0]
+        # Same frame lengths as the student's lattice: setup_transducer_distillation compared the two frame
+        # rates once, so no batch waits for the device to compare lengths; the student's forward compares shapes.
+        return TeacherOutputs(logits=teacher_logits, mode=self.mode, temperature=self.temperature, weight=self.weight)
 
 
 def setup_transducer_distillation(kd: dict, student: Transducer, data: dict, device: torch.device) -> TransducerKD:

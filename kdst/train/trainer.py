@@ -31,7 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdst.data.dataset import iterate, make_batches, make_dataset, shard_batches
+from kdst.data.dataset import make_batches, make_dataset, shard_batches
+from kdst.data.loader import batch_loader
 from kdst.data.nbest_targets import load_nbest_targets
 from kdst.data.specaugment import SpecAugmentOptions, spec_augment
 from kdst.data.tokenizer import load_tokenizer
@@ -144,22 +145,24 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is True on any: ranks must take the same branch or DDP hangs."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+def any_rank(flags: torch.Tensor) -> list[bool]:
+    """Each flag True on every rank if it is True on any: ranks must take the same branch or DDP hangs.
+    One all-reduce for all of them, and one wait for the device."""
+    flags = flags.float()
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [flag > 0 for flag in flags.tolist()]
 
 
 # --- one batch, one epoch ---------------------------------------------------------------
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    # non_blocking: from the loader's pinned memory the copy to a GPU overlaps the work queued before it
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def compute_loss(model, batch: dict, config: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """The model's ``(loss, stats)`` for one batch; SpecAugment here, in this process, on the device."""
     batch = to_device(batch, device)
     specaug = config["train"].get("specaugment")
     if specaug and model.training and batch["src"].dim() == 3:
@@ -170,54 +173,107 @@ def compute_loss(model, batch: dict, config: dict, device: torch.device) -> tupl
         return model(batch)
 
 
+class RunningStats:
+    """Sums of the models' stats, weighted by their ``ntokens``, kept on the device until read:
+    reading them waits for the device, so it happens once per log line, not once per batch."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.keys: list[str] = []
+        self.sums: torch.Tensor | None = None  # value * ntokens per key, then ntokens
+
+    def add(self, stats: dict[str, torch.Tensor], counts: torch.Tensor | None = None) -> None:
+        """Add one batch's stats; ``counts`` (a 0-dim bool tensor) False leaves the batch out."""
+        if self.sums is None:
+            self.keys = [key for key in stats if key != "ntokens"]
+            self.sums = torch.zeros(len(self.keys) + 1, dtype=torch.float64, device=self.device)
+        n = stats["ntokens"].double()
+        row = torch.stack([*(stats[key].double() * n for key in self.keys), n])
+        if counts is not None:  # where(), not a product: a non-finite value times 0 is still NaN
+            row = torch.where(counts, row, 0.0)
+        self.sums += row
+
+    def read(self) -> tuple[dict[str, float], float]:
+        """Token-weighted means over every rank, and the number of tokens; then start afresh."""
+        if self.sums is None:
+            return {}, 0.0
+        if dist.is_initialized():
+            dist.all_reduce(self.sums)
+        *sums, ntokens = self.sums.tolist()
+        self.sums = None
+        return {key: total / max(ntokens, 1.0) for key, total in zip(self.keys, sums)}, ntokens
+
+
 def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str]], progress: Progress,
                     config: dict, device: torch.device, writer, stop_requested) -> bool:
-    """Train from ``progress.batch_in_epoch`` to the end of the epoch; False if stopped early."""
+    """Train from ``progress.batch_in_epoch`` to the end of the epoch; False if stopped early.
+
+    Nothing in a micro-batch waits for the device: the loss is checked for being finite
+    once per optimiser step (one all-reduce with the stop request), and the stats are read
+    once per log line.
+    """
     train = config["train"]
     accum, max_steps = int(train.get("accum_grad", 1)), int(train.get("max_steps", 0))
+    log_interval = int(train.get("log_interval", 50))
     model.train()
     bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
                disable=not sys.stderr.isatty(), mininterval=1.0)
     started, steps_at_start = time.monotonic(), progress.step
-    for batch in iterate(dataset, batches, progress.batch_in_epoch):
+    running, grad_norm = RunningStats(device), None
+    step_ids: list[list[str]] = []  # utterances of each micro-batch of this step, to name in an error
+    step_bad: list[torch.Tensor] = []  # and whether its loss was not finite, on the device
+    loader = batch_loader(dataset, batches, start=progress.batch_in_epoch,
+                          num_workers=int(config["data"].get("num_workers", 2)), device=device)
+    for batch in loader:
         micro = progress.batch_in_epoch % accum
         last_micro = micro == accum - 1 or progress.batch_in_epoch == len(batches) - 1
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             loss, stats = compute_loss(model, batch, config, device)
-            if any_rank(not torch.isfinite(loss).item(), device):
-                handle_bad_loss(batch, progress, train.get("nan", "skip"))
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                (loss / accum).backward()
+            finite = torch.isfinite(loss.detach())
+            # A non-finite loss gives non-finite gradients; they are dropped with the step's below.
+            (loss / accum).backward()
+        running.add(stats, finite)
+        step_ids.append(batch["ids"])
+        step_bad.append(~finite)
         progress.batch_in_epoch += 1
         bar.update()
-        if last_micro:
+        if not last_micro:
+            continue
+        *bad, stop = any_rank(torch.stack([*step_bad, torch.tensor(stop_requested(), device=device)]))
+        if any(bad):
+            handle_bad_loss([ids for ids, b in zip(step_ids, bad) if b], progress, train.get("nan", "skip"))
+        else:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(train.get("clip", 5.0)))
             optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            if progress.step % int(train.get("log_interval", 50)) == 0:
-                rate = (progress.step - steps_at_start) / max(time.monotonic() - started, 1e-9)
-                log_stats(writer, progress, {**stats, "grad_norm": float(grad_norm),
-                                             "lr": scheduler.get_last_lr()[0], "steps_per_s": rate})
-            if any_rank(stop_requested(), device) or (max_steps and progress.step >= max_steps):
-                bar.close()
-                return False
+        step_ids, step_bad = [], []
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        if progress.step % log_interval == 0:
+            means, ntokens = running.read()
+            rate = (progress.step - steps_at_start) / max(time.monotonic() - started, 1e-9)
+            log_stats(writer, progress, {**means, "ntokens": ntokens / log_interval,
+                                         "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                                         "lr": scheduler.get_last_lr()[0], "steps_per_s": rate})
+        if stop or (max_steps and progress.step >= max_steps):
+            bar.close()
+            return False
     bar.close()
     return True
 
 
-def handle_bad_loss(batch: dict, progress: Progress, policy: str) -> None:
-    message = (f"non-finite loss at epoch {progress.epoch}, step {progress.step}; "
-               f"utterances of the batch: {' '.join(batch['ids'])}")
+def handle_bad_loss(batches: list[list[str]], progress: Progress, policy: str) -> None:
+    """A non-finite loss in the step (on some rank): stop, or drop the step's gradients and go on."""
+    utterances = " | ".join(" ".join(ids) for ids in batches) or "(on another rank)"
+    message = f"non-finite loss at epoch {progress.epoch}, step {progress.step}; utterances of the batch: {utterances}"
     if policy == "stop":
         raise KdstError(message + " (train.nan: stop)")
-    log.warning("%s: batch skipped (train.nan: skip)", message)
+    log.warning("%s: step skipped (train.nan: skip)", message)
 
 
 def log_stats(writer, progress: Progress, stats: dict[str, float]) -> None:
+    """``ntokens`` is per optimiser step (all ranks); the losses and accuracy are per token since the last line."""
     log.info("epoch %d step %d: %s", progress.epoch, progress.step,
              " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     if writer is not None:
@@ -227,23 +283,19 @@ def log_stats(writer, progress: Progress, stats: dict[str, float]) -> None:
 
 @torch.no_grad()
 def validate(model, dataset, config: dict, device: torch.device) -> dict[str, float]:
-    """Token-weighted validation statistics, summed over ranks."""
+    """Token-weighted validation statistics, summed over ranks; read from the device once, at the end."""
     model.eval()
     batches = make_batches(dataset.src_lengths, int(config["data"]["max_units"]), shuffle=False)
     if dist.is_initialized():
         batches = batches[dist.get_rank()::dist.get_world_size()]
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # nll*n, acc*n, n, n where acc is known
-    for batch in iterate(dataset, batches):
-        _, stats = compute_loss(model, batch, config, device)
-        n, acc = stats["ntokens"], stats.get("acc")  # a transducer has no token accuracy
-        totals += torch.tensor([stats["nll"] * n, (acc or 0.0) * n, n, n if acc is not None else 0.0],
-                               dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    n = max(totals[2].item(), 1.0)
-    result = {"nll": totals[0].item() / n, "ntokens": totals[2].item()}
-    if totals[3].item() > 0:
-        result["acc"] = totals[1].item() / totals[3].item()
+    running = RunningStats(device)
+    for batch in batch_loader(dataset, batches, num_workers=int(config["data"].get("num_workers", 2)),
+                              device=device):
+        running.add(compute_loss(model, batch, config, device)[1])
+    means, ntokens = running.read()
+    result = {"nll": means.get("nll", 0.0), "ntokens": ntokens}
+    if "acc" in means:  # a transducer has no token accuracy
+        result["acc"] = means["acc"]
     return result
 
 

@@ -100,7 +100,7 @@ def test_ctc_on_the_source_transcript():
     memory, memory_lengths = model.encode(batch["src"], batch["src_lengths"])
     ctc = model.ctc_loss(memory, memory_lengths, batch["ctc_tgt"], batch["ctc_tgt_lengths"])
     assert stats["ctc"] == pytest.approx(ctc.item(), rel=1e-5)
-    torch.testing.assert_close(loss, 0.7 * torch.tensor(stats["ce"]) + 0.3 * ctc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, 0.7 * stats["ce"] + 0.3 * ctc, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_options_are_errors():

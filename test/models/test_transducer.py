@@ -10,7 +10,7 @@ from kdst.decode.transducer_search import greedy_search
 from kdst.losses import rnnt_kd_loss
 from kdst.models import Transducer, build_model
 from kdst.models.encoders import SpeechEncoder
-from kdst.models.transducer import LatticeTeacher
+from kdst.models.protocol import TeacherOutputs
 from kdst.models.streaming import StreamingConformerEncoder, visible_input_frames
 
 ENCODERS = {
@@ -80,25 +80,24 @@ def test_weighted_targets_ctc_and_distill():
     with torch.no_grad():
         loss, stats = model(b)
         assert set(stats) == {"loss", "rnnt", "nll", "ctc", "ntokens"}
-        assert loss.item() == pytest.approx(0.7 * stats["rnnt"] + 0.3 * stats["ctc"], rel=1e-5)
+        assert loss.item() == pytest.approx(float(0.7 * stats["rnnt"] + 0.3 * stats["ctc"]), rel=1e-5)
         # one weight-1 target row per utterance is the plain loss
         weighted, wstats = model({**b, "tgt_utt": torch.arange(3), "tgt_weight": torch.ones(3)})
         assert weighted.item() == pytest.approx(loss.item(), rel=1e-5)
 
         seen = {}
 
-        def distill(logits, batch):
-            seen["logits"] = logits
-            seen["teacher"] = torch.randn_like(logits) * 3
-            return LatticeTeacher(seen["teacher"], "full", 2.0, 0.25)
-        mixed, mstats = model(b, distill=distill)
+        seen["logits"] = model.joint_logits(b)[0]
+        seen["teacher"] = torch.randn_like(seen["logits"]) * 3
+        mixed, mstats = model(b, teacher=TeacherOutputs(logits=seen["teacher"], mode="full", temperature=2.0,
+                                                        weight=0.25))
         ntokens = b["tgt_lengths"].sum()
         frames = model.joint_logits(b)[1]
         kd = rnnt_kd_loss(seen["logits"], seen["teacher"], b["tgt"], frames, b["tgt_lengths"],
                           temperature=2.0, reduction="sum") / ntokens
     assert seen["logits"].shape == (3, 10, 5, 8)
     assert mstats["kd"] == pytest.approx(float(kd), rel=1e-5) and mstats["rnnt"] == pytest.approx(stats["rnnt"])
-    expected = 0.7 * (0.75 * stats["rnnt"] + 0.25 * float(kd)) + 0.3 * stats["ctc"]
+    expected = float(0.7 * (0.75 * stats["rnnt"] + 0.25 * kd) + 0.3 * stats["ctc"])
     assert mixed.item() == pytest.approx(expected, rel=1e-5)
 
 

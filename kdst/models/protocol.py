@@ -1,0 +1,48 @@
+"""What a model's ``forward`` returns, and what it gets from a teacher.
+
+Every trainable model (kdst.models.encoder_decoder, kdst.models.transducer) has
+
+    forward(batch, teacher: TeacherOutputs | None = None) -> (loss, stats)
+
+``loss`` is the scalar to minimise.  ``stats`` maps names to 0-dim tensors,
+detached, on the batch's device: per-token averages (``loss``, ``nll``, ``ce``,
+``acc``, ``kd``, ``ctc``, ``rnnt``) and ``ntokens``, the number of target tokens
+they average over.  They stay tensors so that a training step never waits for
+the device; the trainer weights them by ``ntokens`` and reads them back once per
+log line.
+
+``teacher`` is the teacher's view of the same batch, computed by a KD wrapper
+(kdst.train.kd: ``WordKD``, ``TransducerKD``) before the student runs.  The
+student computes the KD term itself from its own logits and mixes it in as
+``(1 - weight) * loss + weight * KD``.  What the teacher gives, by student:
+
+    encoder-decoder (word-level KD), at the U+1 decoder positions of ``decoder_io``:
+        logits        (B, U+1, V)       the teacher's full next-token logits (online teacher), or
+        topk_indices  (B, U+1, k) long  and
+        topk_values   (B, U+1, k)       its top-k logits, or, with ``sampled``, counts of tokens
+                                        drawn from it (a cache; padding rows are masked out)
+        t2_scale                        multiply the KD term by T^2 (Hinton et al.)
+    transducer (lattice KD):
+        logits        (R, T', U+1, V)   the teacher's joint logits on the student's lattice
+        mode                            "full" or "collapsed" (kdst.losses.rnnt)
+
+and for both ``weight`` and ``temperature``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    weight: float  # loss = (1 - weight) * the student's own loss + weight * KD
+    temperature: float = 1.0
+    logits: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
+    topk_values: torch.Tensor | None = None
+    sampled: bool = False  # topk_values are counts of sampled tokens, not logits
+    t2_scale: bool = False
+    mode: str = "full"  # transducer lattice KD: "full" or "collapsed"
