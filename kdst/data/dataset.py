@@ -17,10 +17,11 @@ import kaldiio
 import numpy as np
 import torch
 
+from kdst.config import DataConfig
 from kdst.data.features import GlobalCMVN, read_utt2num_frames
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.tokenizer import Tokenizer, load_tokenizer
-from kdst.errors import DataError
+from kdst.errors import DataError, KdstError
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,16 @@ class TextDataset:
         return Example(utt, self.sources[utt], self.targets[utt])
 
 
-def make_dataset(data: dict, data_dir: str | Path, *, with_targets: bool = True):
+def make_dataset(data: DataConfig, data_dir: str | Path, *, with_targets: bool = True):
     """The dataset of ``data_dir`` as the ``data`` section of a config describes it."""
-    tokenizer = load_tokenizer(data["tokenizer"])
-    text = data.get("text", "text") if with_targets else None
-    if data.get("input", "speech") == "text":
-        return TextDataset(data_dir, load_tokenizer(data["src_tokenizer"]), tokenizer, src_text=data["src_text"],
-                           text=text)
-    ctc_tokenizer = load_tokenizer(data["ctc_tokenizer"]) if data.get("ctc_text") else None
-    return SpeechDataset(data_dir, tokenizer, text=text, cmvn=data.get("cmvn"), ctc_text=data.get("ctc_text"),
+    if data.tokenizer is None:
+        raise KdstError("data.tokenizer is not set")
+    tokenizer = load_tokenizer(data.tokenizer)
+    text = data.text if with_targets else None
+    if data.input == "text":
+        return TextDataset(data_dir, load_tokenizer(data.src_tokenizer), tokenizer, src_text=data.src_text, text=text)
+    ctc_tokenizer = load_tokenizer(data.ctc_tokenizer) if data.ctc_text else None
+    return SpeechDataset(data_dir, tokenizer, text=text, cmvn=data.cmvn, ctc_text=data.ctc_text,
                          ctc_tokenizer=ctc_tokenizer)
 
 

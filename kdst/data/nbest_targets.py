@@ -28,6 +28,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+from kdst.config import NbestTargetsConfig
 from kdst.data.kaldi_dir import iter_entries
 from kdst.data.tokenizer import Tokenizer
 from kdst.errors import DataError, KdstError
@@ -133,22 +134,19 @@ class NbestTargets:
         return replace(example, tgt=self.targets[key][0][1], nbest=tuple(self.targets[key]))
 
 
-def load_nbest_targets(dataset, section: dict, data_dir: str | os.PathLike, tokenizer: Tokenizer, *,
-                       gold_text: str = "text", seed: int = 1) -> NbestTargets:
+def load_nbest_targets(dataset, section: NbestTargetsConfig, data_dir: str | os.PathLike, tokenizer: Tokenizer,
+                       *, gold_text: str = "text", seed: int = 1) -> NbestTargets:
     """The ``data.nbest_targets`` section of a training config applied to the training set.
 
     ``{file: pseudo_nbest5.txt, mode: weighted, gold_weight: 0.0}``; ``file`` is
     relative to the training data dir.
     """
-    unknown = set(section) - {"file", "mode", "gold_weight"}
-    if unknown:
-        raise KdstError(f"unknown data.nbest_targets option(s): {', '.join(sorted(unknown))}")
-    path = Path(data_dir) / section["file"]
+    path = Path(data_dir) / section.file
     if not path.is_file():
         raise KdstError(f"{path}: N-best pseudo labels not found (run the pseudo-label stage)")
-    gold_weight = float(section.get("gold_weight", 0.0))
+    gold_weight = section.gold_weight
     gold = None
     if gold_weight > 0.0:
         gold = {e.key: e.value for e in iter_entries(Path(data_dir) / gold_text, allow_empty_value=True)}
-    return NbestTargets(dataset, read_pseudo_nbest(path), tokenizer, mode=section.get("mode", "weighted"),
+    return NbestTargets(dataset, read_pseudo_nbest(path), tokenizer, mode=section.mode,
                         gold=gold, gold_weight=gold_weight, seed=seed, source=path)

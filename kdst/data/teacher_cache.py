@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from kdst.data.files import atomic_path, atomic_write_text, file_digest, umask
+from kdst.data.files import atomic_path, atomic_write_text, umask
 from kdst.data.kaldi_dir import c_sort_key, iter_entries
 from kdst.data.tokenizer import tokenizer_fingerprint
 from kdst.errors import DataError, KdstError
@@ -466,7 +466,8 @@ def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, first.fingerprint), entries)
 
 
-def cache_fingerprint(teacher: str | Path, tokenizer_dir: str | Path, *, k: int, mode: str, text: str) -> dict:
-    """What a top-k cache depends on; stored in the cache and checked by its readers."""
-    return {"teacher": file_digest(teacher), "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
+def cache_fingerprint(teacher_digest: str, tokenizer_dir: str | Path, *, k: int, mode: str, text: str) -> dict:
+    """What a top-k cache depends on; stored in the cache and checked by its readers.  ``teacher_digest``:
+    of the file holding the teacher's weights (kdst.models.teacher.Teacher.digest)."""
+    return {"teacher": teacher_digest, "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
             "mode": mode, "text": text}

@@ -28,35 +28,31 @@ from tqdm import tqdm
 from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.files import atomic_write_text
 from kdst.data.split import merge_scp
-from kdst.data.tokenizer import load_tokenizer
 from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
+from kdst.errors import KdstError
 from kdst.models import Transducer
-from kdst.train.checkpoint import load_model
+from kdst.models.teacher import load_teacher
 
 log = logging.getLogger("kdst.decode")
 FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
 
 
-def decode_data_dir(checkpoint: str | Path | None, data_dir: str | Path, out_dir: str | Path,
+def decode_data_dir(model: str, data_dir: str | Path, out_dir: str | Path,
                     options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
-                    device: str | None = None, max_symbols_per_frame: int = 3,
-                    teacher_espnet: str | Path | None = None, src_text: str = "text.en") -> dict:
-    """Decode every utterance of ``data_dir``; returns the statistics it also writes.
-    ``teacher_espnet``: an ESPnet model (kdst.models.espnet_bridge) instead of a kdst ``checkpoint``;
-    ``src_text`` is then the data dir's source text file of an ESPnet MT model."""
+                    device: str | None = None, max_symbols_per_frame: int = 3, src_text: str | None = None) -> dict:
+    """Decode every utterance of ``data_dir`` with ``model``, a teacher reference (kdst.models.teacher:
+    a kdst checkpoint or espnet:PATH); returns the statistics it also writes.  ``src_text``: an MT
+    model's source text file in the data dir, if not the one it was trained with."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if teacher_espnet is not None:
-        from kdst.models.espnet_bridge import load_espnet_teacher
-
-        model, config = load_espnet_teacher(teacher_espnet, device, src_text=src_text)
-        checkpoint = config["checkpoint"]
-    else:
-        model, config = load_model(checkpoint, device)
+    if batch_units < 1:
+        raise KdstError(f"--batch-units must be >= 1, not {batch_units}")
+    loaded = load_teacher(model, device, src_text=src_text)
+    checkpoint, tokenizer = loaded.model_file, loaded.tokenizer
+    model = loaded.model
     if isinstance(model, Transducer):
         greedy = greedy or options.beam == 1
-    tokenizer = load_tokenizer(config["data"]["tokenizer"])
-    dataset = make_dataset(config["data"], data_dir, with_targets=False)
+    dataset = make_dataset(loaded.data, data_dir, with_targets=False)
     batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)  # similar lengths together
     hyps: dict[str, str] = {}
     nbest_lines: list[tuple[str, str]] = []
@@ -91,7 +87,7 @@ def decode_data_dir(checkpoint: str | Path | None, data_dir: str | Path, out_dir
              "params": sum(p.numel() for p in model.parameters()), "device": str(device),
              "beam": 1 if greedy else options.beam, "jobs": 1, "threads": torch.get_num_threads(),
              "checkpoint": str(Path(checkpoint).resolve())}
-    if config["data"].get("input", "speech") == "speech":
+    if loaded.data.input == "speech":
         audio_s = sum(dataset.src_lengths.values()) * FRAME_SHIFT_S
         stats["rtf"] = round(seconds / max(audio_s, 1e-9), 4)
     atomic_write_text(out / "decode_stats.json", json.dumps(stats, indent=1) + "\n")

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdst.config import EncoderDecoderConfig, TextEncoderConfig
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
+from kdst.errors import KdstError
 from kdst.losses import word_kd_loss
 from kdst.models.decoder import TransformerDecoder
 from kdst.models.encoders import SpeechEncoder, TextEncoder, lengths_to_mask
@@ -168,25 +170,22 @@ class EncoderDecoder(nn.Module):
         return (per_row * weights).sum() / (weights * tgt_lengths.float()).sum().clamp_min(1e-9)
 
 
-def build_model(config: dict) -> EncoderDecoder:
-    """Build from the ``model`` section of a training config (see conf/model/*.yaml)."""
-    config = dict(config)
-    d_model = config.pop("d_model", 256)
-    vocab_size = config.pop("vocab_size")
-    encoder_cfg = dict(config.pop("encoder", {}))
-    decoder_cfg = dict(config.pop("decoder", {}))
-    kind = config.pop("input", "speech")
-    if kind == "speech":
-        encoder = SpeechEncoder(input_dim=config.pop("input_dim", 80), d_model=d_model, **encoder_cfg)
-    elif kind == "text":
-        encoder_cfg.pop("type", None)
-        encoder = TextEncoder(vocab_size=config.pop("src_vocab_size"), d_model=d_model, **encoder_cfg)
+def build_encoder_decoder(config: EncoderDecoderConfig) -> EncoderDecoder:
+    """Build from the ``model`` section of a training config (kdst.config.model)."""
+    if config.vocab_size is None:
+        raise KdstError("model.vocab_size is not set (the trainer takes it from data.tokenizer)")
+    e = config.encoder
+    if isinstance(e, TextEncoderConfig):
+        if config.src_vocab_size is None:
+            raise KdstError("model.src_vocab_size is not set (the trainer takes it from data.src_tokenizer)")
+        encoder = TextEncoder(config.src_vocab_size, config.d_model, layers=e.layers, heads=e.heads, ff_dim=e.ff_dim,
+                              dropout=e.dropout)
     else:
-        raise ValueError(f"model input must be 'speech' or 'text', not '{kind}'")
-    decoder = TransformerDecoder(vocab_size, d_model=d_model, **decoder_cfg)
-    model = EncoderDecoder(encoder, decoder, vocab_size, d_model, ctc_weight=config.pop("ctc_weight", 0.0),
-                           label_smoothing=config.pop("label_smoothing", 0.1),
-                           ctc_vocab_size=config.pop("ctc_vocab_size", None))
-    if config:
-        raise ValueError(f"unknown model option(s): {', '.join(sorted(config))}")
-    return model
+        encoder = SpeechEncoder(config.input_dim, config.d_model, type=e.type, layers=e.layers, heads=e.heads,
+                                ff_dim=e.ff_dim, kernel_size=e.kernel_size, dropout=e.dropout,
+                                subsampling_channels=e.subsampling_channels)
+    d = config.decoder
+    decoder = TransformerDecoder(config.vocab_size, d_model=config.d_model, layers=d.layers, heads=d.heads,
+                                 ff_dim=d.ff_dim, dropout=d.dropout)
+    return EncoderDecoder(encoder, decoder, config.vocab_size, config.d_model, ctc_weight=config.ctc_weight,
+                          label_smoothing=config.label_smoothing, ctc_vocab_size=config.ctc_vocab_size)

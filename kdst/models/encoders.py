@@ -20,6 +20,7 @@ class Conv2dSubsampling(nn.Module):
 
     def __init__(self, input_dim: int, d_model: int, channels: int = 256):
         super().__init__()
+        self.input_dim = input_dim
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
         freq = ((input_dim - 1) // 2 - 1) // 2
         self.proj = nn.Linear(channels * freq, d_model)

@@ -20,14 +20,14 @@ computed here from the student's own joint logits, and the loss is
 
 from __future__ import annotations
 
-import inspect
-
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdst.config import LstmPredictorConfig, StreamingEncoderConfig, TransducerConfig
 from kdst.data.tokenizer import BLANK_ID
+from kdst.errors import KdstError
 from kdst.losses import rnnt_loss, rnnt_loss_and_kd
 from kdst.models.encoders import SpeechEncoder
 from kdst.models.protocol import TeacherOutputs
@@ -190,41 +190,24 @@ class Transducer(nn.Module):
         return loss, stats
 
 
-def _make(cls, options: dict, section: str, **fixed):
-    """``cls(**fixed, **options)``, with options its constructor does not take reported as config errors."""
-    accepted = set(inspect.signature(cls).parameters) - set(fixed)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ValueError(f"unknown model.{section} option(s): {', '.join(unknown)} (accepted: "
-                         f"{', '.join(sorted(accepted))})")
-    return cls(**fixed, **options)
-
-
-def build_transducer(config: dict) -> Transducer:
-    """Build from the ``model`` section of a training config (``type: transducer``)."""
-    config = dict(config)
-    if config.pop("type", "transducer") != "transducer":
-        raise ValueError("build_transducer needs model.type 'transducer'")
-    vocab_size = config.pop("vocab_size")
-    input_dim = config.pop("input_dim", 80)
-    encoder_cfg, predictor_cfg = dict(config.pop("encoder", {})), dict(config.pop("predictor", {}))
-    joiner_cfg = dict(config.pop("joiner", {}))
-    ctc_weight = config.pop("ctc_weight", 0.0)
-    if config:
-        raise ValueError(f"unknown model option(s): {', '.join(sorted(config))}")
-
-    kind = encoder_cfg.pop("type", "conformer")
-    if kind in ("conformer", "transformer"):
-        encoder = _make(SpeechEncoder, encoder_cfg, "encoder", input_dim=input_dim, type=kind)
-    elif kind == "streaming_conformer":
-        encoder = _make(StreamingConformerEncoder, encoder_cfg, "encoder", input_dim=input_dim)
+def build_transducer(config: TransducerConfig) -> Transducer:
+    """Build from the ``model`` section of a training config (``type: transducer``, kdst.config.model)."""
+    if config.vocab_size is None:
+        raise KdstError("model.vocab_size is not set (the trainer takes it from data.tokenizer)")
+    e = config.encoder
+    if isinstance(e, StreamingEncoderConfig):
+        encoder = StreamingConformerEncoder(config.input_dim, e.d_model, layers=e.layers, heads=e.heads,
+                                            ff_dim=e.ff_dim, kernel_size=e.kernel_size, dropout=e.dropout,
+                                            subsampling_channels=e.subsampling_channels, chunk_size=e.chunk_size,
+                                            left_chunks=e.left_chunks)
     else:
-        raise ValueError(f"unknown transducer encoder type '{kind}' (conformer, streaming_conformer, transformer)")
-    kind = predictor_cfg.pop("type", "stateless")
-    predictors = {"stateless": StatelessPredictor, "lstm": LstmPredictor}
-    if kind not in predictors:
-        raise ValueError(f"unknown predictor type '{kind}' ({', '.join(predictors)})")
-    predictor = _make(predictors[kind], predictor_cfg, "predictor", vocab_size=vocab_size)
-    joiner = _make(Joiner, joiner_cfg, "joiner", vocab_size=vocab_size,
-                   encoder_dim=encoder.subsampling.proj.out_features, predictor_dim=predictor.embed.embedding_dim)
-    return Transducer(encoder, predictor, joiner, vocab_size, ctc_weight=ctc_weight)
+        encoder = SpeechEncoder(config.input_dim, e.d_model, type=e.type, layers=e.layers, heads=e.heads,
+                                ff_dim=e.ff_dim, kernel_size=e.kernel_size, dropout=e.dropout,
+                                subsampling_channels=e.subsampling_channels)
+    p = config.predictor
+    if isinstance(p, LstmPredictorConfig):
+        predictor = LstmPredictor(config.vocab_size, p.dim, layers=p.layers, dropout=p.dropout)
+    else:
+        predictor = StatelessPredictor(config.vocab_size, p.dim, context_size=p.context_size)
+    joiner = Joiner(e.d_model, p.dim, config.vocab_size, dim=config.joiner.dim)
+    return Transducer(encoder, predictor, joiner, config.vocab_size, ctc_weight=config.ctc_weight)

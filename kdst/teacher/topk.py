@@ -12,7 +12,7 @@ and its distribution is stored compactly (kdst.data.teacher_cache):
   teacher's entropy, a constant), where top-k is biased towards the head.
 
 Sampling is seeded per utterance id, so the cache does not depend on how the data
-dir was split into jobs.  The cache records a fingerprint of the teacher checkpoint,
+dir was split into jobs.  The cache records a fingerprint of the teacher's weights,
 the tokenizer, k, the mode and the target text file; training checks it.
 """
 
@@ -22,6 +22,7 @@ import hashlib
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.teacher_cache import CacheWriter, cache_fingerprint
 from kdst.errors import KdstError
-from kdst.train.checkpoint import load_model
+from kdst.models.teacher import load_teacher
 
 log = logging.getLogger("kdst.topk")
 MODES = ("topk", "sampled")
@@ -51,30 +52,26 @@ def utterance_seed(utt: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{utt}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def write_cache(teacher: str | Path | None, data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
+def write_cache(teacher: str, data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
                 text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1,
-                teacher_espnet: str | Path | None = None, src_text: str = "text.en") -> dict:
-    """Run the teacher over ``data_dir`` and write the cache to ``out``; returns a summary.
-    ``teacher_espnet``: an ESPnet MT model (kdst.models.espnet_bridge) instead of a kdst checkpoint,
-    reading the data dir's ``src_text``; the cache then records its model file's digest."""
+                src_text: str | None = None) -> dict:
+    """Run the MT ``teacher`` (a teacher reference, kdst.models.teacher) over ``data_dir`` and write the
+    cache to ``out``; returns a summary.  ``src_text``: the data dir's source text file, if not the
+    teacher's own; ``text``: its target text file (default: the teacher's)."""
     if mode not in MODES:
         raise KdstError(f"unknown cache mode '{mode}' ({', '.join(MODES)})")
+    if k < 1:
+        raise KdstError(f"--k must be >= 1, not {k}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if teacher_espnet is not None:
-        from kdst.models.espnet_bridge import load_espnet_teacher
-
-        model, config = load_espnet_teacher(teacher_espnet, device, src_text=src_text)
-        teacher = config["checkpoint"]
-    else:
-        model, config = load_model(teacher, device)
-    data = dict(config["data"])
-    if data.get("input") != "text":
+    loaded = load_teacher(teacher, device, src_text=src_text)
+    model = loaded.model
+    if loaded.data.input != "text":
         raise KdstError(f"{teacher}: the top-k cache needs an MT teacher (it reads the transcript)")
-    data["text"] = text or data.get("text", "text")
+    data = replace(loaded.data, text=text or loaded.data.text)
     dataset = make_dataset(data, data_dir)
     if k > model.vocab_size:
         raise KdstError(f"k={k} is larger than the teacher's vocabulary ({model.vocab_size})")
-    fingerprint = cache_fingerprint(teacher, data["tokenizer"], k=k, mode=mode, text=data["text"])
+    fingerprint = cache_fingerprint(loaded.digest, data.tokenizer, k=k, mode=mode, text=data.text)
     batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)
     start, tokens = time.perf_counter(), 0
     bar = tqdm(total=len(dataset.ids), desc="topk", disable=not sys.stderr.isatty(), mininterval=1.0)

@@ -1,4 +1,6 @@
-"""Checkpoints: atomic saves, which to keep, averaging, and loading a model for inference."""
+"""Training checkpoints: atomic saves, RNG states, which epochs to keep, and averaging.
+
+Reading a checkpoint and building its model is kdst.models.loading's."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 from kdst.data.files import atomic_path
 from kdst.errors import KdstError
-from kdst.models import EncoderDecoder, build_model
+from kdst.models.loading import read_checkpoint
 
 _EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt")
 
@@ -57,7 +59,13 @@ def prune(exp_dir: Path, history: dict[int, float], keep_best: int, keep_last: i
 
 def average(exp_dir: Path, num: int, by: str = "best") -> Path:
     """Average the weights of the ``num`` best (by validation loss) or last epoch checkpoints."""
-    last = torch.load(exp_dir / "last.pt", map_location="cpu", weights_only=False)
+    if num < 1:
+        raise KdstError(f"--num must be >= 1, not {num}")
+    if not (exp_dir / "last.pt").is_file():
+        raise KdstError(f"{exp_dir}: no training run here (no last.pt)")
+    last = read_checkpoint(exp_dir / "last.pt")
+    if "progress" not in last:
+        raise KdstError(f"{exp_dir / 'last.pt'}: not a training checkpoint (no progress in it)")
     history: dict[int, float] = last["progress"]["history"]
     available = epoch_checkpoints(exp_dir)
     ranked = sorted(history, key=history.get) if by == "best" else sorted(history, reverse=True)
@@ -66,21 +74,10 @@ def average(exp_dir: Path, num: int, by: str = "best") -> Path:
         raise KdstError(f"{exp_dir}: only {len(chosen)} epoch checkpoint(s) to average, asked for {num}")
     total: dict[str, torch.Tensor] = {}
     for epoch in chosen:
-        weights = torch.load(available[epoch], map_location="cpu", weights_only=False)["model"]
+        weights = read_checkpoint(available[epoch])["model"]
         for name, value in weights.items():
             total[name] = total.get(name, 0) + value.double()
     averaged = {name: (value / num).to(weights[name].dtype) for name, value in total.items()}
     out = exp_dir / f"avg_{by}{num}.pt"
     save_atomic({"model": averaged, "config": last["config"], "epochs": sorted(chosen)}, out)
     return out
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[EncoderDecoder, dict]:
-    """A model in eval mode from any kdst checkpoint (epoch, last or averaged), with its config."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise KdstError(f"{path}: checkpoint not found")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(saved["config"]["model"])
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), saved["config"]

@@ -9,11 +9,12 @@ The teacher's distribution comes from one of two places (the ``kd`` config secti
       weight: 0.5                          # the KD share of the loss (lambda)
       temperature: 1.0
       t2_scale: false                      # multiply the KD term by T^2 (Hinton et al.)
-      teacher: exp/mt_teacher/avg_best5.pt # online: the MT teacher reads the transcript
+      teacher: exp/mt_teacher/avg_best5.pt # online: the MT teacher reads the transcript (a teacher
+                                           # reference, kdst.models.teacher: also espnet:PATH)
+      src_text: text.en                    # (online) the transcript file it reads (default: its own)
       cache: exp/mt_teacher/topk_train     # offline: a `kdst topk` cache replaces the teacher
-      teacher_espnet: exp/mt_espnet        # instead of teacher: an ESPnet2 MT exp dir or packed zip
-      teacher_src_text: text.en            # (ESPnet) the transcript file it reads (default: text.en)
 
+The section's variant (kdst.config.sections) follows from the student and ``cache``.
 An ESPnet teacher (kdst.models.espnet_bridge) brings its own vocabulary: the student's
 ``data.tokenizer`` must be the one ``kdst espnet-tokenizer`` exported from it.
 
@@ -49,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdst.config import CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfig
 from kdst.data.files import file_digest
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache
@@ -56,7 +58,7 @@ from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
 from kdst.models import Transducer
 from kdst.models.protocol import TeacherOutputs
-from kdst.train.checkpoint import load_model
+from kdst.models.teacher import load_teacher, teacher_digest
 
 log = logging.getLogger("kdst.train")
 
@@ -118,72 +120,50 @@ class WordKD(nn.Module):
         return self.student.kd_loss(logits, targets, teacher), teacher.weight
 
 
-def setup_distillation(kd: dict, student: nn.Module, train_set, data: dict, device: torch.device):
+def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataConfig, device: torch.device):
     """The loss model and the training dataset for the ``kd`` config section."""
-    if isinstance(student, Transducer):
+    if isinstance(kd, LatticeKDConfig):
         return setup_transducer_distillation(kd, student, data, device), train_set
-    teacher_path, cache_path, espnet_path = kd.get("teacher"), kd.get("cache"), kd.get("teacher_espnet")
-    if not teacher_path and not cache_path and not espnet_path:
-        raise KdstError("the kd config section needs a teacher checkpoint (kd.teacher or kd.teacher_espnet) "
-                        "or a cache (kd.cache)")
-    if teacher_path and espnet_path:
-        raise KdstError("kd.teacher and kd.teacher_espnet name two teachers: give one")
-    espnet_files = None
-    if espnet_path:  # its vocabulary is checked before anything is loaded
-        from kdst.models.espnet_bridge import check_vocabulary, export_tokenizer, resolve
-
-        espnet_files = resolve(espnet_path)
-        check_vocabulary(export_tokenizer(espnet_files, espnet_files.root / "kdst_tokens" / "tgt"), data["tokenizer"])
-    student_vocab = tokenizer_fingerprint(data["tokenizer"])
-    common = dict(weight=float(kd.get("weight", 0.5)), temperature=float(kd.get("temperature", 1.0)),
-                  t2_scale=bool(kd.get("t2_scale", False)))
-    if cache_path:
-        cache = TeacherCache(cache_path)
+    if isinstance(student, Transducer):
+        raise KdstError("a transducer student distils over the RNN-T lattice: its kd section takes teacher, "
+                        "weight, temperature and mode")
+    student_vocab = tokenizer_fingerprint(data.tokenizer)
+    common = dict(weight=kd.weight, temperature=kd.temperature, t2_scale=kd.t2_scale)
+    if isinstance(kd, CachedWordKDConfig):
+        cache = TeacherCache(kd.cache)
         made = cache.fingerprint
-        expected = {"tokenizer": student_vocab, "text": data.get("text", "text")}
-        if teacher_path or espnet_files:
-            expected["teacher"] = file_digest(espnet_files.model_file if espnet_files else teacher_path)
+        expected = {"tokenizer": student_vocab, "text": data.text}
+        if kd.teacher:
+            expected["teacher"] = teacher_digest(kd.teacher)
         wrong = [f"{key} ({made.get(key)} != {value})" for key, value in expected.items() if made.get(key) != value]
         if wrong:
-            raise KdstError(f"{cache_path}: the teacher cache does not match this training run: "
+            raise KdstError(f"{kd.cache}: the teacher cache does not match this training run: "
                             f"{', '.join(wrong)} (re-run the top-k stage)")
-        log.info("word-level KD from the %s cache %s (k=%d, %.1f bytes/token)", cache.mode, cache_path, cache.k,
+        log.info("word-level KD from the %s cache %s (k=%d, %.1f bytes/token)", cache.mode, kd.cache, cache.k,
                  cache.bytes_per_token())
         return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
                 TeacherInputs(train_set, cache=cache))
 
-    if espnet_files:
-        from kdst.models.espnet_bridge import load_espnet_teacher
-
-        teacher_path = espnet_path
-        teacher, teacher_config = load_espnet_teacher(espnet_path, device, src_text=kd.get("teacher_src_text",
-                                                                                           "text.en"))
-    else:
-        teacher, teacher_config = load_model(teacher_path, device)
-    teacher_data = teacher_config["data"]
-    if tokenizer_fingerprint(teacher_data["tokenizer"]) != student_vocab:
-        raise KdstError(f"{teacher_path}: the teacher's target tokenizer {teacher_data['tokenizer']} is not the "
-                        f"student's {data['tokenizer']}: word-level KD needs one vocabulary")
-    if teacher_data.get("input") != "text":
-        raise KdstError(f"{teacher_path}: an online teacher must be an MT model reading the transcript")
-    if device.type == "cuda":
-        teacher = teacher.to(torch.bfloat16)
-    src_tokenizer = load_tokenizer(teacher_data["src_tokenizer"])
-    sources = DataDir(data["train"]).require(teacher_data["src_text"])
+    teacher = load_teacher(kd.teacher, device, src_text=kd.src_text)
+    if teacher.data.input != "text":
+        raise KdstError(f"{kd.teacher}: an online teacher must be an MT model reading the transcript")
+    if tokenizer_fingerprint(teacher.data.tokenizer) != student_vocab:
+        raise KdstError(f"{kd.teacher}: the teacher's target tokenizer {teacher.data.tokenizer} is not the "
+                        f"student's {data.tokenizer}: word-level KD needs one vocabulary (an ESPnet teacher's: "
+                        f"kdst espnet-tokenizer)")
+    model = teacher.model.to(torch.bfloat16) if device.type == "cuda" else teacher.model
+    src_tokenizer = load_tokenizer(teacher.data.src_tokenizer)
+    sources = DataDir(data.train).require(teacher.data.src_text)
     missing = [u for u in train_set.ids if u not in sources]
     if missing:
-        raise KdstError(f"{Path(data['train']) / teacher_data['src_text']}: no transcript for {len(missing)} "
+        raise KdstError(f"{Path(data.train) / teacher.data.src_text}: no transcript for {len(missing)} "
                         f"training utterance(s), e.g. '{missing[0]}'")
     teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
-    log.info("word-level KD from the online teacher %s", teacher_path)
-    return WordKD(student, teacher, **common), TeacherInputs(train_set, teacher_src=teacher_src)
+    log.info("word-level KD from the online teacher %s", kd.teacher)
+    return WordKD(student, model, **common), TeacherInputs(train_set, teacher_src=teacher_src)
 
 
 # --- transducers: KL over the RNN-T lattice -------------------------------------------------
-
-TRANSDUCER_KD_OPTIONS = ("teacher", "weight", "temperature", "mode")
-TRANSDUCER_KD_MODES = ("full", "collapsed")
-
 
 def _frame_lengths(model: Transducer, src_lengths: torch.Tensor) -> torch.Tensor:
     """Encoder output frames per utterance, without running the encoder (every transducer encoder
@@ -235,47 +215,35 @@ class TransducerKD(nn.Module):
         return TeacherOutputs(logits=teacher_logits, mode=self.mode, temperature=self.temperature, weight=self.weight)
 
 
-def setup_transducer_distillation(kd: dict, student: Transducer, data: dict, device: torch.device) -> TransducerKD:
+def setup_transducer_distillation(kd: LatticeKDConfig, student: nn.Module, data: DataConfig,
+                                  device: torch.device) -> TransducerKD:
     """The loss model of a transducer student for the ``kd`` config section (an online transducer teacher)."""
-    unknown = sorted(set(kd) - set(TRANSDUCER_KD_OPTIONS))
-    if unknown:
-        raise KdstError(f"unknown kd option(s) for a transducer student: {', '.join(unknown)} (accepted: "
-                        f"{', '.join(TRANSDUCER_KD_OPTIONS)}; transducer KD needs an online teacher)")
-    if not kd.get("teacher"):
-        raise KdstError("the kd config section of a transducer student needs a teacher checkpoint (kd.teacher)")
-    weight, temperature, mode = float(kd.get("weight", 0.5)), float(kd.get("temperature", 1.0)), kd.get("mode", "full")
-    if not 0.0 <= weight <= 1.0:
-        raise KdstError(f"kd.weight must be in [0, 1], not {weight}")
-    if not temperature > 0:
-        raise KdstError(f"kd.temperature must be > 0, not {temperature}")
-    if mode not in TRANSDUCER_KD_MODES:
-        raise KdstError(f"unknown kd.mode '{mode}' ({', '.join(TRANSDUCER_KD_MODES)})")
-    teacher_path = kd["teacher"]
-    teacher, teacher_config = load_model(teacher_path, device)
-    if not isinstance(teacher, Transducer):
-        raise KdstError(f"{teacher_path}: the teacher of a transducer student must be a transducer "
-                        f"(model.type: transducer)")
-    teacher_data = teacher_config["data"]
+    if not isinstance(student, Transducer):
+        raise KdstError("lattice KD (kd.mode) is for transducer students")
+    teacher = load_teacher(kd.teacher, device)
+    name = kd.teacher
+    if not isinstance(teacher.model, Transducer):
+        raise KdstError(f"{name}: the teacher of a transducer student must be a transducer (model.type: transducer)")
     if teacher.vocab_size != student.vocab_size:
-        raise KdstError(f"{teacher_path}: the teacher's vocabulary has {teacher.vocab_size} tokens, the student's "
+        raise KdstError(f"{name}: the teacher's vocabulary has {teacher.vocab_size} tokens, the student's "
                         f"{student.vocab_size}: transducer KD needs one tokenizer")
-    if tokenizer_fingerprint(teacher_data["tokenizer"]) != tokenizer_fingerprint(data["tokenizer"]):
-        raise KdstError(f"{teacher_path}: the teacher's tokenizer {teacher_data['tokenizer']} is not the "
-                        f"student's {data['tokenizer']}: transducer KD needs one tokenizer")
-    if teacher_data.get("input", "speech") != "speech" or data.get("input", "speech") != "speech":
-        raise KdstError(f"{teacher_path}: transducer KD needs a teacher and a student that read speech")
-    if not _same_file(teacher_data.get("cmvn"), data.get("cmvn")):
-        raise KdstError(f"{teacher_path}: the teacher was trained on features normalised with "
-                        f"{teacher_data.get('cmvn')}, the student's are normalised with {data.get('cmvn')}")
+    if tokenizer_fingerprint(teacher.data.tokenizer) != tokenizer_fingerprint(data.tokenizer):
+        raise KdstError(f"{name}: the teacher's tokenizer {teacher.data.tokenizer} is not the "
+                        f"student's {data.tokenizer}: transducer KD needs one tokenizer")
+    if teacher.data.input != "speech" or data.input != "speech":
+        raise KdstError(f"{name}: transducer KD needs a teacher and a student that read speech")
+    if not _same_file(teacher.data.cmvn, data.cmvn):
+        raise KdstError(f"{name}: the teacher was trained on features normalised with "
+                        f"{teacher.data.cmvn}, the student's are normalised with {data.cmvn}")
     probe = torch.arange(1, 4097)
-    differ = (_frame_lengths(teacher, probe) != _frame_lengths(student, probe)).nonzero()
+    differ = (_frame_lengths(teacher.model, probe) != _frame_lengths(student, probe)).nonzero()
     if len(differ):
-        raise KdstError(f"{teacher_path}: the teacher's encoder has another frame rate than the student's (e.g. "
+        raise KdstError(f"{name}: the teacher's encoder has another frame rate than the student's (e.g. "
                         f"{int(probe[differ[0]])} input frames): transducer KD compares their lattices node by node")
-    log.info("transducer KD (%s, weight %g, T=%g) from the online teacher %s", mode, weight, temperature,
-             teacher_path)
-    return TransducerKD(student, teacher, weight=weight, temperature=temperature, mode=mode,
-                        teacher_input_dim=int(teacher_config["model"].get("input_dim", 80)))
+    log.info("transducer KD (%s, weight %g, T=%g) from the online teacher %s", kd.mode, kd.weight, kd.temperature,
+             name)
+    return TransducerKD(student, teacher.model, weight=kd.weight, temperature=kd.temperature, mode=kd.mode,
+                        teacher_input_dim=teacher.model.encoder.subsampling.input_dim)
 
 
 def _same_file(a: str | None, b: str | None) -> bool:

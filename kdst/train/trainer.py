@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,14 +31,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from kdst.config import DataConfig, OptimConfig, TrainingConfig, load_config, resume_differences
 from kdst.data.dataset import make_batches, make_dataset, shard_batches
 from kdst.data.loader import batch_loader
 from kdst.data.nbest_targets import load_nbest_targets
-from kdst.data.specaugment import SpecAugmentOptions, spec_augment
+from kdst.data.specaugment import spec_augment
 from kdst.data.tokenizer import load_tokenizer
+from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
 from kdst.models import build_model
-from kdst.slurm import REQUEUED_EXIT, requeue
+from kdst.models.loading import load_weights, read_checkpoint, saved_config
+from kdst.launch.requeue import REQUEUED_EXIT, requeue
 from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
 from kdst.train.kd import setup_distillation
 
@@ -69,64 +72,42 @@ class Progress:
 
 # --- setup -----------------------------------------------------------------------
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
-    """A YAML config with ``section.key=value`` overrides (values parsed as YAML)."""
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise KdstError(f"override '{item}' is not key=value")
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(value)
-    return config
-
-
-def build_datasets(data: dict, seed: int = 1) -> tuple[object, object, dict]:
+def build_datasets(data: DataConfig, seed: int = 1) -> tuple[object, object, dict]:
     """Train and validation datasets, and the vocabulary sizes the model needs."""
-    sizes = {"vocab_size": len(load_tokenizer(data["tokenizer"]).tokens)}
-    if data.get("input", "speech") == "text":
-        sizes["src_vocab_size"] = len(load_tokenizer(data["src_tokenizer"]).tokens)
-    if data.get("ctc_text"):
-        sizes["ctc_vocab_size"] = len(load_tokenizer(data["ctc_tokenizer"]).tokens)
+    for key in ("train", "valid", "tokenizer", "max_units"):
+        if getattr(data, key) is None:
+            raise KdstError(f"data.{key} is not set (the recipe sets it with --set data.{key}=...)")
+    sizes = {"vocab_size": len(load_tokenizer(data.tokenizer).tokens)}
+    if data.input == "text":
+        sizes["src_vocab_size"] = len(load_tokenizer(data.src_tokenizer).tokens)
+    if data.ctc_text:
+        sizes["ctc_vocab_size"] = len(load_tokenizer(data.ctc_tokenizer).tokens)
     # Students trained on teacher outputs (data.text: text.seqkd) are still validated on gold references.
-    valid = {**data, "text": data.get("valid_text", data.get("text", "text"))}
-    train_set = make_dataset(data, data["train"])
-    if data.get("nbest_targets"):  # the teacher's N-best pseudo labels replace data.text's targets
-        train_set = load_nbest_targets(train_set, data["nbest_targets"], data["train"],
-                                       load_tokenizer(data["tokenizer"]), gold_text=data.get("text", "text"),
-                                       seed=seed)
-    return train_set, make_dataset(valid, data["valid"]), sizes
+    valid = replace(data, text=data.valid_text or data.text)
+    train_set = make_dataset(data, data.train)
+    if data.nbest_targets:  # the teacher's N-best pseudo labels replace data.text's targets
+        train_set = load_nbest_targets(train_set, data.nbest_targets, data.train, load_tokenizer(data.tokenizer),
+                                       gold_text=data.text, seed=seed)
+    return train_set, make_dataset(valid, data.valid), sizes
 
 
-def lr_lambda(optim: dict):
+def lr_lambda(optim: OptimConfig):
     """Learning-rate multiplier per step: noam (warmup, then 1/sqrt), linear decay or constant."""
-    warmup = max(int(optim.get("warmup_steps", 1000)), 1)
-    schedule = optim.get("schedule", "noam")
-    if schedule == "noam":
+    warmup = max(optim.warmup_steps, 1)
+    if optim.schedule == "noam":
         return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
-    if schedule == "linear":
-        total = int(optim["total_steps"])
+    if optim.schedule == "linear":
+        total = optim.total_steps
         return lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1)))
-    if schedule == "constant":
-        return lambda step: min((step + 1) / warmup, 1.0)
-    raise KdstError(f"unknown schedule '{schedule}' (noam, linear, constant)")
+    return lambda step: min((step + 1) / warmup, 1.0)  # constant
 
 
-def check_resumable(saved: dict, config: dict, path: Path) -> None:
+def check_resumable(saved: TrainingConfig, config: TrainingConfig, path: Path) -> None:
     """A run continues only with what defines it unchanged; the length of training may change."""
-    changeable = {"epochs", "max_steps", "log_interval", "keep_best", "nan"}
-    for section in ("data", "model", "optim", "train", "kd"):
-        old, new = saved.get(section, {}), config.get(section, {})
-        if section == "train":
-            old, new = ({k: v for k, v in d.items() if k not in changeable} for d in (old, new))
-        if old != new:
-            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            raise KdstError(f"{path} was trained with another {section} config ({', '.join(keys)} differ): "
-                            f"remove {path.parent} to start afresh, or train into another --exp-dir")
+    changed = resume_differences(saved, config)
+    if changed:
+        raise KdstError(f"{path} was trained with another config ({', '.join(changed)} differ): "
+                        f"remove {path.parent} to start afresh, or train into another --exp-dir")
 
 
 # --- distributed -------------------------------------------------------------------
@@ -164,11 +145,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def compute_loss(model, batch: dict, config: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
     """The model's ``(loss, stats)`` for one batch; SpecAugment here, in this process, on the device."""
     batch = to_device(batch, device)
-    specaug = config["train"].get("specaugment")
+    specaug = config.train.specaugment
     if specaug and model.training and batch["src"].dim() == 3:
         batch["clean_src"] = batch["src"]  # what an online teacher hears (noisy student: clean for the teacher)
-        batch["src"] = spec_augment(batch["src"], batch["src_lengths"], SpecAugmentOptions(**specaug))
-    bf16 = device.type == "cuda" and config["train"].get("bf16", True)
+        batch["src"] = spec_augment(batch["src"], batch["src_lengths"], specaug)
+    bf16 = device.type == "cuda" and config.train.bf16
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(batch)
 
@@ -212,9 +193,8 @@ def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str
     once per optimiser step (one all-reduce with the stop request), and the stats are read
     once per log line.
     """
-    train = config["train"]
-    accum, max_steps = int(train.get("accum_grad", 1)), int(train.get("max_steps", 0))
-    log_interval = int(train.get("log_interval", 50))
+    train = config.train
+    accum, max_steps, log_interval = train.accum_grad, train.max_steps, train.log_interval
     model.train()
     bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
                disable=not sys.stderr.isatty(), mininterval=1.0)
@@ -223,7 +203,7 @@ def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str
     step_ids: list[list[str]] = []  # utterances of each micro-batch of this step, to name in an error
     step_bad: list[torch.Tensor] = []  # and whether its loss was not finite, on the device
     loader = batch_loader(dataset, batches, start=progress.batch_in_epoch,
-                          num_workers=int(config["data"].get("num_workers", 2)), device=device)
+                          num_workers=config.data.num_workers, device=device)
     for batch in loader:
         micro = progress.batch_in_epoch % accum
         last_micro = micro == accum - 1 or progress.batch_in_epoch == len(batches) - 1
@@ -242,9 +222,9 @@ def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str
             continue
         *bad, stop = any_rank(torch.stack([*step_bad, torch.tensor(stop_requested(), device=device)]))
         if any(bad):
-            handle_bad_loss([ids for ids, b in zip(step_ids, bad) if b], progress, train.get("nan", "skip"))
+            handle_bad_loss([ids for ids, b in zip(step_ids, bad) if b], progress, train.nan)
         else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(train.get("clip", 5.0)))
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
             optimizer.step()
         step_ids, step_bad = [], []
         scheduler.step()
@@ -285,12 +265,11 @@ def log_stats(writer, progress: Progress, stats: dict[str, float]) -> None:
 def validate(model, dataset, config: dict, device: torch.device) -> dict[str, float]:
     """Token-weighted validation statistics, summed over ranks; read from the device once, at the end."""
     model.eval()
-    batches = make_batches(dataset.src_lengths, int(config["data"]["max_units"]), shuffle=False)
+    batches = make_batches(dataset.src_lengths, config.data.max_units, shuffle=False)
     if dist.is_initialized():
         batches = batches[dist.get_rank()::dist.get_world_size()]
     running = RunningStats(device)
-    for batch in batch_loader(dataset, batches, num_workers=int(config["data"].get("num_workers", 2)),
-                              device=device):
+    for batch in batch_loader(dataset, batches, num_workers=config.data.num_workers, device=device):
         running.add(compute_loss(model, batch, config, device)[1])
     means, ntokens = running.read()
     result = {"nll": means.get("nll", 0.0), "ntokens": ntokens}
@@ -301,50 +280,49 @@ def validate(model, dataset, config: dict, device: torch.device) -> dict[str, fl
 
 # --- the whole run ---------------------------------------------------------------------
 
-def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
+def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) -> Progress:
     """Train as configured; checkpoints go to ``exp_dir`` (rank 0 writes)."""
     exp_dir = Path(exp_dir)
     rank, world_size, device = init_distributed()
     if rank != 0:  # one log for the run: the other ranks speak only of problems
         logging.getLogger("kdst").setLevel(logging.WARNING)
-    train = config["train"]
-    torch.manual_seed(int(train.get("seed", 1)))
-    train_set, valid_set, sizes = build_datasets(config["data"], int(train.get("seed", 1)))
-    config["model"] = {**config["model"], **sizes}
-    model = build_model(config["model"]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["optim"]["lr"]),
-                                  betas=tuple(config["optim"].get("betas", (0.9, 0.98))),
-                                  weight_decay=float(config["optim"].get("weight_decay", 0.0)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config["optim"]))
+    train = config.train
+    torch.manual_seed(train.seed)
+    train_set, valid_set, sizes = build_datasets(config.data, train.seed)
+    config = replace(config, model=replace(config.model, **sizes))
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.optim))
     # With a kd section the loss comes from the student and a teacher; checkpoints hold the student only.
     loss_model = model
-    if config.get("kd"):
-        if config["data"].get("nbest_targets"):
+    if config.kd:
+        if config.data.nbest_targets:
             raise KdstError("a kd section and data.nbest_targets cannot be combined (one teacher signal at a time)")
-        loss_model, train_set = setup_distillation(config["kd"], model, train_set, config["data"], device)
+        loss_model, train_set = setup_distillation(config.kd, model, train_set, config.data, device)
     progress = Progress()
     last = exp_dir / "last.pt"
     if last.is_file() and not resume:
         raise KdstError(f"{exp_dir} has a training run already: pass --resume to continue it, or remove it")
     if resume and last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        check_resumable(saved["config"], config, last)
-        model.load_state_dict(saved["model"])
+        saved = read_checkpoint(last)
+        if "progress" not in saved:
+            raise KdstError(f"{last}: not a training checkpoint (no progress in it)")
+        check_resumable(saved_config(saved, last), config, last)
+        load_weights(model, saved["model"], last)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         progress = Progress(**saved["progress"])
         set_rng_state(saved["rng"][rank] if isinstance(saved["rng"], list) else saved["rng"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", last, progress.epoch, progress.batch_in_epoch,
                  progress.step)
-    elif train.get("init"):  # fine-tuning: start from another run's weights, with a fresh optimiser
-        if not Path(train["init"]).is_file():
-            raise KdstError(f"{train['init']}: checkpoint to initialise from (train.init) not found")
-        init = torch.load(train["init"], map_location="cpu", weights_only=False)
-        model.load_state_dict(init["model"])
-        log.info("initialised from %s", train["init"])
+    elif train.init:  # fine-tuning: start from another run's weights, with a fresh optimiser
+        init = read_checkpoint(train.init, "checkpoint to initialise from (train.init)")
+        load_weights(model, init["model"], train.init)
+        log.info("initialised from %s", train.init)
     if rank == 0:
         exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(exp_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         log.info("model: %.2fM parameters; %d training utterances; %d process(es) on %s",
                  sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.ids), world_size, device)
     ddp_model = DistributedDataParallel(loss_model) if world_size > 1 else loss_model
@@ -363,22 +341,22 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
         if rank == 0:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "progress": asdict(progress), "rng": rngs,
-                         "config": config}, path)
+                         "config": config.to_dict()}, path)
 
     try:
-        epochs = int(train.get("epochs", 10))
+        epochs = train.epochs
         while progress.epoch <= epochs:
             if hasattr(train_set, "set_epoch"):  # N-best targets drawn per epoch
                 train_set.set_epoch(progress.epoch)
-            batches = shard_batches(make_batches(train_set.src_lengths, int(config["data"]["max_units"]),
-                                                 max_items=int(config["data"].get("max_items", 10_000)),
-                                                 seed=int(train.get("seed", 1)), epoch=progress.epoch),
+            batches = shard_batches(make_batches(train_set.src_lengths, config.data.max_units,
+                                                 max_items=config.data.max_items, seed=train.seed,
+                                                 epoch=progress.epoch),
                                     rank, world_size)
             finished = train_one_epoch(ddp_model, optimizer, scheduler, train_set, batches, progress, config,
                                        device, writer, lambda: bool(signals))
             if not finished:
                 checkpoint(last)
-                why = f"signal {signals[0]}" if signals else f"train.max_steps={train.get('max_steps')}"
+                why = f"signal {signals[0]}" if signals else f"train.max_steps={train.max_steps}"
                 log.info("stopped at epoch %d, step %d (%s); continue with --resume", progress.epoch,
                          progress.step, why)
                 if signals and signals[0] == signal.SIGUSR1 and rank == 0 and os.environ.get("SLURM_JOB_ID"):
@@ -400,7 +378,7 @@ def run(config: dict, exp_dir: str | Path, *, resume: bool = False) -> Progress:
             checkpoint(exp_dir / f"epoch-{epoch}.pt")
             checkpoint(last)
             if rank == 0:
-                prune(exp_dir, progress.history, int(train.get("keep_best", 5)))
+                prune(exp_dir, progress.history, train.keep_best)
     finally:  # in-process callers (tests, notebooks) get their handlers back
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)

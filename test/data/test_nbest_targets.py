@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kdst.data.dataset import Example, collate, make_batches
+from kdst.config import NbestTargetsConfig, build
 from kdst.data.nbest_targets import NbestTargets, load_nbest_targets, mix_gold
 from kdst.errors import DataError, KdstError
 
@@ -119,16 +120,16 @@ def test_missing_pseudo_labels_and_bad_options_are_errors(tmp_path):
     with pytest.raises(KdstError, match="gold_weight"):
         targets("weighted", gold=GOLD, gold_weight=1.0)
     with pytest.raises(KdstError, match="not found"):
-        load_nbest_targets(Features(), {"file": "nope.txt"}, tmp_path, WordTokenizer())
-    with pytest.raises(KdstError, match="unknown"):
-        load_nbest_targets(Features(), {"file": "x", "weights": 1}, tmp_path, WordTokenizer())
+        load_nbest_targets(Features(), NbestTargetsConfig("nope.txt"), tmp_path, WordTokenizer())
+    with pytest.raises(KdstError, match=r"data.nbest_targets.weights: unknown key \(did you mean"):
+        build(NbestTargetsConfig, {"file": "x", "weights": 1}, "data.nbest_targets")
 
 
 def test_load_from_a_data_dir_with_gold(tmp_path):
     (tmp_path / "pseudo_nbest3.txt").write_text(
         "".join(f"{u}-{r} {w} {t}\n" for u, hyps in NBEST.items() for r, (w, t) in enumerate(hyps, 1)))
     (tmp_path / "text").write_text("".join(f"{u} {t}\n" for u, t in GOLD.items()))
-    data = load_nbest_targets(Features(), {"file": "pseudo_nbest3.txt", "mode": "weighted", "gold_weight": 0.2},
+    data = load_nbest_targets(Features(), NbestTargetsConfig("pseudo_nbest3.txt", mode="weighted", gold_weight=0.2),
                               tmp_path, WordTokenizer())
     assert sum(w for w, _ in data["u2"].nbest) == pytest.approx(1.0)
     assert (0.2, [WORDS["w"]]) in data["u2"].nbest

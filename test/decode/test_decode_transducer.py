@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kdst.cli import main
+from kdst.config import parse_config
 from kdst.data.dataset import collate, make_dataset
 from kdst.data.kaldi_dir import DataDir, iter_entries
 from kdst.data.tokenizer import load_tokenizer
@@ -16,7 +17,7 @@ from kdst.decode.decode import decode_data_dir
 from kdst.decode.search import SearchOptions
 from kdst.decode.transducer_search import greedy_search, modified_beam_search
 from kdst.models import Transducer
-from kdst.train.checkpoint import load_model
+from kdst.models.loading import load_model
 from kdst.train.trainer import run
 from transducer_task import make_feature_task, transducer_config
 
@@ -30,7 +31,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = make_feature_task(tmp_path_factory.mktemp("rnnt_decode"))
     exp = root / "exp"
     torch.set_num_threads(1)
-    progress = run(transducer_config(root, streaming=True, epochs=2), exp)
+    progress = run(parse_config(transducer_config(root, streaming=True, epochs=2)), exp)
     assert sorted(progress.history) == [1, 2]
     assert main(["average", "--exp-dir", str(exp), "--num", "2"]) == 0
     model, _ = load_model(exp / "avg_best2.pt")
@@ -70,8 +71,8 @@ def test_decode_writes_the_documented_files(trained, tmp_path: Path, beam: int, 
 
     # the same hypotheses as the searches themselves, one utterance at a time
     model, config = load_model(checkpoint)
-    tokenizer = load_tokenizer(config["data"]["tokenizer"])
-    dataset = make_dataset(config["data"], root / "dev", with_targets=False)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    dataset = make_dataset(config.data, root / "dev", with_targets=False)
     for utt in ids[:3]:
         batch = collate([dataset[utt]])
         if beam == 1:
@@ -88,7 +89,7 @@ def test_cli_greedy_with_max_symbols_per_frame(trained, tmp_path: Path):
     assert main([*common, "--greedy", "--max-symbols-per-frame", "1", "--output-dir", str(tmp_path / "g1")]) == 0
     # with one label per frame, greedy and modified beam search share one topology: beam 1 is greedy
     model, config = load_model(checkpoint)
-    dataset = make_dataset(config["data"], root / "dev", with_targets=False)
+    dataset = make_dataset(config.data, root / "dev", with_targets=False)
     batch = collate([dataset[u] for u in dataset.ids])
     beam1 = modified_beam_search(model, batch["src"], batch["src_lengths"], beam=1)
     nbests = read_nbest(tmp_path / "g1" / "nbest.txt")

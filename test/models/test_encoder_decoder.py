@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdst.errors import KdstError
+
 from kdst.models import build_model
 from kdst.models.encoder_decoder import decoder_io
 from kdst.models.encoders import lengths_to_mask
@@ -104,10 +106,16 @@ def test_ctc_on_the_source_transcript():
 
 
 def test_unknown_options_are_errors():
-    with pytest.raises(ValueError, match="unknown model option"):
+    with pytest.raises(KdstError, match=r"model.dropuot: unknown key"):
         build_model({**CONFIGS["text"], "dropuot": 0.1})
-    with pytest.raises(ValueError, match="unknown speech encoder type"):
+    with pytest.raises(KdstError, match="model.encoder.type: 'lstm' is not one of conformer, transformer"):
         build_model({**CONFIGS["transformer"], "encoder": {"type": "lstm"}})
+    with pytest.raises(KdstError, match="model.encoder.heads: 3 heads do not divide d_model"):
+        build_model({**CONFIGS["transformer"], "encoder": {"heads": 3}})
+    with pytest.raises(KdstError, match="model.d_model: must be >= 1, not 0"):
+        build_model({**CONFIGS["transformer"], "d_model": 0})
+    with pytest.raises(KdstError, match="model.encoder.type: 'conformer' is not an encoder for input text"):
+        build_model({**CONFIGS["text"], "encoder": {"type": "conformer"}})
 
 
 

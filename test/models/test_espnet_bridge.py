@@ -23,6 +23,8 @@ Tiny MT and ASR models are built with ESPnet's task builders and saved in ESPnet
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import random
 import zipfile
 
@@ -219,6 +221,7 @@ def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
     from kdst.losses import word_kd_loss
     from kdst.models import build_model
     from kdst.train.kd import WordKD, setup_distillation
+    from kdst.config import parse_kd
     from kdst.train.trainer import build_datasets, load_config
 
     ids = [f"utt{i:03d}" for i in range(40)]
@@ -228,13 +231,13 @@ def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
                                           "text": dict(zip(names, mt["tgt"][rows])),
                                           "utt2spk": {u: u for u in names}})
     train_tokenizer(tmp_path / "tok_en", [tmp_path / "train" / "text.en"], type="char")  # the student's own source
-    config = load_config(write_config(tmp_path, tmp_path / "student.yaml"))
-    config["data"]["tokenizer"] = mt["config"]["data"]["tokenizer"]  # adopted from the teacher
-    train_set, _, sizes = build_datasets(config["data"])
+    config = load_config(write_config(tmp_path, tmp_path / "student.yaml"),  # the tokenizer adopted from the teacher
+                         [f"data.tokenizer={mt['config']['data']['tokenizer']}"])
+    train_set, _, sizes = build_datasets(config.data)
     torch.manual_seed(0)
-    student = build_model({**config["model"], **sizes}).eval()
-    kd = {"teacher_espnet": str(mt["exp"]), "weight": 0.5, "temperature": 2.0}
-    loss_model, kd_set = setup_distillation(kd, student, train_set, config["data"], torch.device("cpu"))
+    student = build_model(replace(config.model, **sizes)).eval()
+    kd = parse_kd({"teacher": f"espnet:{mt['exp']}", "weight": 0.5, "temperature": 2.0}, config.model)
+    loss_model, kd_set = setup_distillation(kd, student, train_set, config.data, torch.device("cpu"))
     assert isinstance(loss_model, WordKD) and loss_model.teacher is not None
 
     batch = collate([kd_set[u] for u in ids[:5]])
@@ -260,4 +263,4 @@ def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
     other = tmp_path / "tok_other"
     train_tokenizer(other, [tmp_path / "train" / "text"], type="char")
     with pytest.raises(KdstError, match="kdst espnet-tokenizer"):
-        setup_distillation(kd, student, train_set, {**config["data"], "tokenizer": str(other)}, torch.device("cpu"))
+        setup_distillation(kd, student, train_set, replace(config.data, tokenizer=str(other)), torch.device("cpu"))

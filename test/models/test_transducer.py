@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from kdst.errors import KdstError
 import torchaudio
 
 from kdst.decode.transducer_search import greedy_search
@@ -113,7 +115,7 @@ def test_build_from_config_and_unknown_options():
            ({**config(), "predictor": {"type": "gru"}}, "gru"),
            ({**config(), "joiner": {"dim": 8, "act": "relu"}}, "act")]
     for cfg, word in bad:
-        with pytest.raises(ValueError, match=word):
+        with pytest.raises(KdstError, match=word):
             build_model(cfg)
 
 

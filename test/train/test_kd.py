@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import yaml
 
 from helpers import make_mt_task, write_config
+from kdst.config import parse_kd
 from kdst.data.dataset import collate
 from kdst.data.teacher_cache import TeacherCache
 from kdst.teacher.topk import write_cache
@@ -31,10 +33,10 @@ def task(tmp_path_factory) -> dict:
 
 def student_setup(task: dict, kd: dict, seed: int = 0):
     config = load_config(write_config(task["root"], task["root"] / "student.yaml"))
-    train_set, _, sizes = build_datasets(config["data"])
+    train_set, _, sizes = build_datasets(config.data)
     torch.manual_seed(seed)
-    student = build_model({**config["model"], **sizes}).eval()
-    loss_model, kd_set = setup_distillation(kd, student, train_set, config["data"], CPU)
+    student = build_model(replace(config.model, **sizes)).eval()
+    loss_model, kd_set = setup_distillation(parse_kd(kd, config.model), student, train_set, config.data, CPU)
     return student, loss_model, kd_set
 
 
@@ -87,12 +89,12 @@ def test_cache_must_match_the_training_run(task, tmp_path):
     assert cache.fingerprint["k"] == 4 and cache.fingerprint["text"] == "text"
     assert cache.bytes_per_token() == 4 * (2 + 2)
     # Another target text (a Seq-KD student) than the cache was made for.
-    config = load_config(write_config(root, root / "s.yaml"))
-    config["data"]["text"] = "text.en"
-    train_set, _, sizes = build_datasets(config["data"])
-    student = build_model({**config["model"], **sizes})
+    config = load_config(write_config(root, root / "s.yaml"), ["data.text=text.en"])
+    train_set, _, sizes = build_datasets(config.data)
+    student = build_model(replace(config.model, **sizes))
     with pytest.raises(KdstError, match=r"does not match this training run: text \(text != text.en\)"):
-        setup_distillation({"cache": str(tmp_path / "cache")}, student, train_set, config["data"], CPU)
+        setup_distillation(parse_kd({"cache": str(tmp_path / "cache")}, config.model), student, train_set,
+                           config.data, CPU)
     # Another teacher checkpoint than the one that made the cache.
     other = tmp_path / "other.pt"
     saved = torch.load(task["teacher"], weights_only=False)

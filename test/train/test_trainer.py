@@ -18,7 +18,8 @@ from kdst.data.dataset import make_batches, TextDataset
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
 from kdst.models.encoder_decoder import EncoderDecoder
-from kdst.train.checkpoint import average, epoch_checkpoints, load_model
+from kdst.models.loading import load_model
+from kdst.train.checkpoint import average, epoch_checkpoints
 from kdst.train.trainer import load_config, run
 
 
@@ -131,7 +132,7 @@ def test_non_finite_loss_names_the_utterances(mt_data: Path, tmp_path: Path, mon
 def test_resume_refuses_another_model_config(mt_data: Path, tmp_path: Path):
     config_path = write_config(mt_data, tmp_path / "c.yaml", epochs=1)
     run(load_config(config_path), tmp_path / "exp")
-    with pytest.raises(KdstError, match=r"was trained with another model config \(d_model differ\)"):
+    with pytest.raises(KdstError, match=r"was trained with another config \(model.d_model differ\)"):
         run(load_config(config_path, ["model.d_model=64"]), tmp_path / "exp", resume=True)
     # the length of training may change
     assert run(load_config(config_path, ["train.epochs=2"]), tmp_path / "exp", resume=True).epoch == 3

@@ -1,0 +1,160 @@
+"""The sections of a training config besides ``model``: data, optim, train and kd.
+
+Every default of ``kdst train`` is a field default here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kdst.config.schema import require
+
+
+@dataclass(frozen=True)
+class NbestTargetsConfig:
+    """A teacher's N-best pseudo labels as training targets (kdst.data.nbest_targets)."""
+    file: str  # relative to the training data dir, e.g. pseudo_nbest5.txt
+    mode: Literal["expand", "sample", "weighted"] = "weighted"
+    gold_weight: float = 0.0  # the reference's share, mixed in as one more hypothesis
+
+    def __post_init__(self):
+        require(0.0 <= self.gold_weight <= 1.0, "gold_weight", f"must be in [0, 1], not {self.gold_weight}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they are batched.  A model's checkpoint keeps the
+    section it was trained with, so decoding and teacher outputs read data the same way."""
+    input: Literal["speech", "text"] = "speech"
+    train: str | None = None  # Kaldi data dirs
+    valid: str | None = None
+    tokenizer: str | None = None  # target tokenizer dir
+    text: str = "text"  # the data dir's file of training targets (text.seqkd: a teacher's 1-best)
+    valid_text: str | None = None  # validation targets (default: text); students of teacher outputs use gold
+    src_text: str | None = None  # input text: the source side (text.en)
+    src_tokenizer: str | None = None
+    ctc_text: str | None = None  # CTC targets from another text file (ST: the transcript)
+    ctc_tokenizer: str | None = None
+    cmvn: str | None = None  # global CMVN statistics (Kaldi matrix)
+    max_units: int | None = None  # padded frames (speech) or tokens (text) per batch
+    max_items: int = 10_000  # utterances per batch
+    nbest_targets: NbestTargetsConfig | None = None
+    num_workers: int = 2  # DataLoader processes building batches (0: in the training process)
+
+    def __post_init__(self):
+        if self.input == "text":
+            require(self.src_text is not None, "src_text", "required when data.input is text")
+            require(self.src_tokenizer is not None, "src_tokenizer", "required when data.input is text")
+        require(self.ctc_text is None or self.ctc_tokenizer is not None, "ctc_tokenizer",
+                "required with data.ctc_text")
+        require(self.max_units is None or self.max_units >= 1, "max_units", f"must be >= 1, not {self.max_units}")
+        require(self.max_items >= 1, "max_items", f"must be >= 1, not {self.max_items}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, not {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a learning-rate schedule: noam (warmup, then 1/sqrt), linear decay or constant."""
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    schedule: Literal["noam", "linear", "constant"] = "noam"
+    warmup_steps: int = 1000
+    total_steps: int | None = None  # linear: where the rate reaches 0
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", f"must be > 0, not {self.lr}")
+        require(all(0.0 <= b < 1.0 for b in self.betas), "betas", f"must be in [0, 1), not {list(self.betas)}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, not {self.weight_decay}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, not {self.warmup_steps}")
+        if self.schedule == "linear":
+            require(self.total_steps is not None and self.total_steps >= 1, "total_steps",
+                    "required (>= 1) with schedule linear")
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment (Park et al. 2019), drawn per utterance."""
+    freq_masks: int = 2
+    freq_width: int = 27  # F: widest frequency mask, in bins
+    time_masks: int = 2
+    time_width: int = 40  # T: widest time mask, in frames
+    time_ratio: float = 0.2  # p: no time mask covers more than this share of an utterance
+
+    def __post_init__(self):
+        for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, not {getattr(self, key)}")
+        require(0.0 < self.time_ratio <= 1.0, "time_ratio", f"must be in (0, 1], not {self.time_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many optimiser steps (0: no limit); resume continues
+    accum_grad: int = 1  # micro-batches per optimiser step
+    clip: float = 5.0  # gradient norm
+    seed: int = 1
+    keep_best: int = 5  # epoch checkpoints kept by validation loss (and the last two)
+    log_interval: int = 50  # optimiser steps between statistics
+    nan: Literal["skip", "stop"] = "skip"  # a non-finite loss: drop that step, or stop with the utterances
+    specaugment: SpecAugmentConfig | None = None
+    bf16: bool = True  # autocast on a GPU
+    init: str | None = None  # fine-tuning: start from this checkpoint's weights, fresh optimiser
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", f"must be >= 1, not {self.epochs}")
+        require(self.max_steps >= 0, "max_steps", f"must be >= 0, not {self.max_steps}")
+        require(self.accum_grad >= 1, "accum_grad", f"must be >= 1, not {self.accum_grad}")
+        require(self.clip > 0, "clip", f"must be > 0, not {self.clip}")
+        require(self.keep_best >= 1, "keep_best", f"must be >= 1, not {self.keep_best}")
+        require(self.log_interval >= 1, "log_interval", f"must be >= 1, not {self.log_interval}")
+
+    # What may change when a stopped run continues (--resume): how long it runs and what it says.
+    RESUMABLE_CHANGES = ("epochs", "max_steps", "log_interval", "keep_best", "nan")
+
+
+def _check_kd(weight: float, temperature: float) -> None:
+    require(0.0 <= weight <= 1.0, "weight", f"must be in [0, 1], not {weight}")
+    require(temperature > 0, "temperature", f"must be > 0, not {temperature}")
+
+
+@dataclass(frozen=True)
+class OnlineWordKDConfig:
+    """Word-level KD from a teacher run in every step: ``(1 - weight) * CE + weight * KD``."""
+    teacher: str  # a teacher reference (kdst.models.teacher): a checkpoint path or espnet:PATH
+    weight: float = 0.5
+    temperature: float = 1.0
+    t2_scale: bool = False  # multiply the KD term by T^2 (Hinton et al.)
+    src_text: str | None = None  # the data dir's file the MT teacher reads (default: the teacher's own)
+
+    def __post_init__(self):
+        _check_kd(self.weight, self.temperature)
+
+
+@dataclass(frozen=True)
+class CachedWordKDConfig:
+    """Word-level KD from a ``kdst topk`` cache of the teacher's distributions."""
+    cache: str
+    teacher: str | None = None  # when given, the cache must have been made by this teacher
+    weight: float = 0.5
+    temperature: float = 1.0
+    t2_scale: bool = False
+
+    def __post_init__(self):
+        _check_kd(self.weight, self.temperature)
+
+
+@dataclass(frozen=True)
+class LatticeKDConfig:
+    """Transducer KD over the RNN-T lattice from an online transducer teacher."""
+    teacher: str
+    weight: float = 0.5
+    temperature: float = 1.0
+    mode: Literal["full", "collapsed"] = "full"  # KL over V, or over {label, blank, rest}
+
+    def __post_init__(self):
+        _check_kd(self.weight, self.temperature)
+
+
+KdConfig = OnlineWordKDConfig | CachedWordKDConfig | LatticeKDConfig

@@ -1,0 +1,74 @@
+"""kdst checkpoints: reading one safely, and a model from it, for decoding, teachers and fine-tuning.
+
+A checkpoint is a ``torch.save`` dict with ``model`` (the state dict) and ``config`` (the
+training config's plain values, kdst.config); training checkpoints add the optimiser,
+scheduler, progress and RNG states.  Every way a file can fail to be one (missing,
+truncated, not a torch file, another dict, weights of another shape) is a one-line
+KdstError naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdst.config import ConfigError, TrainingConfig, parse_config
+from kdst.errors import KdstError
+from kdst.models import build_model
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """The dict a kdst checkpoint holds, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdstError(f"{path}: {what} not found")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise KdstError(f"{path}: not a readable {what} (truncated or not a torch file: {reason})") from None
+    if not isinstance(saved, dict) or "model" not in saved or "config" not in saved:
+        raise KdstError(f"{path}: not a kdst {what} (no model weights and config in it)")
+    return saved
+
+
+def saved_config(saved: dict, path: str | Path) -> TrainingConfig:
+    """The training config a checkpoint was made with."""
+    try:
+        return parse_config(saved["config"])
+    except ConfigError as e:
+        raise KdstError(f"{path}: the config saved in this checkpoint is not one this kdst reads: {e}") from None
+
+
+def load_weights(model: nn.Module, weights: dict, path: str | Path) -> None:
+    """``model.load_state_dict(weights)``, or one line saying how the checkpoint's model differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape, e.g. {k} {tuple(weights[k].shape)} "
+                         f"where this model has {tuple(own[k].shape)}")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        raise KdstError(f"{path}: the weights are of another model ({'; '.join(parts)})")
+    model.load_state_dict(weights)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainingConfig]:
+    """A model in eval mode from any kdst checkpoint (epoch, last or averaged), with its config."""
+    saved = read_checkpoint(checkpoint)
+    config = saved_config(saved, checkpoint)
+    model = build_model(config.model)
+    load_weights(model, saved["model"], checkpoint)
+    return model.to(device).eval(), config

@@ -1,0 +1,115 @@
+"""The teacher reference: one string names a teacher everywhere, and one function loads it.
+
+    exp/mt_teacher/avg_best5.pt     a kdst checkpoint (any path without a known prefix)
+    espnet:exp/mt_espnet            an ESPnet2 exp dir, packed zip or config.yaml (kdst.models.espnet_bridge)
+
+Decoding (``kdst decode --model``), the top-k cache (``kdst topk --teacher``), n-best
+generation, online word-level KD and transducer KD (``kd.teacher``) all take such a
+string and call :func:`load_teacher`, which gives the model with what reading data for
+it needs: its data config (tokenizers, input kind, text files) and target tokenizer, and
+the digest of the file holding its weights, which teacher outputs record so a reader
+can tell they came from this teacher.  A new kind of teacher (a hub model) is one more
+prefix here and one more loader beside :func:`_load_espnet`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdst.config import ConfigError, DataConfig, build
+from kdst.data.files import file_digest
+from kdst.data.tokenizer import Tokenizer, load_tokenizer
+from kdst.errors import KdstError
+from kdst.models.loading import load_model
+
+KINDS = ("kdst", "espnet")
+PLANNED = {"hf": "Hugging Face hub teachers are not supported yet"}
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    kind: str  # "kdst" or "espnet"
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "kdst" else f"{self.kind}:{self.path}"
+
+
+def parse_reference(reference: str | os.PathLike) -> TeacherRef:
+    """``espnet:PATH`` or a kdst checkpoint path; a known-but-unsupported prefix is an error."""
+    text = os.fspath(reference)
+    if not text:
+        raise KdstError("empty teacher reference (a checkpoint path or espnet:PATH)")
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in PLANNED:
+        raise KdstError(f"{text}: {PLANNED[prefix]} (teachers: a kdst checkpoint path or espnet:PATH)")
+    if sep and prefix in KINDS and prefix != "kdst":
+        if not rest:
+            raise KdstError(f"{text}: no path after '{prefix}:'")
+        return TeacherRef(prefix, Path(rest))
+    return TeacherRef("kdst", Path(text))
+
+
+def absolute_reference(reference: str) -> str:
+    """The same reference with an absolute path (for jobs that run in another directory)."""
+    ref = parse_reference(reference)
+    return str(replace(ref, path=ref.path.resolve()))
+
+
+@dataclass(frozen=True)
+class Teacher:
+    reference: str
+    model: nn.Module  # in eval mode
+    data: DataConfig  # how the teacher reads a data dir (tokenizers, input kind, text files)
+    tokenizer: Tokenizer  # its target vocabulary
+    model_file: Path  # the file holding its weights
+    digest: str  # of model_file; recorded by teacher outputs
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.vocab_size)
+
+
+def load_teacher(reference: str | os.PathLike, device: str | torch.device = "cpu", *,
+                 src_text: str | None = None) -> Teacher:
+    """The teacher a reference names, in eval mode on ``device``.  ``src_text``: the data dir's
+    source text file an MT teacher reads, instead of the one it was trained with."""
+    ref = parse_reference(reference)
+    if ref.kind == "espnet":
+        model, data, model_file = _load_espnet(ref.path, device)
+    else:
+        model, config = load_model(ref.path, device)
+        data, model_file = config.data, ref.path
+    if src_text is not None:
+        if data.input != "text":
+            raise KdstError(f"{reference}: a source text file ({src_text}) is for MT teachers; this one reads speech")
+        data = replace(data, src_text=src_text)
+    return Teacher(str(ref), model, data, load_tokenizer(data.tokenizer), model_file, file_digest(model_file))
+
+
+def teacher_digest(reference: str | os.PathLike) -> str:
+    """The digest :func:`load_teacher` would give, without building the model."""
+    ref = parse_reference(reference)
+    if ref.kind == "espnet":
+        from kdst.models.espnet_bridge import resolve
+
+        return file_digest(resolve(ref.path).model_file)
+    if not ref.path.is_file():
+        raise KdstError(f"{ref.path}: teacher checkpoint not found")
+    return file_digest(ref.path)
+
+
+def _load_espnet(path: Path, device) -> tuple[nn.Module, DataConfig, Path]:
+    from kdst.models.espnet_bridge import load_espnet_teacher
+
+    model, config = load_espnet_teacher(path, device)
+    try:
+        data = build(DataConfig, config["data"], "data")
+    except ConfigError as e:
+        raise KdstError(f"{path}: {e}") from None
+    return model, data, Path(config["checkpoint"])
