@@ -268,13 +268,21 @@ def validate(model, dataset, config: dict, device: torch.device) -> dict[str, fl
     batches = make_batches(dataset.src_lengths, config.data.max_units, shuffle=False)
     if dist.is_initialized():
         batches = batches[dist.get_rank()::dist.get_world_size()]
-    running = RunningStats(device)
+    # nll * n, acc * n, n, n where acc is known: a fixed layout, so a rank left without a batch
+    # (fewer batches than ranks) still joins the all-reduce instead of hanging the others
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     for batch in batch_loader(dataset, batches, num_workers=config.data.num_workers, device=device):
-        running.add(compute_loss(model, batch, config, device)[1])
-    means, ntokens = running.read()
-    result = {"nll": means.get("nll", 0.0), "ntokens": ntokens}
-    if "acc" in means:  # a transducer has no token accuracy
-        result["acc"] = means["acc"]
+        stats = compute_loss(model, batch, config, device)[1]
+        n, acc = stats["ntokens"].double(), stats.get("acc")  # a transducer has no token accuracy
+        known = n if acc is not None else torch.zeros_like(n)
+        totals += torch.stack([stats["nll"].double() * n, (acc.double() if acc is not None else 0.0) * known,
+                               n, known])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    nll, acc, n, known = totals.tolist()
+    result = {"nll": nll / max(n, 1.0), "ntokens": n}
+    if known > 0:
+        result["acc"] = acc / known
     return result
 
 
