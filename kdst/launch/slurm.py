@@ -3,8 +3,8 @@
     kdst launch --backend slurm --config conf/slurm.yaml [--gpu N] [--max-jobs M] JOB=1:N LOG CMD ...
 
 Job ``i`` is array task ``i`` (``--array=1-N%M``).  Each task runs
-``python -m kdst.slurm task FILE`` on its node: that wrapper runs the command
-through :func:`kdst.launch.run_job`, so the log has the same header and
+``python -m kdst.launch.slurm task FILE`` on its node: that wrapper runs the command
+through :func:`kdst.launch.jobs.run_job`, so the log has the same header and
 exit-code footer as a local job, then writes the exit status to a status file
 (temporary name + rename).  The launcher polls those files, with backoff, and
 asks ``squeue`` now and then which tasks are still queued, to notice one that
@@ -49,7 +49,8 @@ import yaml
 
 from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
-from kdst.launch import KILL_AFTER_S, Backend, Job, LaunchInterrupted, catch_signals, run_job
+from kdst.launch.jobs import KILL_AFTER_S, Backend, Job, LaunchInterrupted, catch_signals, run_job
+from kdst.launch.requeue import REQUEUED_EXIT, scontrol
 
 # Status polling: fast at first (short tasks), then every few seconds (a long stage).
 FIRST_POLL_S, MAX_POLL_S = 0.05, 5.0
@@ -57,8 +58,6 @@ SQUEUE_EVERY_S = 15.0  # squeue costs the controller an RPC: not at every poll
 # A task that left the queue without a status file is reported this long after: a shared
 # filesystem may show the submitting machine a new file later than Slurm forgets the task.
 VANISHED_AFTER_S = 60.0
-# A trainer that saved a checkpoint and had its Slurm job requeued exits with this (EX_TEMPFAIL).
-REQUEUED_EXIT = 75
 
 
 @dataclass(frozen=True)
@@ -168,6 +167,10 @@ class SlurmBackend(Backend):
         super().__init__(gpu=gpu or options.gpus_per_task)
         self.options = options
 
+    @classmethod
+    def from_config(cls, config: str | None, *, gpu: int = 0) -> SlurmBackend:
+        return cls(gpu=gpu, options=load_options(config) if config else SlurmOptions())
+
     def default_max_jobs(self) -> int | None:
         return self.options.max_jobs  # None: as many as the cluster gives
 
@@ -189,7 +192,7 @@ class SlurmBackend(Backend):
         output = str(work.resolve() / tag).replace("%", "%%") + ".%a.out"  # sbatch expands %a: the task id
         argv = sbatch_argv(self.options, indices=[j.index for j in jobs], max_jobs=max_jobs, gpu=self.gpu,
                            name=f"kdst-{stem}", output=output,
-                           command=f"exec {sys.executable} -m kdst.slurm task {jobs_file}")
+                           command=f"exec {sys.executable} -m kdst.launch.slurm task {jobs_file}")
         with catch_signals() as received:
             result = _slurm(argv)
             if result.returncode != 0:
@@ -283,20 +286,9 @@ def requeued() -> bool:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
-    result = _slurm(["scontrol", "show", "job", "--oneliner", job], timeout=30)
+    result = scontrol("show", "job", "--oneliner", job)
     match = re.search(r"\bRestarts=(\d+)", result.stdout)
     return bool(match) and int(match.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-
-
-def requeue() -> bool:
-    """Requeue this Slurm job (it restarts from its batch script, later); False if not under Slurm or refused."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return False
-    result = _slurm(["scontrol", "requeue", job], timeout=30)
-    if result.returncode != 0:
-        print(f"kdst: cannot requeue Slurm job {job}: {result.stderr.strip()}", file=sys.stderr)
-    return result.returncode == 0
 
 
 def run_task(jobs_file: Path, index: int) -> int:
@@ -340,7 +332,7 @@ def run_task(jobs_file: Path, index: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "task" or "SLURM_ARRAY_TASK_ID" not in os.environ:
-        print("usage: python -m kdst.slurm task JOBS_FILE   (inside a Slurm array task)", file=sys.stderr)
+        print("usage: python -m kdst.launch.slurm task JOBS_FILE   (inside a Slurm array task)", file=sys.stderr)
         return 2
     return run_task(Path(argv[1]), int(os.environ["SLURM_ARRAY_TASK_ID"]))
 

@@ -15,7 +15,7 @@ import pytest
 from kdst.errors import KdstError
 from kdst.launch import BACKENDS, Job, LocalBackend, launch, parse_job_range, run_job, shell_join
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def body(log: Path) -> list[str]:

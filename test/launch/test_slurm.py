@@ -19,10 +19,10 @@ import torch
 import yaml
 
 from helpers import REPO, copy_recipe, make_mt_task, run_recipe, write_config
-from kdst import slurm as kslurm
+from kdst.launch import slurm as kslurm
 from kdst.errors import KdstError
 from kdst.launch import launch
-from kdst.slurm import SlurmOptions, array_spec, load_options, sbatch_argv
+from kdst.launch.slurm import SlurmOptions, array_spec, load_options, sbatch_argv
 
 SBATCH_TRAIN = REPO / "egs" / "TEMPLATE" / "utils" / "slurm_train.sbatch"
 
