@@ -44,6 +44,12 @@ def test_help_lists_options_with_current_values(recipe: Path):
     (["--kd-modes", "none words"],
      "unknown --kd-modes entry 'words' (none word seqkd seqinter seqkd+word seqinter+word)"),
     (["--word-kd-source", "disk"], "--word-kd-source must be cache or online"),
+    (["--teacher", "exp/mt/avg_best5.pt"],
+     "--teacher exp/mt/avg_best5.pt: empty (stage 4 trains the teacher) or espnet:PATH"),
+    (["--teacher", "espnet:/no/such/model"], "--teacher espnet:/no/such/model: /no/such/model not found"),
+    (["--teacher-espnet", "/no/such/model"], "--teacher espnet:/no/such/model: /no/such/model not found"),
+    (["--teacher", "espnet:a", "--teacher-espnet", "b"],
+     "--teacher espnet:a and --teacher-espnet b name two teachers: give one"),
 ])
 def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
     result = run_recipe(recipe, *args)

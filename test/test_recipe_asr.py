@@ -85,8 +85,17 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
         assert r["param_reduction"] > 10  # the mini students are 1/16 of the teacher
         assert r["wer_abs_change"] == pytest.approx(r["wer"] - teacher["wer"], abs=0.01)
         assert r["size_estimated"] is False and r["decode"] == teacher["decode"]
+    # what the training stages registered, and the report took the teacher and the modes from
+    registered = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
+    assert list(registered) == systems
+    assert {k: registered["asr_teacher"][k] for k in ("task", "role", "model")} == \
+        {"task": "asr", "role": "teacher", "model": "exp/asr_teacher/avg_best2.pt"}
+    for mode in MODES:
+        student = registered[f"asr_small_{mode}"]
+        assert (student["role"], student["mode"], student["arch"], student["seed"]) == ("student", mode, "small", 1)
+        assert student["teacher"] == (None if mode == "gold" else "exp/asr_teacher/avg_best2.pt")
     table = (exp / "RESULTS.md").read_text()
-    assert "× smaller" in table and "Warning" not in table
+    assert "× smaller" in table and "Warning" not in table and "teacher asr_teacher" in table
     assert (exp / "compression.png").read_bytes()[:4] == b"\x89PNG"
 
     again = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",

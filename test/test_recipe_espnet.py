@@ -9,6 +9,7 @@ stage 7 the n-best on the training set and stage 8 rescores it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,10 @@ def test_an_espnet_teacher_drives_the_teacher_stages(tmp_path: Path):
                         env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing to train" in result.stderr
+    # --teacher-espnet EXP is --teacher espnet:EXP: the one reference every teacher stage was given
+    registered = json.loads((recipe / "exp" / "systems.json").read_text())["systems"]
+    assert [(s["name"], s["role"], s["model"]) for s in registered] == \
+        [("mt_teacher", "teacher", f"espnet:{exp.resolve()}")]
 
     # Stage 3: the students' target vocabulary is the teacher's.
     tokens = load_tokenizer(recipe / "data" / "tokens" / "de_espnet")

@@ -119,6 +119,11 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     assert matrix["archs"] == list(ARCHS) and matrix["modes"] == list(MODES)
     assert matrix["cells"]["hard+soft"]["streaming"]["wer"] == results["rnnt_streaming_hard_soft"]["wer"]
     assert [r["system"] for r in matrix["noisy_student"]] == ["rnnt_teacher", "ns_gen1"]
+    registered = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
+    assert list(registered) == systems  # each training stage registered what it trained
+    assert registered["rnnt_streaming_hard_soft"]["mode"] == "hard+soft"
+    assert registered["ns_gen1"]["role"] == "noisy-student"
+    assert registered["ns_gen1"]["teacher"] == registered["rnnt_teacher"]["model"]
     table = (exp / "RESULTS.md").read_text()
     assert table.startswith("# Results (tst-COMMON)") and "| rnnt_streaming_soft_collapsed |" in table
     assert "| mode | same (" in table and "| hard + soft |" in table and "### Noisy-student generations" in table

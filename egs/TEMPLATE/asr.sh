@@ -20,6 +20,8 @@
 # epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss).
 # --gold-weight mixes the reference into the N-best modes.  Students are exp/asr_<size>_<mode>,
 # each trained from conf/train_student_<size>.yaml with the same settings for every mode.
+# The training stages register each system in exp/systems.json (kdst systems add: role, size,
+# mode, teacher): the compression report takes the teacher and the students' modes from there.
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -120,7 +122,7 @@ decode_sets() {
   local exp=exp/$1 set
   shift
   for set in "$@"; do
-    kdst decode --checkpoint "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+    kdst decode --model "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
       --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$max_len_ratio" \
       --nj "$decode_nj" --cmd "$decode_cmd"
   done
@@ -129,7 +131,10 @@ decode_sets() {
 teacher=exp/asr_teacher/avg_best$n_average.pt
 nbest_dir=exp/asr_teacher/nbest_$train_sp
 
-train_teacher() { train_model exp/asr_teacher "$teacher_config" "$asr_data"; }
+train_teacher() {
+  train_model exp/asr_teacher "$teacher_config" "$asr_data"
+  kdst systems add --name asr_teacher --task asr --role teacher --arch teacher --model "$teacher"
+}
 
 evaluate_teacher() {
   # shellcheck disable=SC2046  # the dev set once, also when it is a test set (WSJ: test_dev93)
@@ -144,7 +149,7 @@ teacher_nbest() {
     log "every student trains on gold references; no teacher n-best needed"
     return 0
   fi
-  kdst decode --checkpoint "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
+  kdst decode --model "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
     --beam "$nbest_beam" --nbest "$nbest_beam" --max-len-ratio "$max_len_ratio" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
@@ -179,10 +184,13 @@ students() {
 }
 
 train_student() {
-  local size=${1%%_*} mode=${1#*_}
+  local size=${1%%_*} mode=${1#*_} learnt_from=()
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=$student_threads train_model "exp/asr_$1" "conf/train_student_$size.yaml" \
     "$asr_data $(mode_opts "$mode")"
+  [ "$mode" = gold ] || learnt_from=(--teacher "$teacher")
+  kdst systems add --name "asr_$1" --task asr --role student --mode "$mode" --arch "$size" \
+    --model "exp/asr_$1/avg_best$n_average.pt" "${learnt_from[@]}"
 }
 
 train_students() {
@@ -202,7 +210,8 @@ decode_all() {
 report() {
   local systems
   systems="asr_teacher $(students | sed 's/^/asr_/' | tr '\n' ' ')"
-  kdst compression --systems "$systems" --teacher asr_teacher --set "$report_set" --other-sets "$test_sets"
+  # the teacher, and each student's mode, as the training stages registered them in exp/systems.json
+  kdst compression --systems "$systems" --set "$report_set" --other-sets "$test_sets"
 }
 
 stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }

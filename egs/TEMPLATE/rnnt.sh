@@ -25,6 +25,8 @@
 #   soft-collapsed  the same, distributions collapsed to {label, blank, rest}
 #   hard+soft       the 1-best + KD (--hard-soft-mode full|collapsed)
 # System dirs spell the modes without '+' and '-': rnnt_<arch>_{none,hard,soft_full,soft_collapsed,hard_soft}.
+# The training stages register each system in exp/systems.json (kdst systems add: role, architecture,
+# mode as --kd-modes spells it, teacher): the matrix of stage 10 finds its cells there.
 #
 # Noisy student (stage 8, --ns-iterations N): generation 0 is the stage-4 teacher.  Generation
 # g-1 labels the training pool (and --ns-unlabelled-set) by beam search; the labels are filtered by
@@ -156,14 +158,14 @@ decode_sets() {
   local exp=exp/$1 set
   shift
   for set in "$@"; do
-    kdst decode --checkpoint "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+    kdst decode --model "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
       --output-dir "$exp/decode_$set" --beam "$beam" --nj "$decode_nj" --cmd "$decode_cmd"
   done
 }
 
 # label_set CHECKPOINT SET OUT_DIR: the n-best of a model on a data dir (the teacher's view of it).
 label_set() {
-  kdst decode --checkpoint "$1" --data-dir "data/$2" --output-dir "$3" \
+  kdst decode --model "$1" --data-dir "data/$2" --output-dir "$3" \
     --beam "$nbest_beam" --nbest "$nbest_beam" --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -189,7 +191,10 @@ subset_dir() {
   fi
 }
 
-train_teacher() { train_model exp/rnnt_teacher "$teacher_config" "$rnnt_data"; }
+train_teacher() {
+  train_model exp/rnnt_teacher "$teacher_config" "$rnnt_data"
+  kdst systems add --name rnnt_teacher --task rnnt --role teacher --arch teacher --model "$teacher"
+}
 
 evaluate_teacher() {
   # shellcheck disable=SC2046  # the dev set once, also when it is a test set
@@ -264,11 +269,14 @@ mode_of() {
 }
 
 train_student() {
-  local arch=${1%%_*} mode
+  local arch=${1%%_*} mode learnt_from=()
   mode=$(mode_of "$1")
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=$student_threads train_model "exp/rnnt_$1" "conf/train_student_$arch.yaml" \
     "$rnnt_data $(mode_opts "$mode") $student_opts"
+  [ "$mode" = none ] || learnt_from=(--teacher "$teacher")
+  kdst systems add --name "rnnt_$1" --task rnnt --role student --mode "$mode" --arch "$arch" \
+    --model "exp/rnnt_$1/avg_best$n_average.pt" "${learnt_from[@]}"
 }
 
 train_students() {
@@ -329,6 +337,8 @@ ns_generation() {
     soft|hard+soft) opts="$opts $(kd_opts "$prev" "$hard_soft_mode")" ;;
   esac
   train_model "$exp" "$ns_config" "$rnnt_data $opts $student_opts"
+  kdst systems add --name "ns_gen$g" --task rnnt --role noisy-student --mode "$ns_mode" --arch ns \
+    --model "$(ns_checkpoint "$g")" --teacher "$prev"
   decode_sets "ns_gen$g" "$report_set"
   kdst score --ref "data/$report_set/text" --hyp "$exp/decode_$report_set/hyp.txt" --metrics wer,cer --json \
     >"$exp/score_$report_set.json.tmp"
@@ -358,7 +368,8 @@ decode_all() {
 
 report() {
   kdst results --systems "$(systems | paste -sd' ')" --sets "$test_sets" --metrics wer,cer
-  kdst rnnt-report --exp-dir exp --teacher rnnt_teacher --archs "$student_archs" \
+  # the cells, the teacher and the generations' teachers as the training stages registered them
+  kdst rnnt-report --exp-dir exp --archs "$student_archs" \
     --modes "$kd_modes" --ns-systems "$(ns_systems | paste -sd' ')" --report-set "$report_set" \
     --sets "$test_sets"
 }

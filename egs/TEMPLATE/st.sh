@@ -18,10 +18,16 @@
 # the target), seqinter (the n-best entry closest to the reference), and combinations
 # of a sequence mode with word KD (seqkd+word, seqinter+word; online teacher).
 #
-# --teacher-espnet PATH: an ESPnet2 MT model (exp dir with config.yaml + model file, or a
-# packed zip) is the teacher as it is: stage 3 exports its target token list and BPE model
-# as the students' target tokenizer (they must share one vocabulary), stage 4 trains
-# nothing, and stages 5-9 run it through kdst (kdst.models.espnet_bridge).
+# --teacher REF names the MT teacher, and stages 5-9 hand that same REF to kdst decode
+# --model, kdst topk --teacher and the students' kd.teacher.  Empty (the default): stage 4
+# trains it, REF = exp/mt_teacher/avg_best<n_average>.pt.  espnet:PATH: an ESPnet2 MT model
+# (exp dir with config.yaml + model file, or a packed zip) is the teacher as it is: stage 3
+# exports its target token list and BPE model as the students' target tokenizer (they must
+# share one vocabulary), stage 4 trains nothing, and kdst runs it through
+# kdst.models.espnet_bridge.  --teacher-espnet PATH is the older spelling of --teacher espnet:PATH.
+#
+# Each training stage registers what it trained in exp/systems.json (kdst systems add: task,
+# role, KD mode, teacher, init), where the reports find what a system is.
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -74,7 +80,8 @@ opt beam 5 "beam size for decoding"
 opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
 opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)"
 opt decode_nj 2 "parallel decoding jobs"
-opt teacher_espnet "" "an ESPnet2 MT exp dir or packed zip as the teacher (no teacher training; students adopt its vocabulary)"
+opt teacher "" "the MT teacher: empty = train it (stage 4), espnet:PATH = an ESPnet2 MT exp dir or packed zip (no teacher training; students adopt its vocabulary)"
+opt teacher_espnet "" "the same as --teacher espnet:PATH"
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 11 12 "  # the stages this version of kdst has
@@ -86,6 +93,24 @@ for mode in $kd_modes; do
   esac
 done
 case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must be cache or online" >&2; exit 2 ;; esac
+if [ -n "$teacher_espnet" ]; then
+  if [ -n "$teacher" ] && [ "$teacher" != "espnet:$teacher_espnet" ]; then
+    echo "$prog: --teacher $teacher and --teacher-espnet $teacher_espnet name two teachers: give one" >&2
+    exit 2
+  fi
+  teacher=espnet:$teacher_espnet
+fi
+# espnet_model: the ESPnet teacher's path, empty when stage 4 trains the teacher (stage signatures hold it)
+espnet_model=""
+case $teacher in
+  "") teacher=exp/mt_teacher/avg_best$n_average.pt ;;
+  espnet:*)
+    espnet_model=$(readlink -f "${teacher#espnet:}") || true
+    [ -n "$espnet_model" ] && [ -e "$espnet_model" ] ||
+      { echo "$prog: --teacher $teacher: ${teacher#espnet:} not found" >&2; exit 2; }
+    teacher=espnet:$espnet_model ;;
+  *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher) or espnet:PATH" >&2; exit 2 ;;
+esac
 
 . ./path.sh
 . ./cmd.sh
@@ -96,11 +121,7 @@ src_tokens=data/tokens/${src_lang}_${src_token_type}${src_vocab_size}
 tgt_tokens=data/tokens/${tgt_lang}_${tgt_token_type}${tgt_vocab_size}
 [ "$src_token_type" = char ] && src_tokens=data/tokens/${src_lang}_char
 [ "$tgt_token_type" = char ] && tgt_tokens=data/tokens/${tgt_lang}_char
-if [ -n "$teacher_espnet" ]; then
-  teacher_espnet=$(readlink -f "$teacher_espnet")
-  [ -e "$teacher_espnet" ] || { echo "$prog: --teacher-espnet $teacher_espnet: not found" >&2; exit 2; }
-  tgt_tokens=data/tokens/${tgt_lang}_espnet
-fi
+[[ $teacher == espnet:* ]] && tgt_tokens=data/tokens/${tgt_lang}_espnet
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -116,8 +137,8 @@ prepare_data() {
 train_tokenizers() {
   kdst tokenizer train "$src_tokens" "data/$train_set/text.$src_lang" \
     --type "$src_token_type" --vocab-size "$src_vocab_size"
-  if [ -n "$teacher_espnet" ]; then  # the students adopt the ESPnet teacher's token list and BPE model
-    kdst espnet-tokenizer --teacher-espnet "$teacher_espnet" --out "$tgt_tokens"
+  if [[ $teacher == espnet:* ]]; then  # the students adopt the ESPnet teacher's token list and BPE model
+    kdst espnet-tokenizer --teacher-espnet "$espnet_model" --out "$tgt_tokens"
     return 0
   fi
   kdst tokenizer train "$tgt_tokens" "data/$train_set/text.$tgt_lang" \
@@ -131,56 +152,47 @@ mt_data="--set data.train=$mt_train --set data.valid=data/$dev_set --set data.sr
 st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tgt_tokens
   --set data.cmvn=data/$train_sp/cmvn.ark --set data.ctc_text=text.$src_lang --set data.ctc_tokenizer=$src_tokens"
 
-# decode_sets EXP_DIR MAX_LEN_RATIO SETS...
+# decode_sets MODEL OUTPUT_EXP_DIR MAX_LEN_RATIO SETS...: MODEL a student's checkpoint, or $teacher
 decode_sets() {
-  local exp=$1 ratio=$2 set
-  shift 2
+  local model=$1 exp=$2 ratio=$3 set src=()
+  shift 3
+  [ "$model" != "$teacher" ] || src=(--src-text "text.$src_lang")  # the MT teacher reads the transcripts
   for set in "$@"; do
-    kdst decode --checkpoint "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+    kdst decode --model "$model" "${src[@]}" --data-dir "data/$set" \
       --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$ratio" \
       --nj "$decode_nj" --cmd "$decode_cmd"
   done
 }
 
+# register NAME ROLE MODE [kdst systems add options]: into exp/systems.json, for the reports
+register() {
+  local name=$1 role=$2 mode=$3
+  shift 3
+  kdst systems add --name "$name" --task "$(task_of "$name")" --role "$role" --mode "$mode" "$@"
+}
+task_of() { if [ "$1" = mt_teacher ]; then echo mt; else echo st; fi; }
+
 train_teacher() {
-  if [ -n "$teacher_espnet" ]; then
-    log "the teacher is the ESPnet model $teacher_espnet; nothing to train"
-    return 0
+  if [[ $teacher == espnet:* ]]; then
+    log "the teacher is the ESPnet model $espnet_model; nothing to train"
+  else
+    if [ -n "$mt_extra_sets" ]; then
+      # shellcheck disable=SC2086
+      kdst combine-text "$mt_train" "data/$train_set" $mt_extra_sets --files "text.$src_lang,text"
+    fi
+    train_model exp/mt_teacher "$mt_config" "$mt_data"
   fi
-  if [ -n "$mt_extra_sets" ]; then
-    # shellcheck disable=SC2086
-    kdst combine-text "$mt_train" "data/$train_set" $mt_extra_sets --files "text.$src_lang,text"
-  fi
-  train_model exp/mt_teacher "$mt_config" "$mt_data"
+  register mt_teacher teacher none --arch mt --model "$teacher"
 }
 
 evaluate_teacher() {
-  local set
-  if [ -n "$teacher_espnet" ]; then
-    for set in $dev_set $test_sets; do
-      # shellcheck disable=SC2086
-      kdst decode $teacher_decode_opts --data-dir "data/$set" --output-dir "exp/mt_teacher/decode_$set" \
-        --beam "$beam" --max-len-ratio "$mt_max_len_ratio" --nj "$decode_nj" --cmd "$decode_cmd"
-    done
-  else
-    # shellcheck disable=SC2086
-    decode_sets exp/mt_teacher "$mt_max_len_ratio" $dev_set $test_sets
-  fi
+  # shellcheck disable=SC2086
+  decode_sets "$teacher" exp/mt_teacher "$mt_max_len_ratio" $dev_set $test_sets
   kdst results --systems mt_teacher --sets "$test_sets"
 }
 
-teacher=exp/mt_teacher/avg_best$n_average.pt
 topk_cache=exp/mt_teacher/topk_$train_sp
 nbest_dir=exp/mt_teacher/nbest_$train_sp
-# How the teacher stages name the teacher: a kdst checkpoint, or the ESPnet model.
-teacher_decode_opts="--checkpoint $teacher"
-teacher_topk_opts="--teacher $teacher"
-teacher_kd_opts="--set kd.teacher=$teacher"
-if [ -n "$teacher_espnet" ]; then
-  teacher_decode_opts="--teacher-espnet $teacher_espnet --src-text text.$src_lang"
-  teacher_topk_opts=$teacher_decode_opts
-  teacher_kd_opts="--set kd.teacher_espnet=$teacher_espnet --set kd.teacher_src_text=text.$src_lang"
-fi
 wants() { [[ " $kd_modes " == *"$1"* ]]; }  # wants seq: some mode uses a sequence-level target
 
 teacher_topk_cache() {
@@ -188,8 +200,7 @@ teacher_topk_cache() {
     log "no --kd-modes entry reads the top-k cache; nothing to do"
     return 0
   fi
-  # shellcheck disable=SC2086
-  kdst topk $teacher_topk_opts --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
+  kdst topk --teacher "$teacher" --src-text "text.$src_lang" --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
     --mode "$topk_mode" --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -198,8 +209,7 @@ teacher_nbest() {
     log "no --kd-modes entry uses the teacher's n-best; nothing to do"
     return 0
   fi
-  # shellcheck disable=SC2086
-  kdst decode $teacher_decode_opts --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
+  kdst decode --model "$teacher" --src-text "text.$src_lang" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
     --beam "$nbest_beam" --nbest "$nbest_size" --max-len-ratio "$mt_max_len_ratio" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
@@ -226,7 +236,8 @@ mode_opts() {
   esac
   case $mode in
     *word*)
-      echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature $teacher_kd_opts"
+      echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.teacher=$teacher"
+      echo "--set kd.src_text=text.$src_lang"
       # the cache holds the teacher on the gold references; a sequence target needs the teacher online
       [ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo "--set kd.cache=$topk_cache" ;;
   esac
@@ -234,8 +245,12 @@ mode_opts() {
 }
 
 train_student() {
+  local system learnt_from=()
+  system=$(system_of "$1")
   # shellcheck disable=SC2046
-  OMP_NUM_THREADS=$student_threads train_model "exp/$(system_of "$1")" "$st_config" "$st_data $(mode_opts "$1")"
+  OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" "$st_data $(mode_opts "$1")"
+  [ "$1" = none ] || learnt_from=(--teacher "$teacher")
+  register "$system" student "$1" --arch st --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}"
 }
 
 train_students() {
@@ -243,24 +258,35 @@ train_students() {
   student_threads=$(threads_for $(echo $kd_modes | wc -w)) in_parallel "$student_jobs" train_student $kd_modes
 }
 
-finetuned_systems() {
+finetuned_modes() {
   [ "$finetune" = yes ] || return 0
   local mode
   for mode in $kd_modes; do
-    [[ $mode == *word* ]] && echo "$(system_of "$mode")_ft"
+    [[ $mode == *word* ]] && echo "$mode"
   done
   return 0
 }
 
+finetuned_systems() {
+  local mode
+  for mode in $(finetuned_modes); do echo "$(system_of "$mode")_ft"; done
+}
+
+# finetune_student MODE
 finetune_student() {
+  local from system
+  from=$(system_of "$1")
+  system=${from}_ft
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=$student_threads train_model "exp/$1" "$st_config" \
-    "$st_data --set train.init=exp/${1%_ft}/avg_best$n_average.pt $finetune_opts"
+  OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" \
+    "$st_data --set train.init=exp/$from/avg_best$n_average.pt $finetune_opts"
+  register "$system" student "$1" --arch st --model "exp/$system/avg_best$n_average.pt" --teacher "$teacher" \
+    --init "exp/$from/avg_best$n_average.pt"
 }
 
 finetune_word_kd() {
   # shellcheck disable=SC2046
-  student_threads=$(threads_for $(finetuned_systems | wc -l)) in_parallel "$student_jobs" finetune_student $(finetuned_systems)
+  student_threads=$(threads_for $(finetuned_modes | wc -l)) in_parallel "$student_jobs" finetune_student $(finetuned_modes)
 }
 
 student_systems() {
@@ -273,7 +299,7 @@ decode_students() {
   local system
   for system in $(student_systems); do
     # shellcheck disable=SC2086
-    decode_sets "exp/$system" "$st_max_len_ratio" $test_sets
+    decode_sets "exp/$system/avg_best$n_average.pt" "exp/$system" "$st_max_len_ratio" $test_sets
   done
 }
 
@@ -287,13 +313,13 @@ stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
 run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
-run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $teacher_espnet" train_tokenizers
-run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $teacher_espnet" train_teacher
-run_stage 5 "$beam $mt_max_len_ratio $test_sets $teacher_espnet" evaluate_teacher
-run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $teacher_espnet" teacher_topk_cache
-run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $teacher_espnet" teacher_nbest
-run_stage 8 "$kd_modes $rescore_metric $nbest_size $teacher_espnet" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $teacher_espnet" train_students
+run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $espnet_model" train_tokenizers
+run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $espnet_model" train_teacher
+run_stage 5 "$beam $mt_max_len_ratio $test_sets $espnet_model" evaluate_teacher
+run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $espnet_model" teacher_topk_cache
+run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $espnet_model" teacher_nbest
+run_stage 8 "$kd_modes $rescore_metric $nbest_size $espnet_model" rescore_nbest
+run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model" train_students
 run_stage 10 "$kd_modes $finetune $finetune_opts" finetune_word_kd
 run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune" decode_students
 run_stage 12 "$kd_modes $finetune $test_sets" score_all

@@ -7,6 +7,11 @@ teacher included, is scored on one test set from ``exp/<system>/decode_<set>/``
 size, WER (absolute and relative change) and decoding speed.  Writes
 ``exp/results.json``, ``exp/RESULTS.md`` and ``exp/compression.png`` (WER against
 parameters, one line per training mode across student sizes).
+
+The systems, the teacher and each student's mode come from ``exp/systems.json``
+(kdst.report.systems), where the recipe's training stages registered them; ``--systems``
+and ``--teacher`` choose among them, or name systems the manifest lacks (drawn apart,
+as "other").
 """
 
 from __future__ import annotations
@@ -14,18 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 from kdst import metrics
-from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
-from kdst.report.results import _figure, _save_png, score_system
+from kdst.report import systems as manifest
+from kdst.report.writer import (RESULTS_MD, chart_link, figure, markdown_table, merge_results_json, save_png,
+                                score_decode_dir, write_markdown)
 
 COMPRESSION_PNG = "compression.png"
 BYTES_PER_PARAM = 4  # float32: the estimate when the checkpoint file cannot be measured
 CONDITIONS = ("device", "jobs", "threads", "beam")  # decode settings that change the speed columns
-RECIPE_NAME = re.compile(r"asr_(?P<size>[^_]+)_(?P<mode>.+)")  # the recipe's students: asr_<size>_<mode>
 
 
 def _ratio(num, den, digits: int = 3):
@@ -83,7 +87,7 @@ def collect_compression(exp_root: Path, data_root: Path, systems: list[str], tea
     results: dict[str, dict] = {}
     for system in order:
         st = stats[system]
-        score = score_system(exp_root / system / f"decode_{test_set}", data_root / test_set / text, metric_names)
+        score = score_decode_dir(exp_root / system / f"decode_{test_set}", data_root / test_set / text, metric_names)
         size = checkpoint_bytes(st, exp_root)
         estimated = size is None
         size = st["params"] * BYTES_PER_PARAM if estimated else size
@@ -93,7 +97,7 @@ def collect_compression(exp_root: Path, data_root: Path, systems: list[str], tea
         # A job count is written only by parallel decoding: one job otherwise.
         entry["decode"] = {k: st.get(k, 1 if k == "jobs" else None) for k in CONDITIONS}
         for other in other_sets:
-            entry[f"wer_{other}"] = score_system(exp_root / system / f"decode_{other}", data_root / other / text,
+            entry[f"wer_{other}"] = score_decode_dir(exp_root / system / f"decode_{other}", data_root / other / text,
                                                  ["wer"])["wer"]
         results[system] = entry
     ref = results[teacher]
@@ -105,9 +109,11 @@ def collect_compression(exp_root: Path, data_root: Path, systems: list[str], tea
         entry["wer_abs_change"] = round(entry["wer"] - ref["wer"], 2) + 0.0
         entry["wer_rel_change"] = (round(100 * (entry["wer"] - ref["wer"]) / ref["wer"], 2) + 0.0
                                    if ref["wer"] else None)
-    atomic_write_text(exp_root / "results.json", json.dumps(results, indent=1) + "\n")
-    charts = [COMPRESSION_PNG] if plots and plot_compression(results, teacher, exp_root / COMPRESSION_PNG) else []
-    atomic_write_text(exp_root / "RESULTS.md", markdown(results, teacher, test_set, charts, other_sets))
+    merge_results_json(exp_root, results, order)
+    modes = student_modes(manifest.read_systems(exp_root), order, teacher)
+    charts = [COMPRESSION_PNG] if plots and plot_compression(results, teacher, modes, exp_root / COMPRESSION_PNG) \
+        else []
+    write_markdown(exp_root / RESULTS_MD, markdown(results, teacher, test_set, charts, other_sets))
     return results
 
 
@@ -126,8 +132,7 @@ def markdown(results: dict, teacher: str, test_set: str, charts: list[str] = (),
     header = ["system", "params", "× smaller", "size MB", "WER", "ΔWER abs", "ΔWER rel %",
               *(["CER"] if with_cer else []), *(metrics.LABELS[m] for m in extra),
               *(f"WER {o}" for o in other_sets), "sentences/s", "RTF", "speed-up"]
-    lines = [f"# Compression ({test_set}, teacher {teacher})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, r in results.items():
         cells = [name, f"{r['params'] / 1e6:.2f}M", _fmt(r["param_reduction"], ".2f", "×"),
                  ("~" if r["size_estimated"] else "") + f"{r['size_mb']:.2f}", f"{r['wer']:.2f}",
@@ -135,7 +140,8 @@ def markdown(results: dict, teacher: str, test_set: str, charts: list[str] = (),
                  *([_fmt(r.get("cer"), ".2f")] if with_cer else []), *(_fmt(r.get(m), ".2f") for m in extra),
                  *(_fmt(r.get(f"wer_{o}"), ".2f") for o in other_sets),
                  f"{r['sentences_per_s']:.1f}", _fmt(r["rtf"], ".3f"), _fmt(r["speedup"], ".2f", "×")]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [f"# Compression ({test_set}, teacher {teacher})", "", *markdown_table(header, rows)]
     lines += ["", f"× smaller: the teacher's parameters / the system's. size MB: the decoded checkpoint "
                   f"on disk (10^6 bytes; ~: not found, estimated as {BYTES_PER_PARAM} bytes per parameter). "
                   "ΔWER abs: WER minus the teacher's, in points; ΔWER rel %: that difference in percent of the "
@@ -149,7 +155,7 @@ def markdown(results: dict, teacher: str, test_set: str, charts: list[str] = (),
     else:
         lines += ["", f"Decoded with {_conditions(results[teacher]['decode'])}."]
     for chart in charts:
-        lines += ["", f"![{Path(chart).stem.replace('_', ' ')}]({chart})"]
+        lines += ["", chart_link(chart)]
     return "\n".join(lines) + "\n"
 
 
@@ -157,25 +163,31 @@ def _conditions(decode: dict) -> str:
     return ", ".join(f"{k} {'?' if decode[k] is None else decode[k]}" for k in CONDITIONS)  # ?: not recorded
 
 
-def group_by_mode(names, teacher: str) -> tuple[dict[str, list[str]], list[str]]:
-    """({mode: the recipe's students of that mode}, the other names), the teacher in neither."""
+def student_modes(registered: list[manifest.System], names, teacher: str) -> tuple[dict[str, list[str]], list[str]]:
+    """({mode: the registered students of that mode, in the order of ``names``}, the other names), the
+    teacher in neither.  Students outside the manifest, or registered without a mode, are the others."""
+    labels = manifest.by_name(registered)
     modes: dict[str, list[str]] = {}
     others: list[str] = []
     for name in names:
-        if name != teacher:
-            match = RECIPE_NAME.fullmatch(name)
-            (modes.setdefault(match["mode"], []) if match else others).append(name)
+        if name == teacher:
+            continue
+        system = labels.get(name)
+        if system is not None and system.role == "student" and system.mode:
+            modes.setdefault(system.mode, []).append(name)
+        else:
+            others.append(name)
     return modes, others
 
 
-def plot_compression(results: dict, teacher: str, path: Path) -> bool:
-    """WER against parameters (log scale); the recipe's students coloured by mode, a line per mode
-    through its sizes; the teacher a star, labelled like any student outside the recipe's naming.
+def plot_compression(results: dict, teacher: str, grouped: tuple[dict[str, list[str]], list[str]], path: Path) -> bool:
+    """WER against parameters (log scale); ``grouped`` (student_modes) coloured by mode, a line per mode
+    through its sizes; the teacher a star, labelled like the students no mode groups.
     Always writes (there is at least the teacher)."""
     from matplotlib.ticker import FuncFormatter
 
-    fig, (ax,) = _figure(1, 7.0)
-    modes, others = group_by_mode(results, teacher)
+    fig, (ax,) = figure(1, 7.0)
+    modes, others = grouped
     colours = [f"C{i % 10}" for i in range(len(modes))]
     for (mode, names), colour in zip(modes.items(), colours):
         names = sorted(names, key=lambda n: results[n]["params"])  # the trade-off curve: small to large
@@ -204,16 +216,34 @@ def plot_compression(results: dict, teacher: str, path: Path) -> bool:
     ax.set_title(f"WER against parameters (teacher {teacher})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
+
+
+def registered(exp_root: Path, systems: list[str] | None, teacher: str | None) -> tuple[list[str], str]:
+    """(systems, teacher): those given, else the ASR systems of the manifest and its ASR teacher."""
+    asr = manifest.select(manifest.read_systems(exp_root), task="asr")
+    if systems is None:
+        systems = [s.name for s in asr]
+        if not systems:
+            raise KdstError(f"{manifest.manifest_path(exp_root)} lists no asr system: give --systems and "
+                            "--teacher, or run the training stages (they register what they train)")
+    if teacher is None:
+        teachers = [s.name for s in asr if s.role == "teacher" and s.name in systems]
+        if len(teachers) != 1:
+            raise KdstError(f"{manifest.manifest_path(exp_root)}: {len(teachers)} asr teachers among the systems "
+                            f"({' '.join(teachers) or 'none'}): say which with --teacher")
+        teacher = teachers[0]
+    return systems, teacher
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-dir", type=Path, default=Path("exp"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--systems", required=True, help="space-separated experiment names under --exp-dir, "
-                                                         "the teacher included")
-    parser.add_argument("--teacher", required=True, help="one of --systems: what the others are compared with")
+    parser.add_argument("--systems", help="space-separated experiment names under --exp-dir, the teacher "
+                                          f"included (default: the asr systems of --exp-dir/{manifest.MANIFEST})")
+    parser.add_argument("--teacher", help="one of --systems: what the others are compared with (default: the "
+                                          f"asr teacher of {manifest.MANIFEST})")
     parser.add_argument("--set", required=True, dest="test_set", help="the evaluation set (decode_<set>)")
     parser.add_argument("--text", default="text", help="reference file of the set's data dir")
     parser.add_argument("--metrics", default="wer,cer", help="comma-separated; WER is needed")
@@ -222,8 +252,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    collect_compression(args.exp_dir, args.data_dir, args.systems.split(), args.teacher, args.test_set,
+    systems, teacher = registered(args.exp_dir, args.systems.split() if args.systems else None, args.teacher)
+    collect_compression(args.exp_dir, args.data_dir, systems, teacher, args.test_set,
                         text=args.text, metric_names=metrics.parse_metrics(args.metrics), plots=not args.no_plots,
                         other_sets=tuple(args.other_sets.split()))
-    print((args.exp_dir / "RESULTS.md").read_text(), end="")
+    print((args.exp_dir / RESULTS_MD).read_text(), end="")
     return 0

@@ -6,6 +6,9 @@ against ``data/<set>/<text>`` and the scores are written beside the hypotheses
 (``score.json``), then gathered into one table, with PNG charts beside it:
 ``results.png`` (BLEU and chrF per system) and ``training_curves.png`` (the
 losses a system's trainer logged to ``exp/<system>/tensorboard/``).
+
+The systems are those ``--systems`` names, else every system the recipe registered in
+``exp/systems.json`` (kdst.report.systems), in the order it trained them.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import logging
 from pathlib import Path
 
 from kdst import metrics
-from kdst.data.files import atomic_path, atomic_write_text
 from kdst.errors import KdstError
+from kdst.report import systems as manifest
+from kdst.report.writer import (RESULTS_MD, chart_link, figure, markdown_table, merge_results_json, save_png,
+                                score_decode_dir, write_markdown)
 
 RESULTS_PNG = "results.png"
 CURVES_PNG = "training_curves.png"
@@ -27,12 +32,6 @@ CURVES_PNG = "training_curves.png"
 # train/nll its cross-entropy part, used if an older log lacks train/loss.
 VALID_LOSS_TAGS = ("valid/nll",)
 TRAIN_LOSS_TAGS = ("train/loss", "train/nll")
-
-
-def score_system(decode_dir: Path, reference: Path, metric_names: list[str]) -> dict:
-    result = metrics.score(reference, decode_dir / "hyp.txt", metric_names)
-    atomic_write_text(decode_dir / "score.json", json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str], *, text: str = "text",
@@ -52,7 +51,7 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
             decode_dir = exp_root / system / f"decode_{test_set}"
             if not (decode_dir / "hyp.txt").is_file():
                 raise KdstError(f"{decode_dir}/hyp.txt: missing (run the decoding stage first)")
-            score = score_system(decode_dir, data_root / test_set / text, list(metric_names))
+            score = score_decode_dir(decode_dir, data_root / test_set / text, list(metric_names))
             stats = json.loads((decode_dir / "decode_stats.json").read_text())
             signatures.update(score["signature"])
             entry = {m: score[m] for m in metric_names}
@@ -63,7 +62,7 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
                 entry["rtf"] = stats["rtf"]
             results[system if len(sets) == 1 else f"{system}/{test_set}"] = entry
     table = {"systems": results, "signatures": signatures, "sets": list(sets), "baseline": baseline}
-    atomic_write_text(exp_root / "results.json", json.dumps(results, indent=1) + "\n")
+    merge_results_json(exp_root, results, systems)
     charts: list[str] = []
     if plots:
         if plot_results(table, exp_root / RESULTS_PNG):
@@ -71,7 +70,7 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
         if plot_training_curves(exp_root, systems, exp_root / CURVES_PNG):
             charts.append(CURVES_PNG)
     table["charts"] = charts
-    atomic_write_text(exp_root / "RESULTS.md", markdown(table))
+    write_markdown(exp_root / RESULTS_MD, markdown(table))
     return results
 
 
@@ -90,8 +89,7 @@ def markdown(table: dict) -> str:
         labels.insert(metric_names.index("bleu") + 1, "ΔBLEU")
     # "len ratio" goes last so that the columns up to RTF keep their old order (parsed by scripts and tests).
     header = ["system", *labels, "params", "sentences/s", "RTF", *(["len ratio"] if with_ratio else [])]
-    lines = [f"# Results ({', '.join(table['sets'])})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, r in results.items():
         scores = [f"{r[m]:.2f}" for m in metric_names]
         if baseline is not None:
@@ -102,7 +100,8 @@ def markdown(table: dict) -> str:
                  f"{r['sentences_per_s']:.1f}", f"{r['rtf']:.3f}" if "rtf" in r else "-"]
         if with_ratio:
             cells.append(f"{r['len_ratio']:.3f}" if "len_ratio" in r else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [f"# Results ({', '.join(table['sets'])})", "", *markdown_table(header, rows)]
     if baseline is not None:
         lines += ["", f"ΔBLEU: BLEU minus that of {baseline} on the same set."]
     if with_ratio:
@@ -110,27 +109,11 @@ def markdown(table: dict) -> str:
     lines += ["", "sacrebleu signatures:", ""]
     lines += [f"- {metrics.LABELS[m]}: `{sig}`" for m, sig in table["signatures"].items()]
     for chart in table.get("charts", ()):
-        lines += ["", f"![{Path(chart).stem.replace('_', ' ')}]({chart})"]
+        lines += ["", chart_link(chart)]
     return "\n".join(lines) + "\n"
 
 
 # --- charts ----------------------------------------------------------------------------
-
-def _figure(panels: int, width: float):
-    """A matplotlib Figure on an Agg canvas: no pyplot, so no global backend switch and no figure
-    kept alive by pyplot's registry (this runs inside other programs' processes too)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, 3.6 * panels), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
-
-
-def _save_png(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:  # the temporary name ends in .tmp, hence format=
-        fig.savefig(tmp, format="png", dpi=100)
-
 
 def plot_results(table: dict, path: Path) -> bool:
     """Bar chart of BLEU and chrF (else the first metric) per entry; False, and no file, if nothing to plot."""
@@ -146,7 +129,7 @@ def plot_results(table: dict, path: Path) -> bool:
     system_of = (lambda n: n) if len(table["sets"]) == 1 else (lambda n: n.rpartition("/")[0])
     colors = ["tab:orange" if baseline is not None and system_of(n) == baseline else "tab:blue" for n in names]
     slanted = len(names) > 4  # long names side by side would overlap
-    fig, axes = _figure(len(shown), max(4.0, 0.9 * len(names) + 2.0))
+    fig, axes = figure(len(shown), max(4.0, 0.9 * len(names) + 2.0))
     for ax, metric in zip(axes, shown):
         values = [results[n].get(metric, float("nan")) for n in names]
         bars = ax.bar(range(len(names)), values, color=colors)
@@ -157,7 +140,7 @@ def plot_results(table: dict, path: Path) -> bool:
         ax.margins(y=0.15)  # room for the labels above the highest bar
         title = f"{metrics.LABELS[metric]} ({', '.join(table['sets'])})"
         ax.set_title(title + (f", baseline {baseline} in orange" if baseline is not None else ""), fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -196,7 +179,7 @@ def plot_training_curves(exp_root: Path, systems: list[str], path: Path) -> bool
     if not kinds:
         path.unlink(missing_ok=True)  # a chart from an earlier run would not match RESULTS.md
         return False
-    fig, axes = _figure(len(kinds), 7.0)
+    fig, axes = figure(len(kinds), 7.0)
     for ax, kind in zip(axes, kinds):
         for system, found in curves.items():
             if kind not in found:
@@ -212,14 +195,17 @@ def plot_training_curves(exp_root: Path, systems: list[str], path: Path) -> bool
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-dir", type=Path, default=Path("exp"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--systems", required=True, help="space-separated experiment names under --exp-dir")
+    parser.add_argument("--systems", help="space-separated experiment names under --exp-dir (default: the "
+                                           f"systems of --exp-dir/{manifest.MANIFEST}, of --task if given)")
+    parser.add_argument("--task", choices=manifest.TASKS, help=f"without --systems: the {manifest.MANIFEST} "
+                                                                "systems of this task only")
     parser.add_argument("--sets", required=True, help="space-separated evaluation sets")
     parser.add_argument("--text", default="text", help="reference file of each set's data dir")
     parser.add_argument("--metrics", default="bleu,chrf,ter")
@@ -227,8 +213,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one of --systems: RESULTS.md gets a column of BLEU differences to it")
 
 
+def registered_systems(exp_root: Path, task: str | None = None) -> list[str]:
+    """The names of the systems of ``exp_root/systems.json`` (of ``task``), in the order they trained."""
+    names = [s.name for s in manifest.select(manifest.read_systems(exp_root), task=task)]
+    if not names:
+        raise KdstError(f"{manifest.manifest_path(exp_root)} lists no{' ' + task if task else ''} system: "
+                        "give --systems, or run the training stages (they register what they train)")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
-    collect(args.exp_dir, args.data_dir, args.systems.split(), args.sets.split(), text=args.text,
+    systems = args.systems.split() if args.systems else registered_systems(args.exp_dir, args.task)
+    collect(args.exp_dir, args.data_dir, systems, args.sets.split(), text=args.text,
             metric_names=metrics.parse_metrics(args.metrics), baseline=args.baseline)
     print((args.exp_dir / "RESULTS.md").read_text(), end="")
     return 0

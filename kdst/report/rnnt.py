@@ -16,8 +16,10 @@ that ``kdst results`` wrote to ``exp/results.json`` out that way:
     exp/rnnt_matrix.png    grouped bars: WER per mode, one bar per architecture, the teacher as a line
 
 ``results.json`` itself is left as it is (its contract: one entry per system).
-Student systems are named ``rnnt_<arch>_<mode>``, the mode spelled without '+'
-and '-' (``hard+soft`` -> ``hard_soft``, ``soft-full`` -> ``soft_full``).
+Which system fills a cell comes from ``exp/systems.json`` (kdst.report.systems): the
+rnnt student registered with that architecture and KD mode; the teacher is the rnnt
+teacher registered there, and the noisy-student generations its ``noisy-student``
+systems, in the order they trained.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import json
 import sys
 from pathlib import Path
 
-from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
+from kdst.report import systems as manifest
+from kdst.report.writer import (RESULTS_JSON, RESULTS_MD, chart_link, figure, markdown_table, save_png,
+                                write_json, write_section)
 
 MATRIX_JSON = "rnnt_matrix.json"
 MATRIX_PNG = "rnnt_matrix.png"
@@ -38,13 +42,31 @@ MODE_LABELS = {"none": "none (references)", "hard": "hard (1-best)", "soft-full"
                "soft-collapsed": "soft, collapsed", "hard+soft": "hard + soft"}
 
 
-def mode_dir(mode: str) -> str:
-    """The mode as system names spell it: ``hard+soft`` -> ``hard_soft``."""
-    return mode.replace("+", "_").replace("-", "_")
+def student_of(registered: list[manifest.System], arch: str, mode: str, exp_root: Path) -> str:
+    """The name of the rnnt student registered with ``arch`` and ``mode``."""
+    found = [s.name for s in registered if s.task == "rnnt" and s.role == "student" and s.arch == arch
+             and s.mode == mode]
+    if len(found) != 1:
+        raise KdstError(f"{manifest.manifest_path(exp_root)}: {len(found)} rnnt students of architecture {arch} "
+                        f"and mode {mode} ({' '.join(found) or 'none'}; its training stage registers each)")
+    return found[0]
 
 
-def student_system(arch: str, mode: str) -> str:
-    return f"rnnt_{arch}_{mode_dir(mode)}"
+def layout(registered: list[manifest.System], archs: list[str] | None, modes: list[str] | None,
+           teacher: str | None, ns_systems: list[str] | None) -> tuple[list[str], list[str], str | None, list[str]]:
+    """(archs, modes, teacher, noisy students): those given, else what the manifest registered (archs and
+    modes in the order their students trained, modes in MODES order)."""
+    students = manifest.select(registered, task="rnnt", role="student")
+    if archs is None:
+        archs = list(dict.fromkeys(s.arch for s in students))
+    if modes is None:
+        modes = [m for m in MODES if any(s.mode == m for s in students)]
+    if teacher is None:
+        teachers = manifest.select(registered, task="rnnt", role="teacher")
+        teacher = teachers[0].name if len(teachers) == 1 else None
+    if ns_systems is None:
+        ns_systems = [s.name for s in manifest.select(registered, task="rnnt", role="noisy-student")]
+    return archs, modes, teacher, ns_systems
 
 
 def _entry(results: dict, system: str, report_set: str) -> dict:
@@ -62,18 +84,25 @@ def _relative(wer: float, base: float) -> float | None:
     return None if base == 0 else round(100.0 * (wer - base) / base, 1)
 
 
-def collect(exp_root: str | Path, archs: list[str], modes: list[str], report_set: str, *,
-            teacher: str = "rnnt_teacher", ns_systems: list[str] = (), metric: str = "wer",
+def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | None, report_set: str, *,
+            teacher: str | None = None, ns_systems: list[str] | None = None, metric: str = "wer",
             plots: bool = True) -> dict:
-    """Build the matrix from ``exp_root/results.json``; writes rnnt_matrix.json, the PNG and the
-    RESULTS.md section, and returns the matrix."""
+    """Build the matrix from ``exp_root/results.json`` and ``exp_root/systems.json``; writes
+    rnnt_matrix.json, the PNG and the RESULTS.md section, and returns the matrix.
+
+    ``archs``, ``modes``, ``teacher`` and ``ns_systems`` (None: from the manifest) choose the
+    rows, columns and generations."""
     exp_root = Path(exp_root)
+    registered = manifest.read_systems(exp_root)
+    archs, modes, teacher, ns_systems = layout(registered, archs, modes, teacher, ns_systems)
+    if teacher is None:
+        raise KdstError(f"{manifest.manifest_path(exp_root)} has not one rnnt teacher: say which with --teacher")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise KdstError(f"unknown mode(s) {', '.join(unknown)} ({', '.join(MODES)})")
     if not archs or not modes:
         raise KdstError("the matrix needs at least one architecture and one mode")
-    path = exp_root / "results.json"
+    path = exp_root / RESULTS_JSON
     if not path.is_file():
         raise KdstError(f"{path}: missing (run kdst results first)")
     results = json.loads(path.read_text())
@@ -82,8 +111,8 @@ def collect(exp_root: str | Path, archs: list[str], modes: list[str], report_set
     top = _entry(results, teacher, report_set)
     if metric not in top:
         raise KdstError(f"results.json: {teacher} has no {metric} (score with --metrics wer,cer)")
-    cells = {mode: {arch: _entry(results, student_system(arch, mode), report_set) for arch in archs}
-             for mode in modes}
+    cells = {mode: {arch: _entry(results, student_of(registered, arch, mode, exp_root), report_set)
+                    for arch in archs} for mode in modes}
     for mode in modes:
         for arch in archs:
             cell = cells[mode][arch]
@@ -92,8 +121,13 @@ def collect(exp_root: str | Path, archs: list[str], modes: list[str], report_set
                 cell["vs_none"] = _relative(cell[metric], cells["none"][arch][metric])
     best = {arch: min(modes, key=lambda m: cells[m][arch][metric]) for arch in archs}
     generations = [{"generation": 0, **top, "teacher": None}]
+    model_of = {s.model: s.name for s in registered if s.model}
+    labels = manifest.by_name(registered)
     for g, system in enumerate(ns_systems, start=1):
-        row = {"generation": g, **_entry(results, system, report_set), "teacher": generations[-1]["system"]}
+        # its teacher as registered, named by the system that model is; else the generation before
+        ref = labels[system].teacher if system in labels else None
+        row = {"generation": g, **_entry(results, system, report_set),
+               "teacher": model_of.get(ref, generations[-1]["system"])}
         stats_path = exp_root / system / "pseudo_labels.json"
         if stats_path.is_file():
             stats = json.loads(stats_path.read_text())
@@ -104,9 +138,9 @@ def collect(exp_root: str | Path, archs: list[str], modes: list[str], report_set
     matrix = {"report_set": report_set, "metric": metric, "teacher": top, "archs": list(archs),
               "modes": list(modes), "cells": cells, "best": best,
               "noisy_student": generations if ns_systems else []}
-    atomic_write_text(exp_root / MATRIX_JSON, json.dumps(matrix, indent=1) + "\n")
+    write_json(exp_root / MATRIX_JSON, matrix)
     chart = plot_matrix(matrix, exp_root / MATRIX_PNG) if plots else False
-    _update_results_md(exp_root / "RESULTS.md", markdown(matrix, MATRIX_PNG if chart else None))
+    write_section(exp_root / RESULTS_MD, markdown(matrix, MATRIX_PNG if chart else None), BEGIN, END)
     return matrix
 
 
@@ -119,14 +153,7 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
     metric, label = matrix["metric"], matrix["metric"].upper()
     archs, top = matrix["archs"], matrix["teacher"]
     params = {a: next(iter(matrix["cells"].values()))[a].get("params") for a in archs}
-    lines = [BEGIN, f"## RNN-T distillation: {label} (%) on {matrix['report_set']}, KD modes x student "
-             "architectures", "",
-             f"Teacher `{top['system']}` ({_params(top.get('params'))}): {label} {top[metric]:.2f}.  "
-             "Cells: the student's " + label + ", in brackets its relative change against the `none` "
-             "student of its column; **bold**: the best mode of the column.", "",
-             "| mode | " + " | ".join(f"{a} ({_params(params[a])})" for a in archs) + " |",
-             "|---|" + "---|" * len(archs),
-             "| *teacher* | " + " | ".join(f"*{top[metric]:.2f}*" for _ in archs) + " |"]
+    rows = [["*teacher*", *(f"*{top[metric]:.2f}*" for _ in archs)]]
     for mode in matrix["modes"]:
         cells = []
         for arch in archs:
@@ -135,47 +162,40 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
             if mode != "none" and cell.get("vs_none") is not None:
                 text += f" ({cell['vs_none']:+.1f}%)"
             cells.append(f"**{text}**" if matrix["best"][arch] == mode else text)
-        lines.append(f"| {MODE_LABELS[mode]} | " + " | ".join(cells) + " |")
+        rows.append([MODE_LABELS[mode], *cells])
+    lines = [BEGIN, f"## RNN-T distillation: {label} (%) on {matrix['report_set']}, KD modes x student "
+             "architectures", "",
+             f"Teacher `{top['system']}` ({_params(top.get('params'))}): {label} {top[metric]:.2f}.  "
+             "Cells: the student's " + label + ", in brackets its relative change against the `none` "
+             "student of its column; **bold**: the best mode of the column.", "",
+             *markdown_table(["mode", *(f"{a} ({_params(params[a])})" for a in archs)], rows)]
     systems = sorted({c["system"] for row in matrix["cells"].values() for c in row.values()})
     lines += ["", "Systems: " + ", ".join(f"`{s}`" for s in systems) + "."]
     if matrix["noisy_student"]:
-        lines += ["", f"### Noisy-student generations ({label} on {matrix['report_set']})", "",
-                  f"| generation | system | teacher | {label} | vs teacher | pseudo-label WER | dropped |",
-                  "|---|---|---|---|---|---|---|"]
+        rows = []
         for row in matrix["noisy_student"]:
             labels = row.get("pseudo_labels", {})
             rel = row.get("vs_teacher") if row["generation"] else None
-            lines.append(" | ".join([f"| {row['generation']}", f"`{row['system']}`",
-                                     f"`{row['teacher']}`" if row["teacher"] else "-", f"{row[metric]:.2f}",
-                                     f"{rel:+.1f}%" if rel is not None else "-",
-                                     f"{labels['wer_1best']:.2f}" if "wer_1best" in labels else "-",
-                                     f"{labels['dropped']}" if "dropped" in labels else "-"]) + " |")
+            rows.append([f"{row['generation']}", f"`{row['system']}`",
+                         f"`{row['teacher']}`" if row["teacher"] else "-", f"{row[metric]:.2f}",
+                         f"{rel:+.1f}%" if rel is not None else "-",
+                         f"{labels['wer_1best']:.2f}" if "wer_1best" in labels else "-",
+                         f"{labels['dropped']}" if "dropped" in labels else "-"])
+        lines += ["", f"### Noisy-student generations ({label} on {matrix['report_set']})", "",
+                  *markdown_table(["generation", "system", "teacher", label, "vs teacher", "pseudo-label WER",
+                                   "dropped"], rows)]
         lines += ["", "Pseudo-label WER: the 1-best of the generation's teacher on the labelled part of "
                   "the pool, against the references; dropped: utterances under the confidence threshold."]
     if chart:
-        lines += ["", f"![KD modes x architectures]({chart})"]
+        lines += ["", chart_link(chart, "KD modes x architectures")]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
 
-def _update_results_md(path: Path, section: str) -> None:
-    """Replace the section between the markers, or append it (RESULTS.md of kdst results stays above)."""
-    text = path.read_text() if path.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + section
-    atomic_write_text(path, text)
-
-
 def plot_matrix(matrix: dict, path: Path) -> bool:
     """Grouped bars (a group per mode, a bar per architecture) with the teacher as a dashed line."""
-    from kdst.report.results import _figure, _save_png
-
     metric, archs, modes = matrix["metric"], matrix["archs"], matrix["modes"]
-    fig, (ax,) = _figure(1, max(5.0, 1.3 * len(modes) * max(1, len(archs)) / 2 + 2.0))
+    fig, (ax,) = figure(1, max(5.0, 1.3 * len(modes) * max(1, len(archs)) / 2 + 2.0))
     width = 0.8 / len(archs)
     for i, arch in enumerate(archs):
         xs = [m + (i - (len(archs) - 1) / 2) * width for m in range(len(modes))]
@@ -188,25 +208,33 @@ def plot_matrix(matrix: dict, path: Path) -> bool:
     ax.margins(y=0.15)
     ax.set_title(f"{metric.upper()} on {matrix['report_set']}: KD modes x student architectures", fontsize=10)
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-dir", type=Path, default=Path("exp"))
-    parser.add_argument("--archs", required=True, help="space-separated student architectures (columns)")
-    parser.add_argument("--modes", default=" ".join(MODES), help="space-separated KD modes (rows)")
+    parser.add_argument("--archs", help="space-separated student architectures (columns; default: those of "
+                                        f"the students in --exp-dir/{manifest.MANIFEST})")
+    parser.add_argument("--modes", help="space-separated KD modes (rows; default: those of the students in "
+                                        f"{manifest.MANIFEST}, in the order {' '.join(MODES)})")
     parser.add_argument("--report-set", required=True, help="the evaluation set of the matrix")
     parser.add_argument("--sets", help="the sets kdst results scored (unused: keys are found either way)")
-    parser.add_argument("--teacher", default="rnnt_teacher")
-    parser.add_argument("--ns-systems", default="", help="space-separated noisy-student generations, in order")
+    parser.add_argument("--teacher", help=f"default: the rnnt teacher of {manifest.MANIFEST}")
+    parser.add_argument("--ns-systems", help="space-separated noisy-student generations, in order (default: the "
+                                             f"noisy students of {manifest.MANIFEST}; '': none)")
     parser.add_argument("--metric", default="wer", choices=("wer", "cer"))
     parser.add_argument("--no-plot", action="store_true")
 
 
+def _words(option: str | None) -> list[str] | None:
+    """A space-separated option; None (not given: the manifest decides) stays None."""
+    return None if option is None else option.split()
+
+
 def run(args: argparse.Namespace) -> int:
-    matrix = collect(args.exp_dir, args.archs.split(), args.modes.split(), args.report_set,
-                     teacher=args.teacher, ns_systems=args.ns_systems.split(), metric=args.metric,
+    matrix = collect(args.exp_dir, _words(args.archs), _words(args.modes), args.report_set,
+                     teacher=args.teacher, ns_systems=_words(args.ns_systems), metric=args.metric,
                      plots=not args.no_plot)
     print(markdown(matrix, None), end="")
     return 0

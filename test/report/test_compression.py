@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kdst.report import compression
-from kdst.report.compression import COMPRESSION_PNG, collect_compression, group_by_mode
 from kdst.errors import KdstError
+from kdst.report import compression
+from kdst.report.compression import COMPRESSION_PNG, collect_compression, student_modes
+from kdst.report.systems import System, read_systems, register
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFS = {"utt1": "the cat sat on the mat", "utt2": "it is raining today"}  # 10 words, 17 + 16 characters
@@ -26,6 +27,9 @@ SPEED = {"asr_teacher": 5.0, "asr_small_gold": 12.5, "asr_tiny_gold": 20.0, "asr
 CHECKPOINT_BYTES = {"asr_teacher": 2_000_000, "asr_small_gold": 500_000, "asr_tiny_gold": 250_000}
 CONDITIONS = {"device": "cpu", "jobs": 4, "threads": 1, "beam": 10}
 STUDENTS = ["asr_tiny_gold", "asr_small_gold", "asr_tiny_1best"]  # the order of RESULTS.md after the teacher
+# What the recipe's training stages register in exp/systems.json: (role, size, mode)
+LABELS = {"asr_teacher": ("teacher", "big", "none"), "asr_small_gold": ("student", "small", "gold"),
+          "asr_tiny_gold": ("student", "tiny", "gold"), "asr_tiny_1best": ("student", "tiny", "1best")}
 
 
 def write_text(path: Path, texts: dict[str, str]) -> None:
@@ -59,6 +63,8 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
             checkpoint = {"checkpoint": str(path.relative_to(tmp_path) if system == "asr_small_gold" else path)}
         write_stats(exp, system, **checkpoint)
     (exp / "asr_tiny_gold" / "model.avg.pt").unlink()  # gone since decoding
+    for system, (role, size, mode) in LABELS.items():
+        register(exp, System(system, "asr", role, mode=mode, arch=size, exp_dir=str(exp / system)))
     return exp, data
 
 
@@ -116,11 +122,14 @@ def test_ratios_against_the_teacher(layout, monkeypatch):
     assert "Decoded with device cpu, jobs 4, threads 1, beam 10." in markdown and "Warning" not in markdown
     assert (exp / COMPRESSION_PNG).read_bytes().startswith(PNG_MAGIC)
     assert markdown.rstrip().endswith("![compression](compression.png)")
-    # The chart's lines: asr_<size>_<mode> students by mode (in the given order), the teacher apart.
-    assert group_by_mode(results, "asr_teacher") == \
+    # The chart's lines: the registered students by mode (in the given order), the teacher apart.
+    registered = read_systems(exp)
+    assert student_modes(registered, results, "asr_teacher") == \
         ({"gold": ["asr_tiny_gold", "asr_small_gold"], "1best": ["asr_tiny_1best"]}, [])
-    assert group_by_mode(["asr_teacher", "baseline", "asr_tiny_nbest_weighted"], "asr_teacher") == \
-        ({"nbest_weighted": ["asr_tiny_nbest_weighted"]}, ["baseline"])
+    # The mode is the manifest's, whatever the name says; a system it lacks is one of the others.
+    registered.append(System("weighted5", "asr", "student", mode="nbest_weighted", arch="tiny"))
+    assert student_modes(registered, ["asr_teacher", "baseline", "weighted5"], "asr_teacher") == \
+        ({"nbest_weighted": ["weighted5"]}, ["baseline"])
 
 
 def test_zero_wer_teacher_has_no_relative_change(layout):
@@ -177,3 +186,51 @@ def test_command_line(layout, capsys):
     printed = capsys.readouterr().out
     assert printed == (exp / "RESULTS.md").read_text() and "| asr_tiny_gold | 2.50M | 16.00× |" in printed
     assert not (exp / COMPRESSION_PNG).exists()
+
+
+def test_systems_and_teacher_from_the_manifest(layout, capsys):
+    """Without --systems and --teacher: every asr system of exp/systems.json, its teacher the reference."""
+    exp, data = layout
+    register(exp, System("mt_other", "st", "student", mode="word"))  # another task: not in this report
+    parser = argparse.ArgumentParser()
+    compression.add_arguments(parser)
+    args = parser.parse_args(["--exp-dir", str(exp), "--data-dir", str(data), "--set", "test", "--no-plots"])
+    assert compression.run(args) == 0
+    results = json.loads((exp / "results.json").read_text())
+    assert list(results) == list(LABELS) and results["asr_tiny_gold"]["param_reduction"] == 16.0
+    assert "# Compression (test, teacher asr_teacher)" in capsys.readouterr().out
+
+    register(exp, System("asr_teacher2", "asr", "teacher"))
+    with pytest.raises(KdstError, match="2 asr teachers among the systems .*: say which with --teacher"):
+        compression.run(args)
+    (exp / "systems.json").unlink()
+    with pytest.raises(KdstError, match="lists no asr system: give --systems"):
+        compression.run(args)
+
+
+def test_without_a_manifest_every_student_is_drawn_apart(layout):
+    """Systems named by hand, registered nowhere: the report is the same, the chart has no mode lines."""
+    exp, data = layout
+    (exp / "systems.json").unlink()
+    results = collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test")
+    assert student_modes(read_systems(exp), results, "asr_teacher") == ({}, STUDENTS)
+    assert (exp / COMPRESSION_PNG).read_bytes().startswith(PNG_MAGIC)
+
+
+# RESULTS.md of this layout as the report wrote it when it told the modes from the names (asr_<size>_<mode>)
+TABLE_BEFORE_THE_MANIFEST = """\
+| system | params | × smaller | size MB | WER | ΔWER abs | ΔWER rel % | CER | sentences/s | RTF | speed-up |
+|---|---|---|---|---|---|---|---|---|---|---|
+| asr_teacher | 40.00M | 1.00× | 2.00 | 10.00 | +0.00 | +0.0 | 9.09 | 5.0 | 0.050 | 1.00× |
+| asr_tiny_gold | 2.50M | 16.00× | ~10.00 | 40.00 | +30.00 | +300.0 | 15.15 | 20.0 | 0.050 | 4.00× |
+| asr_small_gold | 10.00M | 4.00× | 0.50 | 20.00 | +10.00 | +100.0 | 18.18 | 12.5 | 0.050 | 2.50× |
+| asr_tiny_1best | 2.50M | 16.00× | ~10.00 | 20.00 | +10.00 | +100.0 | 24.24 | 20.0 | 0.050 | 4.00× |
+"""
+
+
+def test_the_same_table_as_before_the_manifest(layout):
+    exp, data = layout
+    collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False)
+    lines = (exp / "RESULTS.md").read_text().splitlines()
+    assert lines[0] == "# Compression (test, teacher asr_teacher)"
+    assert "".join(f"{line}\n" for line in lines if line.startswith("|")) == TABLE_BEFORE_THE_MANIFEST

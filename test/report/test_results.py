@@ -11,6 +11,7 @@ from sacrebleu.metrics import BLEU
 from kdst.cli import main
 from kdst.errors import KdstError
 from kdst.report.results import CURVES_PNG, RESULTS_PNG, collect, read_curves
+from kdst.report.systems import System, register
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFS = {
@@ -126,3 +127,40 @@ def test_training_curves_from_the_trainer_tags(layout, capsys):
     # Without any system with curves, a chart left from an earlier run goes (it would not match).
     collect(exp, data, ["base"], ["dev"])
     assert not (exp / CURVES_PNG).exists() and "training_curves" not in (exp / "RESULTS.md").read_text()
+
+
+# RESULTS.md of this layout (two sets, baseline "base") as the report wrote it before exp/systems.json
+TABLE_BEFORE_THE_MANIFEST = """\
+| system | BLEU | ΔBLEU | chrF | TER | params | sentences/s | RTF | len ratio |
+|---|---|---|---|---|---|---|---|---|
+| base/dev | 15.98 | +0.00 | 42.12 | 51.52 | 1.00M | 10.0 | - | 0.515 |
+| base/tst | 15.98 | +0.00 | 42.12 | 51.52 | 1.00M | 10.0 | - | 0.515 |
+| kd/dev | 74.37 | +58.39 | 84.05 | 12.12 | 2.00M | 11.0 | - | 0.909 |
+| kd/tst | 74.37 | +58.39 | 84.05 | 12.12 | 2.00M | 11.0 | - | 0.909 |
+"""
+
+
+def test_the_registered_systems_and_the_same_table_as_before(layout, capsys):
+    """Without --systems: the systems of exp/systems.json (of --task), in the order they trained."""
+    exp, data = layout
+    register(exp, System("base", "st", "student", mode="none", arch="st"))
+    register(exp, System("mt", "mt", "teacher"))  # not decoded on these sets: left out by --task st
+    register(exp, System("kd", "st", "student", mode="word", arch="st"))
+    assert main(["results", "--exp-dir", str(exp), "--data-dir", str(data), "--task", "st",
+                 "--sets", "dev tst", "--baseline", "base", "--metrics", "bleu,chrf,ter"]) == 0
+    printed = capsys.readouterr().out
+    assert "".join(f"{line}\n" for line in printed.splitlines() if line.startswith("|")) == TABLE_BEFORE_THE_MANIFEST
+    assert list(json.loads((exp / "results.json").read_text())) == ["base/dev", "base/tst", "kd/dev", "kd/tst"]
+    assert main(["results", "--exp-dir", str(exp), "--data-dir", str(data), "--task", "asr", "--sets", "dev"]) == 1
+    assert "lists no asr system: give --systems" in capsys.readouterr().err
+
+
+def test_results_json_keeps_the_other_systems(layout):
+    """A teacher scored in its own stage stays when the students are scored; a system scored again
+    loses the keys of its earlier scoring."""
+    exp, data = layout
+    collect(exp, data, ["base"], ["dev"], plots=False)
+    collect(exp, data, ["kd"], ["dev", "tst"], plots=False)
+    assert list(json.loads((exp / "results.json").read_text())) == ["base", "kd/dev", "kd/tst"]
+    collect(exp, data, ["kd"], ["tst"], plots=False)
+    assert list(json.loads((exp / "results.json").read_text())) == ["base", "kd"]
