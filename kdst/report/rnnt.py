@@ -95,8 +95,6 @@ def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | No
     exp_root = Path(exp_root)
     registered = manifest.read_systems(exp_root)
     archs, modes, teacher, ns_systems = layout(registered, archs, modes, teacher, ns_systems)
-    if teacher is None:
-        raise KdstError(f"{manifest.manifest_path(exp_root)} has not one rnnt teacher: say which with --teacher")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise KdstError(f"unknown mode(s) {', '.join(unknown)} ({', '.join(MODES)})")
@@ -106,6 +104,10 @@ def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | No
     if not path.is_file():
         raise KdstError(f"{path}: missing (run kdst results first)")
     results = json.loads(path.read_text())
+    if teacher is None:
+        teachers = [t.name for t in manifest.select(registered, task="rnnt", role="teacher")]
+        raise KdstError(f"{manifest.manifest_path(exp_root)}: {len(teachers)} rnnt teachers registered "
+                        f"({' '.join(teachers) or 'none'}): say which with --teacher")
     if metric not in ("wer", "cer"):
         raise KdstError(f"--metric {metric}: wer or cer")
     top = _entry(results, teacher, report_set)

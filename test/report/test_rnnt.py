@@ -158,8 +158,11 @@ def test_missing_systems_and_bad_options_are_errors(tmp_path):
         collect(exp, ["tiny"], ["none"], "test", plots=False)
     with pytest.raises(KdstError, match="unknown mode"):
         collect(exp, ARCHS, ["word"], "test", plots=False)
-    with pytest.raises(KdstError, match="missing"):
+    with pytest.raises(KdstError, match="nowhere/results.json: missing"):
         collect(tmp_path / "nowhere", ARCHS, ["none"], "test", plots=False)
+    (exp / "systems.json").unlink()  # nothing registered: no teacher to compare with
+    with pytest.raises(KdstError, match="0 rnnt teachers registered \\(none\\): say which with --teacher"):
+        collect(exp, ARCHS, ["none"], "test", plots=False)
 
 
 def test_cli(tmp_path, capsys):
