@@ -430,7 +430,7 @@ def commands() -> list[Command]:
     from kdst import launch, metrics
     from kdst.data.corpora import librispeech, wsj
     from kdst.launch.split import JOB_SUBCOMMAND
-    from kdst.report import compression, results
+    from kdst.report import compression, results, systems
     from kdst.report import rnnt as rnnt_report
     from kdst.teacher import pseudo_labels, rescore
 
@@ -465,6 +465,8 @@ def commands() -> list[Command]:
                                "into exp/results.json and RESULTS.md", compression.add_arguments, compression.run),
         Command("rnnt-report", "the RNN-T recipe's KD modes x student architectures matrix into RESULTS.md "
                                "and exp/rnnt_matrix.json", rnnt_report.add_arguments, rnnt_report.run),
+        Command("systems", "exp/systems.json: register a trained system (add), or list them",
+                systems.add_arguments, systems.run),
         Command("rescore", "one distillation target per utterance from a teacher n-best (Seq-KD)",
                 rescore.add_arguments, rescore.run),
         Command("pseudo-labels", "1-best and weighted N-best pseudo-label sets from a teacher n-best",
@@ -492,11 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, **({"help": command.help} if command.help else {}))
         command.add_arguments(p)
         p.set_defaults(run_command=command.run)
-    from kdst.report import systems
-
-    p = sub.add_parser("systems", help="exp/systems.json: register a trained system (add), or list them")
-    systems.add_arguments(p)
-    p.set_defaults(run_command=systems.run)
     return parser
 
 
