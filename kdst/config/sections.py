@@ -40,7 +40,9 @@ class DataConfig:
     max_units: int | None = None  # padded frames (speech) or tokens (text) per batch
     max_items: int = 10_000  # utterances per batch
     nbest_targets: NbestTargetsConfig | None = None
-    num_workers: int = 2  # DataLoader processes building batches (0: in the training process)
+    # DataLoader processes building batches; None: 2 when training on a GPU, 0 (in the training process)
+    # on the CPU, where workers take cores from the training threads (bench/RESULTS.md: 23% fewer steps/s)
+    num_workers: int | None = None
 
     def __post_init__(self):
         if self.input == "text":
@@ -50,7 +52,8 @@ class DataConfig:
                 "required with data.ctc_text")
         require(self.max_units is None or self.max_units >= 1, "max_units", f"must be >= 1, not {self.max_units}")
         require(self.max_items >= 1, "max_items", f"must be >= 1, not {self.max_items}")
-        require(self.num_workers >= 0, "num_workers", f"must be >= 0, not {self.num_workers}")
+        require(self.num_workers is None or self.num_workers >= 0, "num_workers",
+                f"must be >= 0, not {self.num_workers}")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,14 @@ def any_rank(flags: torch.Tensor) -> list[bool]:
 
 # --- one batch, one epoch ---------------------------------------------------------------
 
+def loader_workers(data: DataConfig, device: torch.device) -> int:
+    """``data.num_workers``, or by default 2 on a GPU (batches are built while it computes) and 0 on
+    the CPU (there worker processes only take cores from the training threads)."""
+    if data.num_workers is not None:
+        return data.num_workers
+    return 2 if device.type == "cuda" else 0
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     # non_blocking: from the loader's pinned memory the copy to a GPU overlaps the work queued before it
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -203,7 +211,7 @@ def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str
     step_ids: list[list[str]] = []  # utterances of each micro-batch of this step, to name in an error
     step_bad: list[torch.Tensor] = []  # and whether its loss was not finite, on the device
     loader = batch_loader(dataset, batches, start=progress.batch_in_epoch,
-                          num_workers=config.data.num_workers, device=device)
+                          num_workers=loader_workers(config.data, device), device=device)
     for batch in loader:
         micro = progress.batch_in_epoch % accum
         last_micro = micro == accum - 1 or progress.batch_in_epoch == len(batches) - 1
@@ -271,7 +279,7 @@ def validate(model, dataset, config: dict, device: torch.device) -> dict[str, fl
     # nll * n, acc * n, n, n where acc is known: a fixed layout, so a rank left without a batch
     # (fewer batches than ranks) still joins the all-reduce instead of hanging the others
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for batch in batch_loader(dataset, batches, num_workers=config.data.num_workers, device=device):
+    for batch in batch_loader(dataset, batches, num_workers=loader_workers(config.data, device), device=device):
         stats = compute_loss(model, batch, config, device)[1]
         n, acc = stats["ntokens"].double(), stats.get("acc")  # a transducer has no token accuracy
         known = n if acc is not None else torch.zeros_like(n)

@@ -38,7 +38,7 @@ def test_sections_and_variants():
     cached = load_config(ST, PATHS + ["kd.cache=c", "kd.weight=0.3"]).kd
     assert isinstance(cached, CachedWordKDConfig) and cached.weight == 0.3 and cached.teacher is None
     assert load_config(ST, PATHS + ["optim.lr=1e-3"]).optim.lr == 0.001  # YAML 1.1 reads 1e-3 as a string
-    assert load_config(ST, PATHS).train.epochs == 12 and load_config(ST, PATHS).data.num_workers == 2  # a default
+    assert load_config(ST, PATHS).train.epochs == 12 and load_config(ST, PATHS).data.max_items == 10_000  # a default
 
 
 @pytest.mark.parametrize("override, message", [
