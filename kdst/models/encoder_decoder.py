@@ -33,7 +33,7 @@ from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
 from kdst.errors import KdstError
 from kdst.losses import word_kd_loss
 from kdst.models.decoder import TransformerDecoder
-from kdst.models.encoders import SpeechEncoder, TextEncoder, lengths_to_mask
+from kdst.models.encoders import TextEncoder, lengths_to_mask, speech_encoder
 from kdst.models.protocol import TeacherOutputs
 
 
@@ -181,9 +181,7 @@ def build_encoder_decoder(config: EncoderDecoderConfig) -> EncoderDecoder:
         encoder = TextEncoder(config.src_vocab_size, config.d_model, layers=e.layers, heads=e.heads, ff_dim=e.ff_dim,
                               dropout=e.dropout)
     else:
-        encoder = SpeechEncoder(config.input_dim, config.d_model, type=e.type, layers=e.layers, heads=e.heads,
-                                ff_dim=e.ff_dim, kernel_size=e.kernel_size, dropout=e.dropout,
-                                subsampling_channels=e.subsampling_channels)
+        encoder = speech_encoder(e, config.input_dim, config.d_model)
     d = config.decoder
     decoder = TransformerDecoder(config.vocab_size, d_model=config.d_model, layers=d.layers, heads=d.heads,
                                  ff_dim=d.ff_dim, dropout=d.dropout)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchaudio.models import Conformer
 
+from kdst.config import SpeechEncoderConfig
 from kdst.models.attention import SinusoidalPositions
 
 
@@ -67,6 +68,13 @@ class SpeechEncoder(nn.Module):
         else:
             x = self.blocks(x, src_key_padding_mask=~lengths_to_mask(lengths, x.shape[1]))
         return x, lengths
+
+
+def speech_encoder(config: SpeechEncoderConfig, input_dim: int, d_model: int) -> SpeechEncoder:
+    """The speech encoder a ``model.encoder`` section (conformer or transformer) describes."""
+    return SpeechEncoder(input_dim, d_model, type=config.type, layers=config.layers, heads=config.heads,
+                         ff_dim=config.ff_dim, kernel_size=config.kernel_size, dropout=config.dropout,
+                         subsampling_channels=config.subsampling_channels)
 
 
 def _conformer_blocks(conformer: Conformer, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:

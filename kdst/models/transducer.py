@@ -29,7 +29,7 @@ from kdst.config import LstmPredictorConfig, StreamingEncoderConfig, TransducerC
 from kdst.data.tokenizer import BLANK_ID
 from kdst.errors import KdstError
 from kdst.losses import rnnt_loss, rnnt_loss_and_kd
-from kdst.models.encoders import SpeechEncoder
+from kdst.models.encoders import speech_encoder
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.streaming import StreamingConformerEncoder
 
@@ -201,9 +201,7 @@ def build_transducer(config: TransducerConfig) -> Transducer:
                                             subsampling_channels=e.subsampling_channels, chunk_size=e.chunk_size,
                                             left_chunks=e.left_chunks)
     else:
-        encoder = SpeechEncoder(config.input_dim, e.d_model, type=e.type, layers=e.layers, heads=e.heads,
-                                ff_dim=e.ff_dim, kernel_size=e.kernel_size, dropout=e.dropout,
-                                subsampling_channels=e.subsampling_channels)
+        encoder = speech_encoder(e, config.input_dim, e.d_model)
     p = config.predictor
     if isinstance(p, LstmPredictorConfig):
         predictor = LstmPredictor(config.vocab_size, p.dim, layers=p.layers, dropout=p.dropout)

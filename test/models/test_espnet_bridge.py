@@ -212,7 +212,7 @@ def test_waveform_frontend_is_refused_for_features(tmp_path, monkeypatch):
 
 
 def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
-    """kd.teacher_espnet: the KD term of a batch is the KL to ESPnet's own teacher-forced distributions."""
+    """kd.teacher: espnet:PATH: the KD term of a batch is the KL to ESPnet's own teacher-forced distributions."""
     from helpers import write_config
 
     from kdst.data.dataset import collate
