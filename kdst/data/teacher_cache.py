@@ -27,16 +27,24 @@ logit becomes a probability of effectively zero instead of overflowing.
 
 A cache directory appears complete or not at all: the writer fills a temporary
 directory beside the target and renames it into place on ``close()``.
+
+The fingerprint says what the cache was made from.  Besides names and digests of
+files, it holds digests of the *content* the teacher saw per utterance (the target
+token ids, the source text): a cache made before the text was edited, even with the
+same token counts, no longer matches.  These keys (``CONTENT_KEYS``) are
+``content_digest``s, independent of utterance order, so the caches of split jobs
+merge into the fingerprint one job over the whole data dir would have written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -65,6 +73,9 @@ META = "meta.json"
 INDICES = "indices.bin"
 VALUES = "values.bin"
 INDEX = "index.tsv"
+
+# Fingerprint keys holding a content_digest over the cache's utterances; merge_caches combines them.
+CONTENT_KEYS = ("targets", "source")
 
 
 def index_dtype_name(vocab_size: int) -> str:
@@ -414,6 +425,7 @@ def _read_index(path: Path, num_tokens: int) -> dict[str, tuple[int, int]]:
     if not path.is_file():
         raise KdstError(f"{path}: missing (re-run stage 6)")
     rows: dict[str, tuple[int, int]] = {}
+    lines: dict[str, int] = {}
     previous: bytes | None = None
     for entry in iter_entries(path):  # malformed and non-UTF-8 lines are DataErrors with their line
         utt, line, number = entry.key, f"{entry.key} {entry.value}", entry.line
@@ -433,7 +445,19 @@ def _read_index(path: Path, num_tokens: int) -> dict[str, tuple[int, int]]:
             raise DataError(path, f"{problem} '{utt}'", number)
         previous = key
         rows[utt] = (first, count)
+        lines[utt] = number
+    _check_no_overlap(path, rows, lines)
     return rows
+
+
+def _check_no_overlap(path: Path, rows: dict[str, tuple[int, int]], lines: dict[str, int]) -> None:
+    """Two utterances sharing rows would each train on the other's teacher outputs without a sign."""
+    ranges = sorted((first, count, utt) for utt, (first, count) in rows.items() if count > 0)
+    for (first_a, count_a, utt_a), (first_b, count_b, utt_b) in zip(ranges, ranges[1:]):
+        if first_b < first_a + count_a:
+            raise DataError(path, f"rows {first_b}..{first_b + count_b} of '{utt_b}' overlap rows "
+                                  f"{first_a}..{first_a + count_a} of '{utt_a}' (line {lines[utt_a]}); "
+                                  "re-run stage 6", lines[utt_b])
 
 
 def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
@@ -452,7 +476,8 @@ def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
             if cache.meta[key] != first.meta[key]:
                 raise KdstError(f"{cache.path / META}: {key} is {cache.meta[key]!r}, {first.path / META} has "
                                 f"{first.meta[key]!r}; the parts come from different runs (re-run stage 6)")
-        differ = _differing_keys(cache.fingerprint, first.fingerprint)
+        differ = [key for key in _differing_keys(cache.fingerprint, first.fingerprint)
+                  if key not in CONTENT_KEYS or (key in cache.fingerprint) != (key in first.fingerprint)]
         if differ:
             raise KdstError(f"{cache.path / META}: fingerprint differs from {first.path / META} in "
                             f"{', '.join(differ)}; the parts come from different runs (re-run stage 6)")
@@ -463,11 +488,44 @@ def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
                 raise KdstError(f"utterance '{utt}' is in two job caches: {owner[utt].path} and {cache.path}")
             owner[utt] = cache
     entries = [(utt, *owner[utt]._raw(utt)) for utt in sorted(owner, key=c_sort_key)]
-    _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, first.fingerprint), entries)
+    fingerprint = {**first.fingerprint, **{key: combine_digests(cache.fingerprint[key] for cache in caches)
+                                           for key in CONTENT_KEYS if key in first.fingerprint}}
+    _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, fingerprint), entries)
 
 
-def cache_fingerprint(teacher_digest: str, tokenizer_dir: str | Path, *, k: int, mode: str, text: str) -> dict:
+def content_digest(items: Iterable[tuple[str, str]]) -> str:
+    """A digest of ``(utterance id, content)`` pairs that does not depend on their order: the XOR of one
+    SHA-256 per utterance, as 64 hex digits.  Ids are unique within a cache, so no two terms cancel;
+    the digests of disjoint parts combine with ``combine_digests``."""
+    total = 0
+    for utt, content in items:
+        total ^= int.from_bytes(hashlib.sha256(f"{utt}\n{content}".encode("utf-8")).digest(), "big")
+    return f"{total:064x}"
+
+
+def combine_digests(digests: Iterable[str]) -> str:
+    """The content_digest of the union of disjoint parts, from the parts' digests."""
+    total = 0
+    for digest in digests:
+        total ^= int(digest, 16)
+    return f"{total:064x}"
+
+
+def targets_digest(targets: Mapping[str, Sequence[int]], ids: Iterable[str]) -> str:
+    """The content_digest of the target token ids of ``ids`` (a dataset's ``targets``)."""
+    return content_digest((utt, " ".join(map(str, targets[utt]))) for utt in ids)
+
+
+def source_digest(sources: Mapping[str, str], ids: Iterable[str]) -> str:
+    """The content_digest of the source text lines of ``ids`` as the data dir holds them (the teacher's input)."""
+    return content_digest((utt, sources[utt]) for utt in ids)
+
+
+def cache_fingerprint(teacher_digest: str, tokenizer_dir: str | Path, *, k: int, mode: str, text: str,
+                      targets: str, source_text: str, source: str) -> dict:
     """What a top-k cache depends on; stored in the cache and checked by its readers.  ``teacher_digest``:
-    of the file holding the teacher's weights (kdst.models.teacher.Teacher.digest)."""
+    of the file holding the teacher's weights (kdst.models.teacher.Teacher.digest); ``text`` and
+    ``source_text``: the data dir's target and source file names; ``targets`` and ``source``: the
+    ``targets_digest`` and ``source_digest`` of what the teacher was forced with and read."""
     return {"teacher": teacher_digest, "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
-            "mode": mode, "text": text}
+            "mode": mode, "text": text, "targets": targets, "source_text": source_text, "source": source}

@@ -1,17 +1,23 @@
 """``kdst validate-data`` and ``kdst fix-data``: check a Kaldi data dir, repair what can be.
 
 Validation reports every problem as one line ``FILE:LINE: what is wrong`` so
-that a user (or an editor's quickfix list) can jump to it.  Fixing keeps the
+that a user (or an editor's quickfix list) can jump to it.  Each ``feats.scp``
+entry must point inside its archive, at a matrix that ends inside it too (the
+header at the offset says how long it is); ``deep`` also reads every matrix.  Fixing keeps the
 utterances that are complete and consistent in every file, backs the originals
 up under ``DIR/.backup/`` and says how many were dropped and why.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import kaldiio
 
 from kdst.data.audio import AudioError, audio_duration
 from kdst.data.kaldi_dir import (UTTERANCE_FILES, Entry, Segment, c_sort_key, parse_segment,
@@ -89,8 +95,9 @@ def _parse_segment(table: Table, utt: str) -> Segment | str:
         return e.message
 
 
-def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[str]:
-    """All problems of the data dir, each ``FILE:LINE: what is wrong``; empty when it is valid."""
+def validate_data_dir(path: str | Path, *, check_audio: bool = True, deep: bool = False) -> list[str]:
+    """All problems of the data dir, each ``FILE:LINE: what is wrong``; empty when it is valid.
+    ``deep``: also read every feature matrix of feats.scp."""
     path = Path(path)
     if not path.is_dir():
         return [f"{path}: not a directory"]
@@ -133,7 +140,7 @@ def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[str
     if "segments" in tables:
         _check_segments(tables["segments"], wav, durations, report)
     if "feats.scp" in tables:
-        _check_feats(tables["feats.scp"], path, report)
+        _check_feats(tables["feats.scp"], report, deep=deep, frames=tables.get("utt2num_frames"))
     for name in ("utt2num_frames", "utt2dur"):
         if name in tables:
             cast = int if name == "utt2num_frames" else float
@@ -199,14 +206,79 @@ def _check_segments(segments: Table, wav: Table, durations: dict[str, float], re
                                                   f"({durations[rec]:.3f} s)")
 
 
-def _check_feats(feats: Table, path: Path, report) -> None:
-    seen: dict[str, bool] = {}
+# "<ark>:<byte offset>", optionally with kaldiio's "[rows]" or "[rows,cols]" slice.
+_SCP_LOCATION = re.compile(r"(?P<ark>.+):(?P<offset>[0-9]+)(\[[^\]]*\])?")
+# An uncompressed Kaldi binary matrix at an scp offset: "\0B", its type, then "\4" and an int32 for
+# the rows and for the columns; the data follows.
+_MATRIX_HEADER = struct.Struct("<2s3sBiBi")
+_MATRIX_ITEMSIZE = {b"FM ": 4, b"DM ": 8}
+
+
+def _check_feats(feats: Table, report, *, deep: bool, frames: Table | None) -> None:
+    """Every entry points inside its archive (a relative path is read from the current directory, as
+    kaldiio does), at a matrix that ends inside it: a truncated ark otherwise passes until training reads
+    it.  ``deep``: read every matrix, and compare its frames with utt2num_frames."""
+    by_ark: dict[str, list[tuple[int, str]]] = {}
     for utt, value in feats.values.items():
-        ark = value.rsplit(":", 1)[0] if ":" in value else value
-        if ark not in seen:
-            seen[ark] = (path / ark).is_file() if not ark.startswith("/") else Path(ark).is_file()
-            if not seen[ark]:
-                report(feats, feats.lines[utt], f"feature archive not found: {ark}")
+        if value.endswith("|"):  # a command: nothing to check before running it
+            continue
+        location = _SCP_LOCATION.fullmatch(value)
+        ark, offset = (location["ark"], int(location["offset"])) if location else (value, 0)
+        by_ark.setdefault(ark, []).append((offset, utt))
+    bad: set[str] = set()
+    for ark, entries in by_ark.items():
+        if not Path(ark).is_file():
+            first = min(entries, key=lambda entry: feats.lines[entry[1]])[1]
+            report(feats, feats.lines[first], f"feature archive not found: {ark}")
+            bad.update(utt for _, utt in entries)
+            continue
+        for utt, problem in _truncated(ark, sorted(entries)):
+            report(feats, feats.lines[utt], problem)
+            bad.add(utt)
+    if deep:
+        for utt, value in feats.values.items():
+            if utt not in bad:
+                problem = _unreadable(utt, value, frames)
+                if problem:
+                    report(feats, feats.lines[utt], problem)
+
+
+def _truncated(ark: str, entries: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    """``(utt, problem)`` for the entries of ``ark`` (sorted by offset) that start or end past its end."""
+    problems = []
+    with open(ark, "rb") as f:
+        size = f.seek(0, 2)
+        for offset, utt in entries:
+            if offset >= size:
+                problems.append((utt, f"'{utt}' starts at byte {offset}, past the end of {ark} ({size} bytes): "
+                                      "the archive is truncated"))
+                continue
+            f.seek(offset)
+            header = f.read(_MATRIX_HEADER.size)
+            if not header.startswith(b"\0B"):
+                continue  # not a binary matrix (text, compressed): only a full read can tell (--deep)
+            if len(header) < _MATRIX_HEADER.size:
+                end = offset + _MATRIX_HEADER.size
+            else:
+                _, kind, _, rows, _, cols = _MATRIX_HEADER.unpack(header)
+                if kind not in _MATRIX_ITEMSIZE:
+                    continue
+                end = offset + _MATRIX_HEADER.size + rows * cols * _MATRIX_ITEMSIZE[kind]
+            if end > size:
+                problems.append((utt, f"the matrix of '{utt}' ends at byte {end}, past the end of {ark} "
+                                      f"({size} bytes): the archive is truncated"))
+    return problems
+
+
+def _unreadable(utt: str, value: str, frames: Table | None) -> str | None:
+    """What is wrong with the matrix of ``utt`` when it is read, or None."""
+    try:
+        matrix = kaldiio.load_mat(value)
+    except Exception as e:  # kaldiio raises many kinds (ValueError, struct.error, EOFError...): each is a failure
+        return f"cannot read the matrix of '{utt}': {type(e).__name__}: {e}"
+    if frames is not None and utt in frames.values and frames.values[utt] != str(len(matrix)):
+        return f"the matrix of '{utt}' has {len(matrix)} frames, utt2num_frames says {frames.values[utt]}"
+    return None
 
 
 # --- fix -----------------------------------------------------------------------

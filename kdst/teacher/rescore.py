@@ -76,8 +76,9 @@ def read_nbest(path: str | os.PathLike) -> dict[str, list[NbestEntry]]:
 
     The file is sorted as text (``utt-10`` before ``utt-2``), so the order of
     the lines does not matter; a malformed line or a repeated key is a DataError
-    at its line.
+    at its line, and so is a last line without its newline.
     """
+    check_final_newline(path)
     out: dict[str, list[NbestEntry]] = {}
     first_line: dict[str, int] = {}
     seen: dict[tuple[str, int], int] = {}
@@ -96,6 +97,22 @@ def read_nbest(path: str | os.PathLike) -> dict[str, list[NbestEntry]]:
             raise DataError(path, f"utterance '{utt}' has no rank {missing} (ranks must run 1..k)",
                             first_line[utt])
     return out
+
+
+def check_final_newline(path: str | os.PathLike) -> None:
+    """kdst decode ends every line with a newline: a file without one was cut short (a job killed while
+    writing, a partial copy), and its last line may be cut mid-word, which still parses."""
+    if not os.path.isfile(path):
+        raise DataError(path, "missing")
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        last_line = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) + 1
+    raise DataError(path, "the last line has no newline: the file was cut short (re-run the decoding)", last_line)
 
 
 # --- scorers ------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ and its distribution is stored compactly (kdst.data.teacher_cache):
 
 Sampling is seeded per utterance id, so the cache does not depend on how the data
 dir was split into jobs.  The cache records a fingerprint of the teacher's weights,
-the tokenizer, k, the mode and the target text file; training checks it.
+the tokenizer, k, the mode, and the content the teacher saw: the target token ids it
+was forced with and the source text it read, per utterance; training checks it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from kdst.data.dataset import iterate, make_batches, make_dataset
-from kdst.data.teacher_cache import CacheWriter, cache_fingerprint
+from kdst.data.kaldi_dir import DataDir
+from kdst.data.teacher_cache import CacheWriter, cache_fingerprint, source_digest, targets_digest
 from kdst.errors import KdstError
 from kdst.models.teacher import load_teacher
 
@@ -71,7 +73,9 @@ def write_cache(teacher: str, data_dir: str | Path, out: str | Path, *, k: int =
     dataset = make_dataset(data, data_dir)
     if k > model.vocab_size:
         raise KdstError(f"k={k} is larger than the teacher's vocabulary ({model.vocab_size})")
-    fingerprint = cache_fingerprint(loaded.digest, data.tokenizer, k=k, mode=mode, text=data.text)
+    fingerprint = cache_fingerprint(loaded.digest, data.tokenizer, k=k, mode=mode, text=data.text,
+                                    targets=targets_digest(dataset.targets, dataset.ids), source_text=data.src_text,
+                                    source=source_digest(DataDir(data_dir).require(data.src_text), dataset.ids))
     batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)
     start, tokens = time.perf_counter(), 0
     bar = tqdm(total=len(dataset.ids), desc="topk", disable=not sys.stderr.isatty(), mininterval=1.0)

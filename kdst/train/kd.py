@@ -53,7 +53,7 @@ from torch import nn
 from kdst.config import CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfig
 from kdst.data.files import file_digest
 from kdst.data.kaldi_dir import DataDir
-from kdst.data.teacher_cache import TeacherCache
+from kdst.data.teacher_cache import TeacherCache, source_digest, targets_digest
 from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
 from kdst.models import Transducer
@@ -131,14 +131,7 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
     common = dict(weight=kd.weight, temperature=kd.temperature, t2_scale=kd.t2_scale)
     if isinstance(kd, CachedWordKDConfig):
         cache = TeacherCache(kd.cache)
-        made = cache.fingerprint
-        expected = {"tokenizer": student_vocab, "text": data.text}
-        if kd.teacher:
-            expected["teacher"] = teacher_digest(kd.teacher)
-        wrong = [f"{key} ({made.get(key)} != {value})" for key, value in expected.items() if made.get(key) != value]
-        if wrong:
-            raise KdstError(f"{kd.cache}: the teacher cache does not match this training run: "
-                            f"{', '.join(wrong)} (re-run the top-k stage)")
+        check_cache_matches(cache, kd, train_set, data)
         log.info("word-level KD from the %s cache %s (k=%d, %.1f bytes/token)", cache.mode, kd.cache, cache.k,
                  cache.bytes_per_token())
         return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
@@ -161,6 +154,53 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
     teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
     log.info("word-level KD from the online teacher %s", kd.teacher)
     return WordKD(student, model, **common), TeacherInputs(train_set, teacher_src=teacher_src)
+
+
+def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, data: DataConfig) -> None:
+    """The cache must hold this training set's utterances, made from its vocabulary and texts (and teacher,
+    when kd.teacher names one): a stale cache would train on another text's teacher outputs without a sign.
+    The content is compared through digests the trainer recomputes: the target ids of the training set and
+    the source text lines in the data dir."""
+    made = cache.fingerprint
+    if any(key not in made for key in ("targets", "source_text", "source")):
+        raise KdstError(f"{kd.cache}: made by an older kdst, without digests of the texts it was made from: "
+                        "re-run the top-k stage")
+    missing = [utt for utt in train_set.ids if utt not in cache]
+    if missing:
+        raise KdstError(f"{kd.cache}: no teacher outputs for {len(missing)} of the {len(train_set.ids)} training "
+                        f"utterances, e.g. '{missing[0]}': made for another data dir (re-run the top-k stage)")
+    ids = cache.ids
+    targets = _cached_targets(ids, train_set, data)
+    if targets is None:
+        raise KdstError(f"{kd.cache}: holds utterances that {Path(data.train) / data.text} has not: made for "
+                        "another data dir (re-run the top-k stage)")
+    wrong = []
+    if made.get("tokenizer") != tokenizer_fingerprint(data.tokenizer):
+        wrong.append(f"tokenizer (not {data.tokenizer})")
+    if kd.teacher and made.get("teacher") != teacher_digest(kd.teacher):
+        wrong.append(f"teacher (not {kd.teacher})")
+    if made["targets"] != targets_digest(targets, ids):
+        wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")
+    source_path = Path(data.train) / made["source_text"]
+    sources = DataDir(data.train).read(made["source_text"]) or {}
+    if any(utt not in sources for utt in ids) or made["source"] != source_digest(sources, ids):
+        wrong.append(f"source (the text of {source_path} differs)")
+    if wrong:
+        raise KdstError(f"{kd.cache}: the teacher cache does not match this training run: {', '.join(wrong)} "
+                        "(re-run the top-k stage)")
+
+
+def _cached_targets(ids: list[str], train_set, data: DataConfig) -> dict[str, list[int]] | None:
+    """Target ids of the cache's utterances as the student tokenizes them: from its dataset, and for those it
+    lacks (fbank skips utterances shorter than one frame) from the data dir's text; None if a text is missing."""
+    extra = [utt for utt in ids if utt not in train_set.targets]
+    if not extra:
+        return train_set.targets
+    texts = DataDir(data.train).read(data.text) or {}
+    if any(utt not in texts for utt in extra):
+        return None
+    tokenizer = load_tokenizer(data.tokenizer)
+    return {**train_set.targets, **{utt: tokenizer.encode(texts[utt]) for utt in extra}}
 
 
 # --- transducers: KL over the RNN-T lattice -------------------------------------------------

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdst.data.teacher_cache import CacheWriter, TeacherCache, merge_caches
+from kdst.data.teacher_cache import (CacheWriter, TeacherCache, combine_digests, content_digest, merge_caches,
+                                     targets_digest)
 from kdst.errors import DataError, KdstError
 
 FINGERPRINT = {"teacher": "sha256:aaaa", "tokenizer": "sha256:bbbb", "k": 8, "text": "data/train/text"}
@@ -109,15 +110,42 @@ def test_random_access_does_not_depend_on_write_order(tmp_path: Path):
         np.testing.assert_array_equal(cache.get(utt)[0], entries[utt][0])
 
 
+def with_content(entries: dict) -> dict:
+    """FINGERPRINT with digests of the entries' content, as kdst topk writes it for the utterances it saw."""
+    targets = {utt: indices[:, 0].tolist() for utt, (indices, _) in entries.items()}
+    return {**FINGERPRINT, "targets": targets_digest(targets, entries),
+            "source": content_digest((utt, f"source of {utt}") for utt in entries)}
+
+
 def test_merge_of_two_parts_equals_single_write(tmp_path: Path):
+    """Also the fingerprint: the parts' content digests combine into the one of a single job."""
     entries = utterances()
     items = list(entries.items())
-    write(tmp_path / "1", dict(items[::2]))
-    write(tmp_path / "2", dict(items[1::2]))
-    write(tmp_path / "single", entries)
+    write(tmp_path / "1", dict(items[::2]), fingerprint=with_content(dict(items[::2])))
+    write(tmp_path / "2", dict(items[1::2]), fingerprint=with_content(dict(items[1::2])))
+    write(tmp_path / "single", entries, fingerprint=with_content(entries))
+    assert TeacherCache(tmp_path / "1").fingerprint["targets"] != TeacherCache(tmp_path / "2").fingerprint["targets"]
     merge_caches([tmp_path / "1", tmp_path / "2"], tmp_path / "merged")
     for name in ("indices.bin", "values.bin", "index.tsv", "meta.json"):
         assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+
+
+def test_content_digest_depends_on_content_not_order():
+    pairs = [("a", "1 2 3"), ("b", "4 5"), ("c", "")]
+    digest = content_digest(pairs)
+    assert len(digest) == 64 and digest == content_digest(reversed(pairs))
+    assert digest == combine_digests([content_digest(pairs[:1]), content_digest(pairs[1:])])
+    assert content_digest([("a", "1 2 4"), *pairs[1:]]) != digest  # one token of one utterance
+    assert content_digest([("a", "4 5"), ("b", "1 2 3"), pairs[2]]) != digest  # texts swapped between utterances
+    assert content_digest([]) == "0" * 64
+
+
+def test_merge_rejects_content_digest_in_one_part_only(tmp_path: Path):
+    items = list(utterances().items())
+    write(tmp_path / "1", dict(items[:3]), fingerprint=with_content(dict(items[:3])))
+    write(tmp_path / "2", dict(items[3:]))
+    with pytest.raises(KdstError, match=r"2/meta.json: fingerprint differs .* in source, targets"):
+        merge_caches([tmp_path / "1", tmp_path / "2"], tmp_path / "merged")
 
 
 def test_merge_rejects_different_fingerprint(tmp_path: Path):

@@ -87,12 +87,14 @@ def test_cache_must_match_the_training_run(task, tmp_path):
     write_cache(task["teacher"], root / "train", tmp_path / "cache", k=4, device="cpu")
     cache = TeacherCache(tmp_path / "cache")
     assert cache.fingerprint["k"] == 4 and cache.fingerprint["text"] == "text"
+    assert cache.fingerprint["source_text"] == "text.en" and len(cache.fingerprint["targets"]) == 64
     assert cache.bytes_per_token() == 4 * (2 + 2)
-    # Another target text (a Seq-KD student) than the cache was made for.
+    # Another target text (a Seq-KD student) than the cache was made for: its content differs.
     config = load_config(write_config(root, root / "s.yaml"), ["data.text=text.en"])
     train_set, _, sizes = build_datasets(config.data)
     student = build_model(replace(config.model, **sizes))
-    with pytest.raises(KdstError, match=r"does not match this training run: text \(text != text.en\)"):
+    with pytest.raises(KdstError, match=r"does not match this training run: targets \(the token ids of "
+                                        r".*/train/text.en differ\) \(re-run the top-k stage\)$"):
         setup_distillation(parse_kd({"cache": str(tmp_path / "cache")}, config.model), student, train_set,
                            config.data, CPU)
     # Another teacher checkpoint than the one that made the cache.
@@ -100,7 +102,7 @@ def test_cache_must_match_the_training_run(task, tmp_path):
     saved = torch.load(task["teacher"], weights_only=False)
     saved["model"] = {k: v + 1 for k, v in saved["model"].items()}
     torch.save(saved, other)
-    with pytest.raises(KdstError, match="does not match this training run: teacher"):
+    with pytest.raises(KdstError, match=r"does not match this training run: teacher \(not .*other.pt\) \("):
         student_setup(task, {"cache": str(tmp_path / "cache"), "teacher": str(other)})
 
 
