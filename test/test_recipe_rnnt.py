@@ -45,8 +45,9 @@ def test_help_lists_the_stages_and_options(recipe: Path):
     (["--student-archs", "big_one"], "--student-archs big_one: an architecture name is letters and digits only"),
     (["--hard-soft-mode", "top"], "--hard-soft-mode top: full or collapsed"),
     (["--ns-mode", "soft+hard"], "--ns-mode soft+hard: hard, soft or hard+soft"),
-    (["--ns-iterations", "two"], "--ns-iterations two: a number of generations (0: none)"),
-    (["--ns-min-confidence", "high"], "a confidence threshold is a number, not 'high'"),
+    (["--ns-iterations", "two"], "--ns-iterations 'two': not a whole number (see --help)"),
+    (["--ns-min-confidence", "high"], "--ns-min-confidence 'high': not a number (see --help)"),
+    (["--kd-weight", "1.5"], "--kd-weight 1.5: a number in [0, 1]"),
     (["--report-set", "dev"], "--report-set dev: not among --test-sets (tst-COMMON)"),
     (["--beam-size", "3"], "unknown option --beam-size (see --help)"),
 ])

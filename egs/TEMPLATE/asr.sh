@@ -35,10 +35,11 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizer, 4 teacher, 5 teac
 . "$template/utils/stages.sh"
 . "$template/utils/jobs.sh"
 . "$template/utils/common.sh"
+. "$template/utils/progress.sh"
 
-opt stage 0 "first stage to run"
-opt stop_stage 10 "last stage to run"
-opt nj 4 "parallel jobs for the data stages"
+opt stage 0 "first stage to run" int
+opt stop_stage 10 "last stage to run" int
+opt nj 4 "parallel jobs for the data stages" count
 opt corpus_dir corpus "where the corpus is (or, for mini, is synthesised)"
 opt corpus_opts "" "extra options for local/get_corpus.sh (mini: --num-train N ...)"
 opt train_set train "training split"
@@ -49,24 +50,25 @@ opt speed_perturb "" "speed factors for the training set, e.g. 0.9,1.0,1.1 (empt
 opt fbank_config "$template/../../conf/fbank.yaml" "fbank options"
 opt feat_dir dump/fbank "where feature archives go"
 opt token_type bpe "tokenizer: bpe, unigram or char"
-opt vocab_size 300 "vocabulary (bpe/unigram)"
+opt vocab_size 300 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher"
 opt student_sizes "small" "student sizes: conf/train_student_<size>.yaml each"
 opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
-opt nbest_beam 5 "teacher beam for the n-best on the training set"
-opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)"
-opt posterior_scale 1.0 "N-best weights = softmax(scale * teacher log-probability) over the N"
-opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)"
-opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)"
-opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores"
-opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
-opt beam 5 "beam size for decoding"
-opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x subsampling)"
-opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)"
+opt nbest_beam 5 "teacher beam for the n-best on the training set" count
+opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)" count
+opt posterior_scale 1.0 "N-best weights = softmax(scale * teacher log-probability) over the N" num
+opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)" num
+opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)" count?
+opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores" count
+opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
+opt beam 5 "beam size for decoding" count
+opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x subsampling)" num
+opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
+check_stages
 for mode in $student_modes; do
   case $mode in
     gold|1best|nbest_expand|nbest_sample|nbest_weighted) ;;

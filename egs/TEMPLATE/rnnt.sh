@@ -48,10 +48,11 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizer, 4 teacher, 5 teac
 . "$template/utils/stages.sh"
 . "$template/utils/jobs.sh"
 . "$template/utils/common.sh"
+. "$template/utils/progress.sh"
 
-opt stage 0 "first stage to run"
-opt stop_stage 10 "last stage to run"
-opt nj 4 "parallel jobs for the data stages"
+opt stage 0 "first stage to run" int
+opt stop_stage 10 "last stage to run" int
+opt nj 4 "parallel jobs for the data stages" count
 opt corpus_dir corpus "where the corpus is (or, for mini, is synthesised)"
 opt corpus_opts "" "extra options for local/get_corpus.sh (mini: --num-train N ...)"
 opt train_set train "training split"
@@ -62,32 +63,33 @@ opt speed_perturb "" "speed factors for the training set, e.g. 0.9,1.0,1.1 (empt
 opt fbank_config "$template/../../conf/fbank.yaml" "fbank options"
 opt feat_dir dump/fbank "where feature archives go"
 opt token_type bpe "tokenizer: bpe, unigram or char"
-opt vocab_size 500 "vocabulary (bpe/unigram)"
+opt vocab_size 500 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher (a non-streaming transducer)"
 opt student_archs "same streaming" "student architectures: conf/train_student_<arch>.yaml each (same: the teacher's)"
 opt kd_modes "none hard soft-full soft-collapsed hard+soft" "student targets: none hard soft-full soft-collapsed hard+soft"
-opt kd_weight 0.5 "soft modes: loss = (1 - w) RNN-T + w KD"
-opt kd_temperature 1.0 "soft modes: temperature of the teacher's and student's distributions"
+opt kd_weight 0.5 "soft modes: loss = (1 - w) RNN-T + w KD" num
+opt kd_temperature 1.0 "soft modes: temperature of the teacher's and student's distributions" num
 opt hard_soft_mode full "KD of the hard+soft students and of the noisy students: full or collapsed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt student_opts "" "extra kdst train options for the students and noisy students only (after --train-opts)"
-opt student_jobs 1 "students trained at the same time (stage 7); on one machine they share its cores"
-opt nbest_beam 4 "beam (= n-best size) of the teacher on the training set (stages 6 and 8)"
-opt posterior_scale 1.0 "pseudo labels: posterior = softmax(scale * log P) over the n-best"
-opt min_confidence "" "stage 6: drop training utterances whose teacher confidence is below this (empty: keep all)"
+opt student_jobs 1 "students trained at the same time (stage 7); on one machine they share its cores" count
+opt nbest_beam 4 "beam (= n-best size) of the teacher on the training set (stages 6 and 8)" count
+opt posterior_scale 1.0 "pseudo labels: posterior = softmax(scale * log P) over the n-best" num
+opt min_confidence "" "stage 6: drop training utterances whose teacher confidence is below this (empty: keep all)" num?
 opt confidence posterior "confidence measure: posterior (of the 1-best over the n-best, 0..1) or logprob (per word)"
-opt ns_iterations 1 "noisy-student generations (0: none)"
+opt ns_iterations 1 "noisy-student generations (0: none)" int
 opt ns_mode hard+soft "noisy-student targets: hard, soft or hard+soft"
 opt ns_config "" "training config of the noisy students (default: conf/train_student_same.yaml, else the teacher's)"
 opt ns_unlabelled_set "" "data dir (no text) of an unlabelled pool pseudo-labelled in stage 8 (empty: none)"
 opt ns_unlabelled_dir "" "audio tree of the unlabelled pool, prepared in stage 1 (empty: data/<ns-unlabelled-set> exists)"
-opt ns_min_confidence "" "stage 8: drop pool utterances whose teacher confidence is below this (empty: keep all)"
-opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
-opt beam 4 "beam size of the modified beam search (decoding)"
-opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)"
+opt ns_min_confidence "" "stage 8: drop pool utterances whose teacher confidence is below this (empty: keep all)" num?
+opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
+opt beam 4 "beam size of the modified beam search (decoding)" count
+opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
+check_stages
 fail() { echo "$prog: $*" >&2; exit 2; }
 for mode in $kd_modes; do
   case $mode in
@@ -102,11 +104,7 @@ done
 case $hard_soft_mode in full|collapsed) ;; *) fail "--hard-soft-mode $hard_soft_mode: full or collapsed" ;; esac
 case $ns_mode in hard|soft|hard+soft) ;; *) fail "--ns-mode $ns_mode: hard, soft or hard+soft" ;; esac
 case $confidence in posterior|logprob) ;; *) fail "--confidence $confidence: posterior or logprob" ;; esac
-[[ $ns_iterations =~ ^[0-9]+$ ]] || fail "--ns-iterations $ns_iterations: a number of generations (0: none)"
-for x in "$min_confidence" "$ns_min_confidence"; do
-  [ -z "$x" ] || [[ $x =~ ^-?[0-9]*\.?[0-9]+$ ]] || fail "a confidence threshold is a number, not '$x'"
-done
-[[ $kd_weight =~ ^[0-9]*\.?[0-9]+$ ]] || fail "--kd-weight $kd_weight: a number in [0, 1]"
+awk -v w="$kd_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }' || fail "--kd-weight $kd_weight: a number in [0, 1]"
 if [ -z "$ns_config" ]; then
   ns_config=$teacher_config
   [ -f conf/train_student_same.yaml ] && ns_config=conf/train_student_same.yaml

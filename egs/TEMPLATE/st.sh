@@ -41,10 +41,11 @@ Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
 . "$template/utils/stages.sh"
 . "$template/utils/jobs.sh"
 . "$template/utils/common.sh"
+. "$template/utils/progress.sh"
 
-opt stage 0 "first stage to run"
-opt stop_stage 12 "last stage to run"
-opt nj 4 "parallel jobs for the data stages"
+opt stage 0 "first stage to run" int
+opt stop_stage 12 "last stage to run" int
+opt nj 4 "parallel jobs for the data stages" count
 opt corpus_dir corpus "where the corpus is (or, for mini, is synthesised)"
 opt corpus_opts "" "extra options for local/get_corpus.sh (mini: --num-train N ...)"
 opt src_lang en "source (speech) language"
@@ -56,35 +57,36 @@ opt speed_perturb "" "speed factors for the training set, e.g. 0.9,1.0,1.1 (empt
 opt fbank_config "$template/../../conf/fbank.yaml" "fbank options"
 opt feat_dir dump/fbank "where feature archives go"
 opt src_token_type bpe "source tokenizer: bpe, unigram or char"
-opt src_vocab_size 1000 "source vocabulary (bpe/unigram)"
+opt src_vocab_size 1000 "source vocabulary (bpe/unigram)" count
 opt tgt_token_type bpe "target tokenizer: bpe, unigram or char"
-opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)"
+opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)" count
 opt mt_config conf/train_mt.yaml "training config of the MT teacher"
 opt mt_extra_sets "" "extra parallel text for the MT teacher: data dirs with text.<src> and text (space separated)"
 opt st_config conf/train_st.yaml "training config of the ST students"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt kd_modes "none word seqkd seqinter" "students: none word seqkd seqinter seqkd+word seqinter+word"
 opt word_kd_source cache "word KD teacher: cache (stage 6 top-k) or online (the MT teacher in every step)"
-opt kd_weight 0.5 "share of the KD term in the word-KD loss (lambda)"
-opt kd_temperature 1.0 "softmax temperature of word KD"
-opt topk 8 "teacher entries per target token in the cache"
+opt kd_weight 0.5 "share of the KD term in the word-KD loss (lambda)" num
+opt kd_temperature 1.0 "softmax temperature of word KD" num
+opt topk 8 "teacher entries per target token in the cache" count
 opt topk_mode topk "cache mode: topk (k best logits) or sampled (k draws with counts)"
-opt nbest_beam 5 "teacher beam for the n-best on train"
-opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)"
+opt nbest_beam 5 "teacher beam for the n-best on train" count
+opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)" count
 opt rescore_metric bleu "Seq-Inter choice: bleu, chrf, ter (against the reference) or logprob (none)"
 opt finetune yes "stage 10: fine-tune each word-KD student on gold references (yes/no)"
-opt student_jobs 1 "students trained at the same time (stages 9, 10); on one machine they share its cores"
+opt student_jobs 1 "students trained at the same time (stages 9, 10); on one machine they share its cores" count
 opt finetune_opts "--set train.epochs=5 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
-opt n_average 5 "checkpoints averaged for decoding (best by validation loss)"
-opt beam 5 "beam size for decoding"
-opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token"
-opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)"
-opt decode_nj 2 "parallel decoding jobs"
+opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
+opt beam 5 "beam size for decoding" count
+opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token" num
+opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)" num
+opt decode_nj 2 "parallel decoding jobs" count
 opt teacher "" "the MT teacher: empty = train it (stage 4), espnet:PATH = an ESPnet2 MT exp dir or packed zip (no teacher training; students adopt its vocabulary)"
 opt teacher_espnet "" "the same as --teacher espnet:PATH"
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 11 12 "  # the stages this version of kdst has
+check_stages
 for mode in $kd_modes; do
   case $mode in
     none|word|seqkd|seqinter|seqkd+word|seqinter+word) ;;

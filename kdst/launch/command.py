@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"kdst launch: {len(failed)} / {len(jobs)} failed", file=sys.stderr)
         if len(jobs) > 1:
-            print("kdst launch: to run only the failed jobs again, add --rerun-failed", file=sys.stderr)
+            print(f"kdst launch: rerun the recipe from this stage: {env.get('KDST_RECIPE', 'run.sh')} "
+                  f"--stage {env['KDST_RECIPE_STAGE']}"  # a recipe stage's job (egs/TEMPLATE/utils/stages.sh)
+                  if (env := __import__("os").environ).get("KDST_RECIPE_STAGE")
+                  else "kdst launch: to run only the failed jobs again, add --rerun-failed", file=sys.stderr)
         return 1
     if getattr(args, "launch_verbose", False):
         print(f"kdst launch: {len(jobs)} job(s) succeeded", file=sys.stderr)

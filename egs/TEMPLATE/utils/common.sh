@@ -1,6 +1,7 @@
 # Stage functions every recipe template shares (source it after the options are parsed).
 # They read the template's variables when called: train_set, train_sp, all_sets,
 # speed_perturb, nj, fbank_config, feat_dir, train_cmd, cuda_cmd, train_opts, n_average.
+# train_model needs progress.sh.
 
 # Stage 2: optional speed perturbation, fbank in nj jobs, global CMVN on the training set.
 make_features() {
@@ -17,9 +18,10 @@ make_features() {
 }
 
 # train_model EXP_DIR CONFIG "OPTIONS": resumes an interrupted run, then averages checkpoints.
+# The console gets where the log is and, while it trains, a progress line now and then (progress.sh).
 train_model() {
   mkdir -p "$1"
   # shellcheck disable=SC2086
-  ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
+  with_progress "$1" ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
   kdst average --exp-dir "$1" --num "$n_average"
 }

@@ -9,6 +9,39 @@ stage_dir=${stage_dir:-.stages}
 
 log() { echo "$(date '+%F %T') [${prog:-$(basename "$0")}] $*" >&2; }
 
+# check_stages: --stage and --stop-stage are stages of this recipe ($implemented) and the first is
+# not after the last; otherwise one line naming the option, exit 2.  Call it after parse_options.
+check_stages() {
+  local -a stages
+  read -ra stages <<<"$implemented"
+  local first=${stages[0]} last=${stages[${#stages[@]} - 1]} name value
+  for name in stage stop_stage; do
+    value=$((10#${!name}))  # parse_options checked that it is a whole number
+    if [ "$value" -lt "$first" ] || [ "$value" -gt "$last" ]; then
+      echo "$prog: --${name//_/-} $value: this recipe's stages are $first to $last (see --help)" >&2
+      exit 2
+    fi
+    printf -v "$name" '%s' "$value"
+  done
+  if [ "$stage" -gt "$stop_stage" ]; then
+    echo "$prog: --stop-stage $stop_stage is before --stage $stage: no stage would run" >&2
+    exit 2
+  fi
+}
+
+# While a stage runs, the jobs it launches know it (kdst launch then says how to rerun the recipe),
+# and a stage that fails says so, and where to start again, as the recipe exits.
+export KDST_RECIPE=${prog:-$0}
+_kdst_stage_running=""
+_kdst_stage_failed() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ -n "$_kdst_stage_running" ]; then
+    log "stage $_kdst_stage_running: failed (exit $status) after $((SECONDS - _kdst_stage_start)) s;" \
+      "after fixing the cause, rerun the recipe from this stage: $KDST_RECIPE --stage $_kdst_stage_running"
+  fi
+}
+trap _kdst_stage_failed EXIT
+
 # stage_signature N OPTION_TEXT -> prints the signature of stage N: its options and the
 # marker of the nearest earlier stage that has finished (stages a recipe lacks have none).
 stage_signature() {
@@ -44,8 +77,11 @@ run_stage() {
     return 0
   fi
   log "stage $n: $3"
-  local start=$SECONDS
+  _kdst_stage_running=$n _kdst_stage_start=$SECONDS
+  export KDST_RECIPE_STAGE=$n
   "$3"
+  unset KDST_RECIPE_STAGE
+  _kdst_stage_running=""
   stage_finished "$n" "$signature"
-  log "stage $n: finished in $((SECONDS - start)) s"
+  log "stage $n: finished in $((SECONDS - _kdst_stage_start)) s"
 }
