@@ -10,7 +10,9 @@ user-fixable problem (a KdstError) is printed as one line and exits 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import sys
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kdst.errors import KdstError
+from kdst.errors import DataError, KdstError
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Command:
 def add_validate_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+")
     p.add_argument("--no-audio", action="store_true", help="do not open the audio (faster)")
+    p.add_argument("--deep", action="store_true", help="read every feature matrix of feats.scp (slower)")
 
 
 def run_validate_data(args: argparse.Namespace) -> int:
@@ -42,7 +45,7 @@ def run_validate_data(args: argparse.Namespace) -> int:
 
     status = 0
     for directory in args.dirs:
-        problems = validate_data_dir(directory, check_audio=not args.no_audio)
+        problems = validate_data_dir(directory, check_audio=not args.no_audio, deep=args.deep)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -106,10 +109,11 @@ def add_fbank_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_fbank(args: argparse.Namespace) -> int:
     from kdst.data.features import FbankOptions, write_fbank_shard
-    from kdst.data.kaldi_dir import merge_into_data_dir
+    from kdst.data.kaldi_dir import merge_into_data_dir, require_directory
     from kdst.launch.split import JOB, run_split
 
     options = FbankOptions.from_yaml(args.config)  # a bad config fails here, not in every job
+    require_directory(args.feat_dir, "feature directory")
     name = args.name or f"raw_fbank_{Path(args.data_dir).name}"
     nj = jobs_for(args.data_dir, args.nj)
     if nj <= 1:
@@ -160,13 +164,13 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
                    help="ESPnet BeamSearch's pruning and length rules (kdst.decode.search)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--nbest", type=int, default=1)
+    p.add_argument("--beam", type=int, default=5, help="hypotheses kept per utterance and step")
+    p.add_argument("--nbest", type=int, default=1, help="hypotheses written per utterance to nbest.txt (<= --beam)")
     p.add_argument("--greedy", action="store_true", help="greedy search instead of beam search")
     p.add_argument("--length-penalty", type=float, default=1.0, help="score = logprob / length**this")
     p.add_argument("--max-len-ratio", type=float, default=1.0, help="of the encoder output length")
-    p.add_argument("--max-len-bias", type=int, default=5)
-    p.add_argument("--min-len-ratio", type=float, default=0.0)
+    p.add_argument("--max-len-bias", type=int, default=5, help="tokens added to the maximum length")
+    p.add_argument("--min-len-ratio", type=float, default=0.0, help="of the encoder output length: no <eos> before")
     p.add_argument("--max-symbols-per-frame", type=int, default=3,
                    help="transducer greedy search (--greedy or --beam 1): most labels emitted on one frame")
     p.add_argument("--batch-units", type=int, default=20000, help="padded frames (or tokens) per batch")
@@ -175,6 +179,7 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    from kdst.data.kaldi_dir import require_directory
     from kdst.decode.decode import decode_data_dir, merge_job_outputs
     from kdst.decode.search import SearchOptions
     from kdst.launch.split import JOB, run_split
@@ -183,6 +188,7 @@ def run_decode(args: argparse.Namespace) -> int:
     options = SearchOptions(beam=args.beam, nbest=args.nbest, max_len_ratio=args.max_len_ratio,
                             max_len_bias=args.max_len_bias, min_len_ratio=args.min_len_ratio,
                             length_penalty=args.length_penalty, espnet_rule=args.espnet_rule)
+    require_directory(args.output_dir, "output directory")
     nj = jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         decode_data_dir(model, args.data_dir, args.output_dir, options, greedy=args.greedy,
@@ -268,14 +274,31 @@ def run_compute_cmvn(args: argparse.Namespace) -> int:
 def add_speed_perturb_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--factors", default="0.9,1.0,1.1")
+    p.add_argument("--factors", default="0.9,1.0,1.1", help="comma-separated speed factors; 1.0 keeps the originals")
 
 
 def run_speed_perturb(args: argparse.Namespace) -> int:
     from kdst.data.features import speed_perturb_data_dir
 
-    speed_perturb_data_dir(args.src, args.dst, [float(f) for f in args.factors.split(",")])
+    speed_perturb_data_dir(args.src, args.dst, speed_factors(args.factors))
     return 0
+
+
+def speed_factors(text: str) -> list[float]:
+    """The factors of ``--factors 0.9,1.0,1.1``: positive, finite, each once (they name the copies)."""
+    factors: list[float] = []
+    for item in text.split(","):
+        try:
+            factor = float(item)
+        except ValueError:
+            factor = math.nan
+        if not 0 < factor < math.inf:
+            raise KdstError(f"--factors {text}: '{item}' is not a positive speed factor "
+                            f"(e.g. --factors 0.9,1.0,1.1)")
+        if factor in factors:
+            raise KdstError(f"--factors {text}: {factor:g} is given twice")
+        factors.append(factor)
+    return factors
 
 
 def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
@@ -291,7 +314,7 @@ def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
-    from kdst.data.tokenizer import load_tokenizer, train_tokenizer
+    from kdst.data.tokenizer import decode_line, load_tokenizer, read_utf8_lines, train_tokenizer
 
     if args.action == "train":
         train_tokenizer(args.dir, args.inputs, type=args.type, vocab_size=args.vocab_size,
@@ -300,15 +323,35 @@ def run_tokenizer(args: argparse.Namespace) -> int:
         print(f"{args.dir}: {len(load_tokenizer(args.dir).tokens)} tokens ({args.type})")
         return 0
     tokenizer = load_tokenizer(args.dir)
-    source = open(args.inputs[0], encoding="utf-8") if args.inputs else sys.stdin
-    for line in source:
-        key, _, value = line.rstrip("\n").partition(" ") if args.keyed else ("", "", line.rstrip("\n"))
+    if len(args.inputs) > 1:
+        raise KdstError(f"{args.action} reads one file (or stdin), not {len(args.inputs)}")
+    name = args.inputs[0] if args.inputs else "<stdin>"
+    lines = read_utf8_lines(args.inputs[0]) if args.inputs else \
+        [decode_line(raw, name, number) for number, raw in enumerate(sys.stdin.buffer, start=1)]
+    outputs = []  # printed only once every line is done: a bad line leaves no partial output
+    for number, line in enumerate(lines, start=1):
+        key, _, value = line.partition(" ") if args.keyed else ("", "", line)
         if args.action == "encode":
             out = " ".join(str(i) for i in tokenizer.encode(value))
         else:
-            out = tokenizer.decode(int(i) for i in value.split())
-        print(f"{key} {out}" if args.keyed else out)
+            out = tokenizer.decode(token_ids(value, len(tokenizer.tokens), name, number))
+        outputs.append(f"{key} {out}" if args.keyed else out)
+    print("".join(f"{out}\n" for out in outputs), end="")
     return 0
+
+
+def token_ids(text: str, vocab_size: int, source: str, line: int) -> list[int]:
+    """The ids of one line of ``kdst tokenizer decode`` input, each an id of the vocabulary."""
+    ids = []
+    for word in text.split():
+        try:
+            ids.append(int(word))
+        except ValueError:
+            raise DataError(source, f"'{word}' is not a token id (an integer)", line) from None
+        if not 0 <= ids[-1] < vocab_size:
+            raise DataError(source, f"token id {ids[-1]} is out of range (the vocabulary has ids 0 to "
+                                    f"{vocab_size - 1})", line)
+    return ids
 
 
 def read_symbols(path: Path) -> list[str]:
@@ -411,7 +454,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_average_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-dir", type=Path, required=True)
-    p.add_argument("--num", type=int, default=5)
+    p.add_argument("--num", type=int, default=5, help="epoch checkpoints to average")
     p.add_argument("--by", choices=("best", "last"), default="best", help="best: lowest validation loss")
 
 
@@ -486,15 +529,58 @@ def commands() -> list[Command]:
     ]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none worth saying or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if not action.option_strings or not has_default(action) or "default" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether the help should name the default: not for nothing (None, an empty list) or a flag's False."""
+    default = action.default
+    return not (default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, (str, list, tuple)) and not default))
+
+
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when kdst runs uninstalled."""
+    try:
+        return importlib.metadata.version("kdst")
+    except importlib.metadata.PackageNotFoundError:
+        from kdst import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="kdst", description=__doc__.split("\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands():
         p = sub.add_parser(command.name, **({"help": command.help} if command.help else {}))
         command.add_arguments(p)
         p.set_defaults(run_command=command.run)
+    for p in all_parsers(parser):  # the subcommands' own subcommands (kdst systems add) too
+        p.formatter_class = DefaultsHelpFormatter
+        for action in p._actions:  # argparse prints no help line at all for an option without help
+            if action.help is None and action.option_strings and has_default(action):
+                action.help = "(default: %(default)s)"
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every parser below it, through its subcommands."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases name one parser twice
+                found += all_parsers(child)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Both inputs are Kaldi ``text`` files (``utt-id words...``) matched by
 utterance id, not by line order.  A hypothesis may be empty (a model can
-output nothing); a reference may not.  ``kdst score`` is a thin layer over
-:func:`score`.
+output nothing), and so may a reference (real test sets have empty segments,
+which sacrebleu and Kaldi's compute-wer score too).  ``kdst score`` is a thin
+layer over :func:`score`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ LENGTH_KEYS = {"wer": "ref_words", "cer": "ref_chars"}  # in the ``<metric>_coun
 MAX_REPORTED = 5  # ids named in one missing/extra-utterance message
 
 
-def _read_text(path, *, allow_empty: bool) -> dict[str, tuple[str, int]]:
-    """utterance id -> (text, line); a duplicate id is a DataError at its second line."""
+def _read_text(path) -> dict[str, tuple[str, int]]:
+    """utterance id -> (text, line), the text maybe empty; a duplicate id is a DataError at its second line."""
     out: dict[str, tuple[str, int]] = {}
-    for e in iter_entries(path, allow_empty_value=allow_empty):
+    for e in iter_entries(path, allow_empty_value=True):
         if e.key in out:
             raise DataError(path, f"duplicate utterance '{e.key}' (first on line {out[e.key][1]})", e.line)
         out[e.key] = (e.value, e.line)
@@ -48,8 +49,8 @@ def read_pairs(ref_path, hyp_path) -> tuple[list[str], list[str], list[str]]:
     Every reference needs exactly one hypothesis and vice versa; the first
     few offending ids are named in one DataError, with their count.
     """
-    refs = _read_text(ref_path, allow_empty=False)
-    hyps = _read_text(hyp_path, allow_empty=True)
+    refs = _read_text(ref_path)
+    hyps = _read_text(hyp_path)
     ref_name = os.fspath(ref_path)
     missing = [k for k in refs if k not in hyps]  # in ref line order
     if len(missing) == 1:
@@ -209,7 +210,9 @@ def score(ref_path, hyp_path, metrics: Sequence[str] = ("bleu",), *, alignment_p
             corpus = metric.corpus_score(hyps, [refs])
             result[name] = round(corpus.score, 2)
             signature[name] = str(metric.get_signature())
-            if name == "bleu":  # word-level KD tends to shorten outputs: the BP alone hides by how much
+            # Word-level KD tends to shorten outputs: the BP alone hides by how much.  Only empty
+            # references have no length to divide by.
+            if name == "bleu" and corpus.ref_len > 0:
                 result["len_ratio"] = round(corpus.sys_len / corpus.ref_len, 4)
         else:
             counts = (wer if name == "wer" else cer)(refs, hyps)

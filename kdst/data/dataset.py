@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import kaldiio
 import numpy as np
 import torch
 
 from kdst.config import DataConfig
-from kdst.data.features import GlobalCMVN, read_utt2num_frames
-from kdst.data.kaldi_dir import DataDir
+from kdst.data.features import GlobalCMVN, load_feature_matrix, read_utt2num_frames
+from kdst.data.kaldi_dir import DataDir, Entry, iter_entries
 from kdst.data.tokenizer import Tokenizer, load_tokenizer
 from kdst.errors import DataError, KdstError
 
@@ -41,8 +40,15 @@ class SpeechDataset:
     def __init__(self, data_dir: str | Path, tokenizer: Tokenizer, *, text: str | None = "text",
                  cmvn: str | Path | None = None, ctc_text: str | None = None, ctc_tokenizer: Tokenizer | None = None):
         data = DataDir(data_dir)
-        self.feats = kaldiio.load_scp(str(data.file("feats.scp")))  # lazy: reads on access
+        self.feats_scp = data.file("feats.scp")
+        self.feats = _feature_entries(data)  # read on access
+        if not data.has("utt2num_frames"):
+            raise DataError(data.file("utt2num_frames"), "missing (kdst fbank writes it with feats.scp)")
         frames = read_utt2num_frames(data.file("utt2num_frames"))
+        without = [u for u in frames if u not in self.feats]
+        if without:
+            raise DataError(self.feats_scp, f"{len(without)} utterance(s) of utt2num_frames have no features here, "
+                                            f"e.g. '{without[0]}' (run kdst fix-data)")
         # Decoding needs no targets (text None), and then no CTC targets either.
         self.targets = _encode_texts(data, text, frames, tokenizer) if text else {u: [] for u in frames}
         self.ctc_targets = _encode_texts(data, ctc_text, frames, ctc_tokenizer) if text and ctc_text else None
@@ -51,11 +57,25 @@ class SpeechDataset:
         self.src_lengths = {u: frames[u] for u in self.ids}
 
     def __getitem__(self, utt: str) -> Example:
-        feats = self.feats[utt]
+        feats = load_feature_matrix(self.feats_scp, self.feats[utt])
         if self.cmvn is not None:
             feats = self.cmvn(feats)
         ctc = self.ctc_targets[utt] if self.ctc_targets is not None else None
         return Example(utt, feats.astype(np.float32), self.targets[utt], ctc)
+
+
+def _feature_entries(data: DataDir) -> dict[str, Entry]:
+    """utterance -> its feats.scp line; no feats.scp is a DataError saying what would make one."""
+    if not data.has("feats.scp"):
+        raise DataError(data.file("feats.scp"), "missing: the model reads speech features (run kdst fbank on "
+                                                "this data dir)")
+    entries: dict[str, Entry] = {}
+    for entry in iter_entries(data.file("feats.scp")):
+        if entry.key in entries:
+            raise DataError(data.file("feats.scp"), f"duplicate key '{entry.key}' (first on line "
+                                                    f"{entries[entry.key].line})", entry.line)
+        entries[entry.key] = entry
+    return entries
 
 
 def _encode_texts(data: DataDir, name: str, utterances, tokenizer: Tokenizer) -> dict[str, list[int]]:

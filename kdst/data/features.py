@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import struct
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,10 +27,13 @@ from tqdm import tqdm
 
 from kdst.data.audio import TARGET_RATE, iter_utterances
 from kdst.data.files import atomic_path, atomic_write_text
-from kdst.data.kaldi_dir import DataDir, iter_entries, write_data_dir, write_kv
+from kdst.data.kaldi_dir import DataDir, Entry, iter_entries, require_directory, write_data_dir, write_kv
 from kdst.errors import DataError, KdstError
 
 log = logging.getLogger(__name__)
+
+# What kaldiio raises on an ark that ends mid-matrix, a wrong offset or bytes that are no matrix.
+_FEATURE_READ_ERRORS = (AssertionError, ValueError, EOFError, OSError, IndexError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,14 @@ class FbankOptions:
     def from_yaml(cls, path: str | os.PathLike | None) -> "FbankOptions":
         if path is None:
             return cls()
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        if not Path(path).is_file():
+            raise DataError(path, "fbank config not found")
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise DataError(path, f"not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        if not isinstance(raw, dict):
+            raise DataError(path, "expected a mapping of fbank options")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -99,6 +109,7 @@ def write_fbank_shard(data_dir: str | os.PathLike, feat_dir: str | os.PathLike, 
     """
     data = DataDir(data_dir)
     feat_dir = Path(feat_dir).resolve()
+    require_directory(feat_dir, "feature directory")
     feat_dir.mkdir(parents=True, exist_ok=True)
     ark, scp = feat_dir / f"{name}.ark", feat_dir / f"{name}.scp"
     done = feat_dir / f"{name}.done"
@@ -152,10 +163,35 @@ def accumulate_cmvn(feature_matrices: Iterable[np.ndarray]) -> np.ndarray:
 
 def compute_global_cmvn(feats_scp: str | os.PathLike, out: str | os.PathLike) -> np.ndarray:
     """Accumulate statistics over every utterance of ``feats_scp`` into a Kaldi matrix file."""
-    stats = accumulate_cmvn(mat for _, mat in kaldiio.load_scp_sequential(os.fspath(feats_scp)))
+    matrices = ((e, load_feature_matrix(feats_scp, e)) for e in iter_entries(feats_scp))
+    stats = accumulate_cmvn(_same_dimension(feats_scp, matrices))
     with atomic_path(out) as tmp:
         kaldiio.save_mat(os.fspath(tmp), stats)
     return stats
+
+
+def _same_dimension(scp: str | os.PathLike, entries: Iterable[tuple[Entry, np.ndarray]]) -> Iterable[np.ndarray]:
+    dim = None
+    for entry, feats in entries:
+        if feats.ndim != 2 or (dim is not None and feats.shape[1] != dim):
+            expected = "a matrix" if dim is None else f"(frames, {dim}) like the ones before"
+            raise DataError(scp, f"the features of '{entry.key}' have shape {feats.shape}, not {expected}",
+                            entry.line)
+        dim = feats.shape[1]
+        yield feats
+
+
+def load_feature_matrix(scp: str | os.PathLike, entry: Entry) -> np.ndarray:
+    """The matrix of one ``feats.scp`` line (``ark:offset``, a pipe...), or a DataError naming that line."""
+    try:
+        return kaldiio.load_mat(entry.value)
+    except _FEATURE_READ_ERRORS as e:
+        raise DataError(scp, f"the features of '{entry.key}' cannot be read from {entry.value} (truncated or not "
+                             f"a Kaldi ark? {_first_line(e)})", entry.line) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -172,7 +208,15 @@ class GlobalCMVN:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GlobalCMVN":
-        return cls.from_stats(kaldiio.load_mat(os.fspath(path)))
+        if not Path(path).is_file():
+            raise DataError(path, "CMVN statistics not found (kdst compute-cmvn writes them)")
+        try:
+            stats = kaldiio.load_mat(os.fspath(path))
+        except _FEATURE_READ_ERRORS as e:
+            raise DataError(path, f"not a Kaldi matrix ({_first_line(e)})") from None
+        if stats.ndim != 2 or stats.shape[0] != 2 or stats[0, -1] <= 0:
+            raise DataError(path, f"not CMVN statistics (2 rows, a frame count last): shape {stats.shape}")
+        return cls.from_stats(stats)
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         return (feats - self.mean) * self.inv_std

@@ -37,8 +37,8 @@ def c_sort_key(key: str) -> bytes:
 
 
 def iter_entries(path: str | os.PathLike, *, allow_empty_value: bool = False) -> Iterator[Entry]:
-    """Yield the ``key value`` lines of a Kaldi file; a malformed line is a DataError."""
-    with open(path, "rb") as f:
+    """Yield the ``key value`` lines of a Kaldi file; a malformed line (or no file) is a DataError."""
+    with open_for_reading(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
@@ -51,6 +51,24 @@ def iter_entries(path: str | os.PathLike, *, allow_empty_value: bool = False) ->
             if not value and not allow_empty_value:
                 raise DataError(path, f"no value for key '{key}'", number)
             yield Entry(key, value, number)
+
+
+def open_for_reading(path: str | os.PathLike):
+    """``open(path, "rb")``; a missing file, a directory or an unreadable one is a DataError."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(path, "missing") from None
+    except IsADirectoryError:
+        raise DataError(path, "is a directory, not a file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot be read ({e.strerror})") from None
+
+
+def require_directory(path: str | os.PathLike, what: str) -> None:
+    """An output directory that is a file now would fail deep inside a stage: say so before it starts."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise KdstError(f"{path}: the {what} exists and is not a directory")
 
 
 def read_kv(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict[str, str]:

@@ -37,7 +37,7 @@ import sentencepiece as spm
 import yaml
 
 from kdst.data.files import umask
-from kdst.data.kaldi_dir import iter_entries
+from kdst.data.kaldi_dir import iter_entries, open_for_reading
 from kdst.errors import DataError, KdstError
 
 BLANK, UNK, SOS_EOS = "<blank>", "<unk>", "<sos/eos>"
@@ -146,10 +146,23 @@ def _read_texts(paths: Iterable[str | os.PathLike], kaldi_text: bool) -> list[st
         if kaldi_text:
             texts += [e.value for e in iter_entries(path)]
         else:
-            texts += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts += [line.strip() for line in read_utf8_lines(path) if line.strip()]
     if not texts:
         raise KdstError(f"no training text in {', '.join(map(str, paths))}")
     return texts
+
+
+def read_utf8_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a text file, without their ends; a missing file or a line not in UTF-8 is a DataError."""
+    with open_for_reading(path) as f:
+        return [decode_line(raw, path, number) for number, raw in enumerate(f, start=1)]
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, number: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not valid UTF-8 (byte {e.start})", number) from None
 
 
 def train_tokenizer(out_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, type: str = "bpe",

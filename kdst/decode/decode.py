@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.files import atomic_write_text
+from kdst.data.kaldi_dir import require_directory
 from kdst.data.split import merge_scp
 from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
@@ -47,6 +48,9 @@ def decode_data_dir(model: str, data_dir: str | Path, out_dir: str | Path,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if batch_units < 1:
         raise KdstError(f"--batch-units must be >= 1, not {batch_units}")
+    if max_symbols_per_frame < 1:
+        raise KdstError(f"--max-symbols-per-frame must be >= 1, not {max_symbols_per_frame}")
+    require_directory(out_dir, "output directory")  # before the model is loaded, not after the search
     loaded = load_teacher(model, device, src_text=src_text)
     checkpoint, tokenizer = loaded.model_file, loaded.tokenizer
     model = loaded.model

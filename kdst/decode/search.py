@@ -54,14 +54,21 @@ from dataclasses import dataclass
 import torch
 
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
+from kdst.errors import KdstError
 from kdst.models.encoders import lengths_to_mask
 
 EOS_ID = SOS_EOS_ID
 NEG_INF = float("-inf")
 
 
+class SearchOptionError(KdstError, ValueError):
+    """An option out of range: a user's mistake (one line from ``kdst decode``), and a ValueError to callers."""
+
+
 @dataclass(frozen=True)
 class SearchOptions:
+    """The search options; each field is the ``kdst decode`` option of the same name (``--max-len-ratio``)."""
+
     beam: int = 5
     nbest: int = 1  # hypotheses returned per utterance (<= beam)
     max_len_ratio: float = 1.0  # max tokens = ceil(ratio * encoder-output length) + bias, capped by max_len
@@ -72,12 +79,14 @@ class SearchOptions:
     espnet_rule: bool = False  # ESPnet BeamSearch's pruning and length rules (module docstring)
 
     def __post_init__(self):
-        if self.beam < 1 or not 1 <= self.nbest <= self.beam:
-            raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, not beam={self.beam} nbest={self.nbest}")
-        if self.length_penalty < 0:
-            raise ValueError(f"length_penalty must be >= 0, not {self.length_penalty}")
-        if self.max_len < 0 or self.max_len_ratio < 0 or self.min_len_ratio < 0:
-            raise ValueError("max_len, max_len_ratio and min_len_ratio must be >= 0")
+        if self.beam < 1:
+            raise SearchOptionError(f"--beam must be >= 1, not {self.beam}")
+        if not 1 <= self.nbest <= self.beam:
+            raise SearchOptionError(f"--nbest must be between 1 and --beam ({self.beam}), not {self.nbest}")
+        # The stopping rule's bound holds for a non-negative penalty only (module docstring).
+        for name in ("length_penalty", "max_len", "max_len_ratio", "min_len_ratio"):
+            if not getattr(self, name) >= 0:  # not >=: NaN fails too
+                raise SearchOptionError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ KdstError naming the file.
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            AttributeError, ImportError, IndexError, KeyError, TypeError, AssertionError, struct.error,
+            OverflowError, MemoryError) as e:  # random bytes can claim absurd lengths: the last two
+        # torch's first sentence says what failed; the rest is advice that this message replaces.
+        reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise KdstError(f"{path}: not a readable {what} (truncated or not a torch file: {reason})") from None
     if not isinstance(saved, dict) or "model" not in saved or "config" not in saved:
         raise KdstError(f"{path}: not a kdst {what} (no model weights and config in it)")
