@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
                         "--student-modes", " ".join(MODES), "--nbest-beam", "3", "--nbest-size", "3",
                         "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2")
     assert result.returncode == 0, result.stderr
+    # a training stage names its log, and how training ended (egs/TEMPLATE/utils/progress.sh)
+    assert "training exp/asr_teacher: log in exp/asr_teacher/train.log" in result.stderr
+    assert re.search(r"training exp/asr_teacher: finished: (epoch 2 step \d+, loss \S+; )?after epoch 2: "
+                     r"validation nll=", result.stderr)
     exp, train = recipe / "exp", recipe / "data" / "train"
 
     one_best = dict(line.split(" ", 1) for line in (train / "text.1best").read_text().splitlines())
