@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from kdst.data.dataset import collate
+from kdst.errors import KdstError
 
 
 class BatchesFrom(Sampler[list[str]]):
@@ -45,13 +46,44 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+class _Failed:
+    """What a worker sends back instead of a batch when reading it raised a KdstError: torch would
+    re-raise the error in the training process with the worker's traceback in its text."""
+
+    def __init__(self, error: KdstError):
+        self.message = str(error)
+
+
+class _Examples:
+    """``dataset[utt]``, with a user-fixable problem caught where it happens (maybe in a worker)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, utt: str):
+        try:
+            return self.dataset[utt]
+        except KdstError as e:
+            return _Failed(e)
+
+
+def _collate(examples: list) -> dict | _Failed:
+    failed = [e for e in examples if isinstance(e, _Failed)]
+    return failed[0] if failed else collate(examples)
+
+
 def batch_loader(dataset, batches: list[list[str]], *, start: int = 0, num_workers: int = 2,
-                 device: torch.device = torch.device("cpu")) -> DataLoader:
+                 device: torch.device = torch.device("cpu")) -> Iterator[dict]:
     """Collated batches ``batches[start:]`` of ``dataset``, read ahead by ``num_workers`` processes
-    (0: in this process, when iterated); pinned for a fast copy to a GPU."""
-    return DataLoader(dataset, batch_sampler=BatchesFrom(batches, start), collate_fn=collate,
-                      num_workers=num_workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
-                      # 2 batches per worker in flight: enough to hide reading, little memory
-                      prefetch_factor=2 if num_workers > 0 else None,
-                      generator=torch.Generator())
+    (0: in this process, when iterated); pinned for a fast copy to a GPU.  A KdstError while reading
+    a batch is raised here, as the one line it is, whichever process read it."""
+    loader = DataLoader(_Examples(dataset), batch_sampler=BatchesFrom(batches, start), collate_fn=_collate,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+                        # 2 batches per worker in flight: enough to hide reading, little memory
+                        prefetch_factor=2 if num_workers > 0 else None,
+                        generator=torch.Generator())
+    for batch in loader:
+        if isinstance(batch, _Failed):
+            raise KdstError(batch.message)
+        yield batch

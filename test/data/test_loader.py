@@ -14,6 +14,7 @@ from kdst.data.features import write_fbank_shard
 from kdst.data.loader import BatchesFrom, batch_loader
 from kdst.data.nbest_targets import NbestTargets
 from kdst.data.tokenizer import load_tokenizer, train_tokenizer
+from kdst.errors import DataError, KdstError
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,14 @@ def test_speech_features_pickle_and_load_in_workers(plain_dir: Path, tmp_path: P
     assert (copy[dataset.ids[1]].src == dataset[dataset.ids[1]].src).all()
     batches = [dataset.ids[:2], dataset.ids[2:]]
     same_batches(list(batch_loader(dataset, batches, num_workers=2)), list(iterate(dataset, batches)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_example_is_the_one_line_it_raised_in_any_process(workers):
+    class Broken:
+        def __getitem__(self, utt):
+            raise DataError("data/feats.scp", f"the features of '{utt}' cannot be read", line=3)
+
+    with pytest.raises(KdstError) as caught:
+        list(batch_loader(Broken(), [["u1", "u2"]], num_workers=workers))
+    assert str(caught.value) == "data/feats.scp:3: the features of 'u1' cannot be read"
