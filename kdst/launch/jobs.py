@@ -20,6 +20,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -30,15 +31,14 @@ from typing import Callable, Iterator, Sequence
 
 from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
+from kdst.launch import guard
+from kdst.launch.guard import KILL_AFTER_S  # after a first SIGTERM to the jobs, how long before SIGKILL
 
 # Words that stay shell syntax instead of being quoted into arguments.
 SHELL_OPERATORS = frozenset({
     "|", "||", "|&", "&&", "&", ";", "!", "(", ")",
     "<", ">", ">>", "<<<", "2>", "2>>", "&>", "&>>", "2>&1", "1>&2", ">&2",
 })
-
-# After a first SIGTERM to the jobs, how long before SIGKILL (a second Ctrl-C does it at once).
-KILL_AFTER_S = 10.0
 
 _RANGE_HEAD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
 _RANGE_BODY = re.compile(r"(\d+)(?::(\d+))?")
@@ -100,15 +100,19 @@ def _now() -> str:
 
 
 def run_job(job: Job, *, on_start: Callable[[subprocess.Popen], None] | None = None,
-            env: dict[str, str] | None = None, status_path: Path | None = None) -> int:
+            env: dict[str, str] | None = None, status_path: Path | None = None, guarded: bool = False) -> int:
     """Run one job under ``bash -c`` with header and footer in its log; returns its exit status.
 
     This is the one place logs are framed: the local backend calls it in a
     thread, a cluster task wrapper calls it on the node (``status_path`` then
     receives the exit status, for clusters without job accounting).  The job
-    gets its own process group so the whole group can be signalled;
-    ``on_start`` receives the process for that.  A job killed by signal N
-    returns 128+N, as a shell reports it.
+    gets its own session and process group so the whole group can be signalled;
+    ``on_start`` receives the process for that.  ``guarded`` (the local backend)
+    starts it under kdst/launch/guard.py, which stops the group if this process
+    dies, even by SIGKILL; that guard watches the thread that started it, and
+    this one waits for the job.  (On a cluster node the scheduler cleans up a
+    task's processes itself.)  A job killed by signal N returns 128+N, as a
+    shell reports it.
     """
     try:  # written in place, not via a temporary name: users tail running logs
         job.log.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +123,13 @@ def run_job(job: Job, *, on_start: Callable[[subprocess.Popen], None] | None = N
     start = time.monotonic()
     with open(job.log, "ab") as out:  # append: the job's output goes after the header
         try:
-            proc = subprocess.Popen(["bash", "-c", job.command], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            argv = ["bash", "-c", job.command]
+            if guarded:
+                argv = [sys.executable, guard.__file__, str(os.getpid()), job.command]
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         except OSError as e:
-            out.write(f"kdst launch: cannot start bash: {e}\n".encode())
+            out.write(f"kdst launch: cannot start the job: {e}\n".encode())
             returncode = 127
         else:
             if on_start is not None:
@@ -146,7 +153,7 @@ def run_job(job: Job, *, on_start: Callable[[subprocess.Popen], None] | None = N
 
 
 class LaunchInterrupted(Exception):
-    """The launcher got SIGINT/SIGTERM; running jobs were killed."""
+    """The launcher got SIGINT/SIGTERM/SIGHUP; running jobs were killed."""
 
     def __init__(self, signum: int):
         self.signum = signum
@@ -154,8 +161,11 @@ class LaunchInterrupted(Exception):
 
 
 @contextmanager
-def catch_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[list[int]]:
-    """Record SIGINT/SIGTERM in the yielded list instead of dying, so jobs can be cleaned up.
+def catch_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM/SIGHUP in the yielded list instead of dying, so jobs can be cleaned up.
+
+    SIGHUP is a closed terminal or a lost ssh session: the jobs, in sessions of their own, do
+    not get it, so the launcher must stop them.
 
     Only the main thread may install handlers; elsewhere nothing is caught.
     """
@@ -193,7 +203,7 @@ class Backend(ABC):
     def run(self, jobs: Sequence[Job], max_jobs: int | None) -> list[int]:
         """Run the jobs, at most ``max_jobs`` at once; exit statuses in job order.
 
-        On SIGINT/SIGTERM: stop the jobs and raise LaunchInterrupted.
+        On SIGINT/SIGTERM/SIGHUP: stop the jobs and raise LaunchInterrupted.
         """
 
 

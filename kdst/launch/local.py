@@ -1,5 +1,10 @@
 """The local backend of ``kdst launch``: jobs as subprocesses of this machine.
 
+Jobs die with the launcher however it dies: SIGINT, SIGTERM and SIGHUP are passed on
+to their process groups as SIGTERM (then SIGKILL after KILL_AFTER_S), and each job
+runs under a guard (kdst/launch/guard.py) that stops it if the launcher is killed
+outright.
+
 It sets nothing for ``--gpu`` (no CUDA_VISIBLE_DEVICES): local jobs see every
 GPU and must choose one themselves.
 """
@@ -51,7 +56,7 @@ class LocalBackend(Backend):
                 register(proc)
 
             try:
-                return run_job(job, on_start=on_start)
+                return run_job(job, on_start=on_start, guarded=True)  # jobs die with this process
             finally:
                 with lock:
                     live.difference_update(started)

@@ -38,7 +38,7 @@ import torch
 import torchaudio.functional
 
 from kdst.synth.text import generate_pairs
-from kdst.data.files import atomic_write_text
+from kdst.data.files import atomic_write_text, remove_stale_temporaries, temporary_dir
 from kdst.errors import KdstError
 
 log = logging.getLogger(__name__)
@@ -258,18 +258,6 @@ def _settings(sizes: Mapping[str, int], seed: int, utts_per_talk: int, variabili
             "variability": variability}
 
 
-def _remove_stale_partials(lang_dir: Path) -> None:
-    # A partial dir is named after the building process; remove only dead ones,
-    # so a concurrent build of the same root is not sabotaged.
-    for path in lang_dir.glob(".data.partial-*"):
-        try:
-            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def make_corpus(root: str | os.PathLike, *, sizes: Mapping[str, int] | None = None, seed: int = 1,
                 utts_per_talk: int = 20, nj: int = 2, variability: float = 0.3,
                 progress: bool = True) -> dict:
@@ -282,6 +270,9 @@ def make_corpus(root: str | os.PathLike, *, sizes: Mapping[str, int] | None = No
     settings = _settings(sizes, seed, utts_per_talk, variability)
     lang_dir = Path(root) / "en-de"
     marker, data_dir = lang_dir / ".complete", lang_dir / "data"
+    # What a killed build left; a live build's (here or on another host) is left alone. Before any
+    # return: a corpus finished by another run must not keep a dead one's leftovers forever.
+    remove_stale_temporaries(lang_dir)
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if done.get("settings") == settings:
@@ -293,10 +284,7 @@ def make_corpus(root: str | os.PathLike, *, sizes: Mapping[str, int] | None = No
         raise KdstError(f"{data_dir} exists but is not a finished mini corpus (no {marker.name}); remove it")
     check_espeak()
     started = time.monotonic()
-    lang_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(lang_dir)
-    partial = lang_dir / f".data.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = temporary_dir(data_dir)
     try:
         stats = _build(partial, sizes, seed, utts_per_talk, nj, variability, progress)
         os.rename(partial, data_dir)

@@ -163,7 +163,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_signal_kills_jobs(tmp_path, signum, code):
     # Each job records its shell and a background child: both must die with the launcher.
     script = f"echo $$ > {tmp_path}/shell.JOB.tmp; sleep 60 & echo $! > {tmp_path}/child.JOB.tmp; " \
@@ -186,3 +186,21 @@ def test_signal_kills_jobs(tmp_path, signum, code):
     for i in (1, 2):
         footer = (tmp_path / f"k.{i}.log").read_text().splitlines()[-1]
         assert footer.startswith("# Ended (code 143: killed by SIGTERM) at ")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_jobs_die_when_the_launcher_is_killed(tmp_path):
+    # SIGKILL cannot be caught: the jobs' guards must notice the launcher is gone by themselves.
+    script = f"sleep 60 & echo $! > {tmp_path}/child.tmp; mv {tmp_path}/child.tmp {tmp_path}/child; wait"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    launcher = subprocess.Popen([sys.executable, "-m", "kdst.launch", str(tmp_path / "k.log"), "bash", "-c", script],
+                                env=env)
+    try:
+        assert _wait_for(lambda: (tmp_path / "child").exists()), "the job did not start"
+        child = int((tmp_path / "child").read_text())
+        launcher.kill()
+        launcher.wait(timeout=10)
+        assert _wait_for(lambda: _dead(child), timeout=5), "the job outlived its launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,17 +16,24 @@ import yaml
 from helpers import make_mt_task, write_config
 
 from kdst.data.dataset import make_batches, TextDataset
+from kdst.data.files import exclusive_lock, this_host
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
 from kdst.models.encoder_decoder import EncoderDecoder
 from kdst.models.loading import load_model
 from kdst.train.checkpoint import average, epoch_checkpoints
-from kdst.train.trainer import load_config, run
+from kdst.train.trainer import load_config, run, warn_if_warmup_outlasts_training
 
 
 @pytest.fixture(scope="module")
 def mt_data(tmp_path_factory) -> Path:
     return make_mt_task(tmp_path_factory.mktemp("mt"))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def weights(exp_dir: Path) -> dict[str, torch.Tensor]:
@@ -136,3 +144,58 @@ def test_resume_refuses_another_model_config(mt_data: Path, tmp_path: Path):
         run(load_config(config_path, ["model.d_model=64"]), tmp_path / "exp", resume=True)
     # the length of training may change
     assert run(load_config(config_path, ["train.epochs=2"]), tmp_path / "exp", resume=True).epoch == 3
+
+
+def test_exp_dir_is_made_after_the_checks_and_locked_for_the_run(mt_data: Path, tmp_path: Path, caplog):
+    config_path, exp = write_config(mt_data, tmp_path / "c.yaml", epochs=1), tmp_path / "exp"
+    with pytest.raises(KdstError):
+        run(load_config(config_path, [f"data.train={tmp_path / 'nowhere'}"]), exp)
+    assert not exp.exists(), "a run refused for its data leaves no exp dir behind"
+
+    exp.mkdir()
+    with exclusive_lock(exp / ".lock", "held by this test"):  # as another trainer would
+        with pytest.raises(KdstError, match=rf"^{exp} is being trained by pid {os.getpid()} on host "
+                                             rf"{this_host()} \({exp}/\.lock\)$"):
+            run(load_config(config_path), exp)
+
+    # what a killed run left while writing a checkpoint goes; the lock was given back, so this run starts
+    stale = exp / f".last.pt.{dead_pid()}@{this_host()}.abcdefgh.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with caplog.at_level("WARNING", logger="kdst.train"):
+        run(load_config(config_path, ["train.max_steps=1"]), exp)
+    assert not stale.exists() and (exp / "last.pt").is_file()
+    # max_steps=1 against warmup_steps 5 in write_config
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "kdst train: 1 optimiser updates in all, fewer than optim.warmup_steps 5: "
+        "the learning rate never reaches its peak"]
+
+
+@pytest.mark.parametrize("overrides, updates", [
+    (["train.epochs=2", "train.accum_grad=2"], 46),  # 45 batches an epoch: the last one steps on its own
+    (["train.epochs=2", "train.max_steps=30"], 30),
+    (["train.epochs=10"], None),  # 450 updates: warmup_steps 200 reached
+])
+def test_warning_when_warmup_outlasts_training(mt_data: Path, tmp_path: Path, caplog, overrides, updates):
+    config = load_config(write_config(mt_data, tmp_path / "c.yaml"), ["optim.warmup_steps=200", *overrides])
+    with caplog.at_level("WARNING", logger="kdst.train"):
+        warn_if_warmup_outlasts_training(config, batches_per_epoch=45)
+    expected = [] if updates is None else [f"kdst train: {updates} optimiser updates in all, fewer than "
+                                           f"optim.warmup_steps 200: the learning rate never reaches its peak"]
+    assert [r.getMessage() for r in caplog.records] == expected
+
+
+def test_resumed_run_logs_each_step_once_to_tensorboard(mt_data: Path, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp, config_path = tmp_path / "exp", write_config(mt_data, tmp_path / "c.yaml", epochs=3)
+    run(load_config(config_path, ["train.max_steps=3"]), exp)  # logs steps 1-3, saves at 3
+    saved_at_3 = (exp / "last.pt").read_bytes()
+    run(load_config(config_path, ["train.max_steps=6"]), exp, resume=True)  # logs 4-6
+    # as if that run had been killed before saving: the next one redoes steps 4-6
+    (exp / "last.pt").write_bytes(saved_at_3)
+    run(load_config(config_path, ["train.max_steps=6"]), exp, resume=True)
+
+    assert len(list((exp / "tensorboard").glob("events.*"))) == 3
+    events = EventAccumulator(str(exp / "tensorboard")).Reload()
+    for tag in ("train/loss", "train/lr"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4, 5, 6], tag
