@@ -26,7 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from kdst.data.audio import TARGET_RATE, iter_utterances
-from kdst.data.files import atomic_path, atomic_write_text
+from kdst.data.files import atomic_path, atomic_write_text, remove_stale_temporaries
 from kdst.data.kaldi_dir import DataDir, Entry, iter_entries, require_directory, write_data_dir, write_kv
 from kdst.errors import DataError, KdstError
 
@@ -121,24 +121,31 @@ def write_fbank_shard(data_dir: str | os.PathLike, feat_dir: str | os.PathLike, 
     wav_scp = data.require("wav.scp")
     segments = data.segments()
     total = len(segments) if segments is not None else len(wav_scp)
-    scp_tmp = feat_dir / f".{name}.scp.tmp"
+    remove_stale_temporaries(feat_dir)  # of jobs killed before they could clean up
+    # The ark is rewritten in place: an older scp must not point into it meanwhile.
+    done.unlink(missing_ok=True)
+    scp.unlink(missing_ok=True)
     num_frames: dict[str, str] = {}
     skipped = []
     utterances = iter_utterances(wav_scp, segments, data.file("wav.scp"))
-    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp_tmp}") as writer:
-        for utt in tqdm(utterances, total=total, desc=f"fbank {name}", disable=not sys.stderr.isatty(),
-                        mininterval=2.0):
-            feats = compute_fbank(utt.samples, options)
-            if feats.shape[0] == 0:  # shorter than one window: Kaldi skips these too
-                skipped.append(utt.key)
-                continue
-            writer(utt.key, feats)
-            num_frames[utt.key] = str(feats.shape[0])
+    try:
+        with atomic_path(scp) as scp_tmp, kaldiio.WriteHelper(f"ark,scp:{ark},{scp_tmp}") as writer:
+            for utt in tqdm(utterances, total=total, desc=f"fbank {name}", disable=not sys.stderr.isatty(),
+                            mininterval=2.0):
+                feats = compute_fbank(utt.samples, options)
+                if feats.shape[0] == 0:  # shorter than one window: Kaldi skips these too
+                    skipped.append(utt.key)
+                    continue
+                writer(utt.key, feats)
+                num_frames[utt.key] = str(feats.shape[0])
+            write_kv(feat_dir / f"{name}.utt2num_frames", num_frames)  # before the scp is in place
+        # (the ark and the scp were closed, then atomic_path renamed the scp into place)
+    except BaseException:
+        ark.unlink(missing_ok=True)  # a partial ark that no scp points at
+        raise
     if skipped:
         log.warning("%s: skipped %d utterance(s) shorter than one frame: %s", data.path, len(skipped),
                     " ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    write_kv(feat_dir / f"{name}.utt2num_frames", num_frames)
-    os.replace(scp_tmp, scp)
     atomic_write_text(done, fingerprint)
     log.info("%s: %d utterances, %d skipped", scp, len(num_frames), len(skipped))
     return scp

@@ -42,13 +42,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from kdst.data.files import atomic_path, atomic_write_text, umask
+from kdst.data.files import atomic_path, atomic_write_text, remove_stale_temporaries, temporary_dir
 from kdst.data.kaldi_dir import c_sort_key, iter_entries
 from kdst.data.tokenizer import tokenizer_fingerprint
 from kdst.errors import DataError, KdstError
@@ -248,13 +247,13 @@ def _write_cache_dir(path: Path, meta: dict, entries: Sequence[tuple[str, np.nda
     meta = {**meta, "num_tokens": row, "num_utterances": len(entries)}
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path.parent)  # of writers killed before they could clean up
+    tmp_dir = temporary_dir(path)
     try:
         _write_rows(tmp_dir / INDICES, (np.ascontiguousarray(i, dtype=index_dtype) for _, i, _ in entries))
         _write_rows(tmp_dir / VALUES, (np.ascontiguousarray(v, dtype=value_dtype) for _, _, v in entries))
         atomic_write_text(tmp_dir / INDEX, "".join(lines))
         atomic_write_text(tmp_dir / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp_dir, 0o777 & ~umask())  # mkdtemp makes it private
         _replace_dir(tmp_dir, path)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -274,7 +273,7 @@ def _replace_dir(new: Path, path: Path) -> None:
         return
     if not path.is_dir() or path.is_symlink():
         raise KdstError(f"{path}: exists and is not a cache directory; remove it first")
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old = temporary_dir(path)
     os.rename(path, old / "cache")
     try:
         os.rename(new, path)

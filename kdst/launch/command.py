@@ -14,6 +14,7 @@ made 2 of 40 fail.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdst.errors import KdstError
@@ -90,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"kdst launch: job {job.index} failed ({why}), log: {job.log}", file=sys.stderr)
     if failed:
         print(f"kdst launch: {len(failed)} / {len(jobs)} failed", file=sys.stderr)
-        if len(jobs) > 1:
-            print(f"kdst launch: rerun the recipe from this stage: {env.get('KDST_RECIPE', 'run.sh')} "
-                  f"--stage {env['KDST_RECIPE_STAGE']}"  # a recipe stage's job (egs/TEMPLATE/utils/stages.sh)
-                  if (env := __import__("os").environ).get("KDST_RECIPE_STAGE")
-                  else "kdst launch: to run only the failed jobs again, add --rerun-failed", file=sys.stderr)
+        stage = os.environ.get("KDST_RECIPE_STAGE")  # set for a recipe stage's jobs (egs/TEMPLATE/utils/stages.sh)
+        if stage:
+            print(f"kdst launch: rerun the recipe from this stage: {os.environ.get('KDST_RECIPE', 'run.sh')} "
+                  f"--stage {stage}", file=sys.stderr)
+        elif len(jobs) > 1:
+            print("kdst launch: to run only the failed jobs again, add --rerun-failed", file=sys.stderr)
         return 1
     if getattr(args, "launch_verbose", False):
         print(f"kdst launch: {len(jobs)} job(s) succeeded", file=sys.stderr)

@@ -39,3 +39,15 @@ def test_fbank_feature_dir_is_a_file(plain_dir: Path, fails, tmp_path: Path):
 def test_fbank_missing_config(plain_dir: Path, fails, tmp_path: Path):
     fails(["fbank", plain_dir, tmp_path / "fbank", "--config", tmp_path / "fbank.yaml"], tmp_path / "fbank.yaml")
     assert not (tmp_path / "fbank").exists()
+
+
+def test_fbank_of_an_empty_wav_leaves_no_partial_shard(fails, tmp_path: Path):
+    """A failing job removes its ark and its scp temporary: nothing a later stage could take for features."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (data / "wav.scp").write_text(f"u1 {tmp_path / 'empty.wav'}\n")
+    (data / "utt2spk").write_text("u1 u1\n")
+    (data / "text").write_text("u1 hello\n")
+    fails(["fbank", data, tmp_path / "fbank"], "empty.wav")
+    assert sorted(p.name for p in (tmp_path / "fbank").iterdir()) == []

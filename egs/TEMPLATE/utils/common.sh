@@ -21,6 +21,12 @@ make_features() {
 # The console gets where the log is and, while it trains, a progress line now and then (progress.sh).
 train_model() {
   mkdir -p "$1"
+  # A trainer still running in this exp dir (kdst train holds $1/.lock) would refuse the new one, but
+  # the launcher would first truncate the log that trainer writes: refuse here, before the launcher.
+  if [ -e "$1/.lock" ] && command -v flock >/dev/null && ! flock -n "$1/.lock" true 2>/dev/null; then
+    echo "$1 is being trained by pid $(cut -d' ' -f1 "$1/.lock") on host $(cut -d' ' -f2 "$1/.lock") ($1/.lock)" >&2
+    return 1
+  fi
   # shellcheck disable=SC2086
   with_progress "$1" ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
   kdst average --exp-dir "$1" --num "$n_average"
