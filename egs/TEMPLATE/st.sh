@@ -239,9 +239,13 @@ mode_opts() {
   case $mode in
     *word*)
       echo "--set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.teacher=$teacher"
-      echo "--set kd.src_text=text.$src_lang"
-      # the cache holds the teacher on the gold references; a sequence target needs the teacher online
-      [ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo "--set kd.cache=$topk_cache" ;;
+      # the cache holds the teacher on the gold references (made reading text.$src_lang in stage 6);
+      # a sequence target needs the teacher online, reading the transcript itself
+      if [ "$mode" = word ] && [ "$word_kd_source" = cache ]; then
+        echo "--set kd.cache=$topk_cache"
+      else
+        echo "--set kd.src_text=text.$src_lang"
+      fi ;;
   esac
   return 0
 }
