@@ -1,7 +1,8 @@
 """Running jobs: ``kdst launch`` (Kaldi run.pl semantics) on this machine or a Slurm cluster.
 
     jobs.py     job ranges, quoting, logs, signals; the Backend interface
-    local.py    the local backend (subprocesses)
+    local.py    the local backend (subprocesses, each under guard.py)
+    guard.py    a job's process-group leader that dies with the launcher and takes the job with it
     slurm.py    the Slurm backend (one sbatch array per launch); imported only when asked for
     command.py  the ``kdst launch`` command and the backend registry
     split.py    one kdst command as N jobs over the parts of a split data dir
