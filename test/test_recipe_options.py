@@ -258,3 +258,10 @@ def test_a_failed_job_in_a_stage_says_to_rerun_the_recipe_from_that_stage(tmp_pa
     stages = run.parent / ".stages"
     assert (stages / "stage0.done").is_file() and not (stages / "stage1.done").exists()
     assert "stage 2" not in err
+
+
+def test_a_training_that_logged_nothing_is_described_as_nothing():
+    """A trainer refused at once (a config error) logged no step: the failure line names only the log."""
+    script = f". {UTILS}/progress.sh; echo \"[$(describe_state '')]\"; describe_state '3 40 2.5 2 30 nll=1.2'"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "epoch 3 step 40, loss 2.5; after epoch 2: validation nll=1.2"]

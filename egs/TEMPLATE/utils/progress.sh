@@ -52,6 +52,7 @@ duration() {
 # describe_state STATE -> "epoch E step S, loss L; after epoch D: validation nll=..."
 describe_state() {
   local epoch step loss done_epoch done_step valid text=""
+  [ -n "$1" ] || return 0  # nothing logged yet (e.g. the config was refused)
   read -r epoch step loss done_epoch done_step valid <<<"$1"
   [ "$step" = - ] || text="epoch $epoch step $step, loss $loss"
   [ "$done_epoch" = - ] || text="${text:+$text; }after epoch $done_epoch: validation $valid"
