@@ -135,9 +135,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     word_config = yaml.safe_load((exp / "st_word" / "config.yaml").read_text())
     assert word_config["kd"]["cache"] == "exp/mt_teacher/topk_train"
     combined = yaml.safe_load((exp / "st_seqinter_word" / "config.yaml").read_text())
-    assert combined["data"]["text"] == "text.seqinter" and "cache" not in combined["kd"]
+    assert combined["data"]["text"] == "text.seqinter" and "cache" not in combined["kd"]  # online
+    assert combined["kd"]["src_text"] == "text.en" and "src_text" not in word_config["kd"]
     finetuned = yaml.safe_load((exp / "st_word_ft" / "config.yaml").read_text())
-    assert finetuned["train"]["init"] == "exp/st_word/avg_best2.pt" and "kd" not in finetuned
+    assert finetuned["train"]["init"] == "exp/st_word/avg_best2.pt" and finetuned["kd"] is None
     hyps = (exp / "st_word" / "decode_tst-COMMON" / "hyp.txt").read_text().splitlines()
     assert [h.split()[0] for h in hyps] == DataDir(recipe / "data" / "tst-COMMON").utterances()
     train_log = (exp / "st_word" / "train.log").read_text()
