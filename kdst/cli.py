@@ -441,7 +441,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kdst.train.trainer import TrainingStopped, load_config, run
+    from kdst.config import load_config
+    from kdst.train.trainer import TrainingStopped, run
 
     try:
         run(load_config(args.config, args.set), args.exp_dir, resume=args.resume)

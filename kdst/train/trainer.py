@@ -31,7 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdst.config import DataConfig, OptimConfig, TrainingConfig, load_config, resume_differences
+from kdst.config import DataConfig, OptimConfig, TrainingConfig, resume_differences
+from kdst.config import load_config  # noqa: F401  (re-exported: the loader `kdst train` uses)
 from kdst.data.dataset import make_batches, make_dataset, shard_batches
 from kdst.data.loader import batch_loader
 from kdst.data.nbest_targets import load_nbest_targets
