@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 
 from kdst.data.files import atomic_write_text
 from kdst.errors import KdstError
-from kdst.launch import guard
+import kdst.launch.guard as guard
 from kdst.launch.guard import KILL_AFTER_S  # after a first SIGTERM to the jobs, how long before SIGKILL
 
 # Words that stay shell syntax instead of being quoted into arguments.

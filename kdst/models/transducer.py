@@ -157,7 +157,7 @@ class Transducer(nn.Module):
         kd = None
         if teacher is not None:
             if teacher.logits.shape != logits.shape:
-                raise ValueError(f"the teacher's joint lattice {tuple(teacher.logits.shape)} is not the student's "
+                raise KdstError(f"the teacher's joint lattice {tuple(teacher.logits.shape)} is not the student's "
                                  f"{tuple(logits.shape)}: teacher and student need one frame rate and one "
                                  f"vocabulary")
             # One call for both terms: on a GPU one fused pass over the lattice serves both.

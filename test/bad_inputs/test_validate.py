@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import kaldiio
 import numpy as np
 import pytest
 
-from kdst.cli import add_validate_data_arguments, main
+from kdst.cli import main
 from kdst.data.kaldi_dir import write_kv
 from kdst.data.validate import validate_data_dir
 
@@ -96,13 +95,6 @@ def test_deep_compares_frames_with_utt2num_frames(feats_dir: Path):
         f"{feats_dir}/feats.scp:2: the matrix of 'spk1-utt1' has 20 frames, utt2num_frames says 21"]
 
 
-def _has_deep_option() -> bool:
-    parser = argparse.ArgumentParser()
-    add_validate_data_arguments(parser)
-    return any("--deep" in action.option_strings for action in parser._actions)
-
-
-@pytest.mark.skipif(not _has_deep_option(), reason="kdst/cli.py does not offer validate-data --deep yet")
 def test_deep_on_the_command_line(feats_dir: Path, capsys):
     write_kv(feats_dir / "utt2num_frames", {"spk1-utt0": "10", "spk1-utt1": "21", "spk1-utt2": "30"})
     assert problems_of(feats_dir, capsys)[0] == 0
