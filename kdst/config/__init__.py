@@ -10,12 +10,13 @@ from kdst.config.model import (DecoderConfig, EncoderDecoderConfig, JoinerConfig
                                TextEncoderConfig, TransducerConfig, TransducerEncoderConfig, parse_model_config)
 from kdst.config.schema import ConfigError, build, to_dict
 from kdst.config.sections import (CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfig, NbestTargetsConfig,
-                                  OnlineWordKDConfig, OptimConfig, SpecAugmentConfig, TrainConfig)
+                                  OnlineWordKDConfig, OptimConfig, ScheduleConfig, SpecAugmentConfig,
+                                  TrainConfig)
 
 __all__ = [
     "CachedWordKDConfig", "ConfigError", "DataConfig", "DecoderConfig", "EncoderDecoderConfig", "JoinerConfig",
     "KdConfig", "LatticeKDConfig", "LstmPredictorConfig", "ModelConfig", "NbestTargetsConfig", "OnlineWordKDConfig",
-    "OptimConfig", "SpecAugmentConfig", "SpeechEncoderConfig", "StatelessPredictorConfig", "StreamingEncoderConfig",
+    "OptimConfig", "ScheduleConfig", "SpecAugmentConfig", "SpeechEncoderConfig", "StatelessPredictorConfig", "StreamingEncoderConfig",
     "TextEncoderConfig", "TrainConfig", "TrainingConfig", "TransducerConfig", "TransducerEncoderConfig",
     "apply_override", "build", "load_config", "parse_config", "parse_kd", "parse_model_config",
     "resume_differences", "to_dict",

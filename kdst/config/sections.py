@@ -117,9 +117,31 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("epochs", "max_steps", "log_interval", "keep_best", "nan")
 
 
-def _check_kd(weight: float, temperature: float) -> None:
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A KD weight or temperature that moves with the optimiser step (kdst.train.schedule): the
+    section's own value up to step ``start``, then ``shape`` to ``end`` at step ``start + steps``,
+    then ``end``.  Without a schedule the value is constant."""
+    end: float
+    steps: int
+    shape: Literal["linear", "cosine"] = "linear"
+    start: int = 0
+
+    def __post_init__(self):
+        require(self.steps >= 1, "steps", f"must be >= 1, not {self.steps}")
+        require(self.start >= 0, "start", f"must be >= 0, not {self.start}")
+
+
+def _check_kd(weight: float, temperature: float, weight_schedule: ScheduleConfig | None = None,
+              temperature_schedule: ScheduleConfig | None = None) -> None:
     require(0.0 <= weight <= 1.0, "weight", f"must be in [0, 1], not {weight}")
     require(temperature > 0, "temperature", f"must be > 0, not {temperature}")
+    if weight_schedule is not None:
+        require(0.0 <= weight_schedule.end <= 1.0, "weight_schedule.end",
+                f"must be in [0, 1], not {weight_schedule.end}")
+    if temperature_schedule is not None:
+        require(temperature_schedule.end > 0, "temperature_schedule.end",
+                f"must be > 0, not {temperature_schedule.end}")
 
 
 @dataclass(frozen=True)
@@ -128,11 +150,13 @@ class OnlineWordKDConfig:
     teacher: str  # a teacher reference (kdst.models.teacher): a checkpoint path or espnet:PATH
     weight: float = 0.5
     temperature: float = 1.0
+    weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
+    temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False  # multiply the KD term by T^2 (Hinton et al.)
     src_text: str | None = None  # the data dir's file the MT teacher reads (default: the teacher's own)
 
     def __post_init__(self):
-        _check_kd(self.weight, self.temperature)
+        _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
 
 
 @dataclass(frozen=True)
@@ -142,10 +166,12 @@ class CachedWordKDConfig:
     teacher: str | None = None  # when given, the cache must have been made by this teacher
     weight: float = 0.5
     temperature: float = 1.0
+    weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
+    temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False
 
     def __post_init__(self):
-        _check_kd(self.weight, self.temperature)
+        _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
 
 
 @dataclass(frozen=True)
@@ -154,10 +180,12 @@ class LatticeKDConfig:
     teacher: str
     weight: float = 0.5
     temperature: float = 1.0
+    weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
+    temperature_schedule: ScheduleConfig | None = None
     mode: Literal["full", "collapsed"] = "full"  # KL over V, or over {label, blank, rest}
 
     def __post_init__(self):
-        _check_kd(self.weight, self.temperature)
+        _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
 
 
 KdConfig = OnlineWordKDConfig | CachedWordKDConfig | LatticeKDConfig

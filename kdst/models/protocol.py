@@ -12,7 +12,7 @@ the device; the trainer weights them by ``ntokens`` and reads them back once per
 log line.
 
 ``teacher`` is the teacher's view of the same batch, computed by a KD wrapper
-(kdst.train.kd: ``WordKD``, ``TransducerKD``) before the student runs.  The
+(kdst.train.kd: ``WordKD``; kdst.train.transducer_kd: ``TransducerKD``) before the student runs.  The
 student computes the KD term itself from its own logits and mixes it in as
 ``(1 - weight) * loss + weight * KD``.  What the teacher gives, by student:
 

@@ -214,7 +214,10 @@ def train_one_epoch(model, optimizer, scheduler, dataset, batches: list[list[str
     step_bad: list[torch.Tensor] = []  # and whether its loss was not finite, on the device
     loader = batch_loader(dataset, batches, start=progress.batch_in_epoch,
                           num_workers=loader_workers(config.data, device), device=device)
+    scheduled = getattr(getattr(model, "module", model), "set_step", None)  # KD schedules (kdst.train.schedule)
     for batch in loader:
+        if scheduled is not None:
+            scheduled(progress.step)
         micro = progress.batch_in_epoch % accum
         last_micro = micro == accum - 1 or progress.batch_in_epoch == len(batches) - 1
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()

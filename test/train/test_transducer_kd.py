@@ -8,14 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-import kdst.train.kd as kd_module
+import kdst.train.transducer_kd as kd_module
 from kdst.config import SpecAugmentConfig, parse_config, parse_kd
 from kdst.data.dataset import collate
 from kdst.errors import KdstError
 from kdst.losses import rnnt_kd_loss, rnnt_loss
 from kdst.models import Transducer, build_model
 from kdst.models.teacher import load_teacher
-from kdst.train.kd import TransducerKD, setup_distillation
+from kdst.train.kd import setup_distillation
+from kdst.train.transducer_kd import TransducerKD
 from kdst.train.trainer import build_datasets, compute_loss, run
 from transducer_task import FEAT_DIM, make_feature_task, transducer_config
 

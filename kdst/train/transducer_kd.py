@@ -1,0 +1,143 @@
+"""Transducer distillation inside ``kdst train``: KL over the RNN-T lattice.
+
+A transducer student distils from an online transducer teacher over the RNN-T lattice
+(Hwang et al. 2023, soft targets; their hard targets are teacher pseudo labels in
+``data.text`` and need nothing here):
+
+    kd:
+      teacher: exp/rnnt_teacher/avg_best5.pt  # a transducer checkpoint, same tokenizer and frame rate
+      weight: 0.5                             # loss = (1 - weight) * RNNT + weight * KD
+      temperature: 1.0                        # on both sides; no T^2 factor
+      mode: full                              # full: KL over V at every node; collapsed: over {y, blank, rest}
+
+The teacher hears the features before SpecAugment (``batch["clean_src"]``, noisy student)
+and its joint logits on the same lattice (same targets, same encoder frames) are the soft
+targets.  The KD term is ``rnnt_kd_loss(..., reduction="sum")`` (computed together with the
+RNN-T term by ``rnnt_loss_and_kd``) divided by the number of target tokens, the same
+normaliser as the student's RNN-T term, so ``weight`` mixes two
+per-token quantities (the KD sum still runs over all T x (U+1) nodes of each lattice).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdst.config import DataConfig, LatticeKDConfig, ScheduleConfig
+from kdst.data.files import file_digest
+from kdst.data.tokenizer import tokenizer_fingerprint
+from kdst.errors import KdstError
+from kdst.models import Transducer
+from kdst.models.protocol import TeacherOutputs
+from kdst.models.teacher import load_teacher
+from kdst.train.schedule import KDSchedule, with_schedule_stats
+
+log = logging.getLogger("kdst.train")
+
+
+def _frame_lengths(model: Transducer, src_lengths: torch.Tensor) -> torch.Tensor:
+    """Encoder output frames per utterance, without running the encoder (every transducer encoder
+    starts with a Conv2dSubsampling, whose output lengths are a function of the input lengths)."""
+    return model.encoder.subsampling.output_lengths(src_lengths).clamp(min=1)
+
+
+class TransducerKD(nn.Module):
+    """A transducer student with the lattice KD term of an online transducer teacher;
+    ``forward(batch) -> (loss, stats)`` like the student's."""
+
+    def __init__(self, student: Transducer, teacher: Transducer, *, weight: float, temperature: float = 1.0,
+                 mode: str = "full", teacher_input_dim: int = 80, weight_schedule: ScheduleConfig | None = None,
+                 temperature_schedule: ScheduleConfig | None = None):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.schedule = KDSchedule(weight, temperature, weight_schedule, temperature_schedule)
+        self.mode = mode
+        self.teacher_input_dim = teacher_input_dim
+        teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TransducerKD":
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the teacher, ever
+        return self
+
+    @property
+    def weight(self) -> float:
+        return self.schedule.weight
+
+    @property
+    def temperature(self) -> float:
+        return self.schedule.temperature
+
+    def set_step(self, step: int) -> None:
+        """The optimiser step of the batches that follow (the trainer's), for ``kd.*_schedule``."""
+        self.schedule.step = step
+
+    def forward(self, batch: dict):
+        return with_schedule_stats(self.student(batch, teacher=self.teacher_outputs(batch)), self.schedule)
+
+    def kd_term(self, logits: torch.Tensor, batch: dict) -> TeacherOutputs:
+        """The teacher's outputs for the student's joint ``logits`` of this batch (for tests and diagnostics)."""
+        teacher = self.teacher_outputs(batch)
+        if teacher.logits.shape != logits.shape:
+            raise KdstError(f"the teacher's joint lattice {tuple(teacher.logits.shape)} is not the student's "
+                            f"{tuple(logits.shape)}: teacher and student need one frame rate and one vocabulary")
+        return teacher
+
+    def teacher_outputs(self, batch: dict) -> TeacherOutputs:
+        """The teacher's joint logits on the student's lattice: same targets, same encoder frames."""
+        if "tgt_weight" in batch:
+            raise KdstError("transducer KD does not combine with several weighted targets per utterance")
+        src = batch.get("clean_src", batch["src"])  # the teacher hears the features without SpecAugment
+        if src.shape[-1] != self.teacher_input_dim:
+            raise KdstError(f"the teacher takes {self.teacher_input_dim}-dim features, the student's batch has "
+                            f"{src.shape[-1]}")
+        cuda = src.device.type == "cuda"
+        with torch.no_grad(), torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=cuda):
+            teacher_logits = self.teacher.joint_logits({**batch, "src": src})[0]
+        # Same frame lengths as the student's lattice: setup_transducer_distillation compared the two frame
+        # rates once, so no batch waits for the device to compare lengths; the student's forward compares shapes.
+        return TeacherOutputs(logits=teacher_logits, mode=self.mode, temperature=self.temperature, weight=self.weight)
+
+
+def setup_transducer_distillation(kd: LatticeKDConfig, student: nn.Module, data: DataConfig,
+                                  device: torch.device) -> TransducerKD:
+    """The loss model of a transducer student for the ``kd`` config section (an online transducer teacher)."""
+    if not isinstance(student, Transducer):
+        raise KdstError("lattice KD (kd.mode) is for transducer students")
+    teacher = load_teacher(kd.teacher, device)
+    name = kd.teacher
+    if not isinstance(teacher.model, Transducer):
+        raise KdstError(f"{name}: the teacher of a transducer student must be a transducer (model.type: transducer)")
+    if teacher.vocab_size != student.vocab_size:
+        raise KdstError(f"{name}: the teacher's vocabulary has {teacher.vocab_size} tokens, the student's "
+                        f"{student.vocab_size}: transducer KD needs one tokenizer")
+    if tokenizer_fingerprint(teacher.data.tokenizer) != tokenizer_fingerprint(data.tokenizer):
+        raise KdstError(f"{name}: the teacher's tokenizer {teacher.data.tokenizer} is not the "
+                        f"student's {data.tokenizer}: transducer KD needs one tokenizer")
+    if teacher.data.input != "speech" or data.input != "speech":
+        raise KdstError(f"{name}: transducer KD needs a teacher and a student that read speech")
+    if not _same_file(teacher.data.cmvn, data.cmvn):
+        raise KdstError(f"{name}: the teacher was trained on features normalised with "
+                        f"{teacher.data.cmvn}, the student's are normalised with {data.cmvn}")
+    probe = torch.arange(1, 4097)
+    differ = (_frame_lengths(teacher.model, probe) != _frame_lengths(student, probe)).nonzero()
+    if len(differ):
+        raise KdstError(f"{name}: the teacher's encoder has another frame rate than the student's (e.g. "
+                        f"{int(probe[differ[0]])} input frames): transducer KD compares their lattices node by node")
+    log.info("transducer KD (%s, weight %g, T=%g) from the online teacher %s", kd.mode, kd.weight, kd.temperature,
+             name)
+    return TransducerKD(student, teacher.model, weight=kd.weight, temperature=kd.temperature, mode=kd.mode,
+                        teacher_input_dim=teacher.model.encoder.subsampling.input_dim,
+                        weight_schedule=kd.weight_schedule, temperature_schedule=kd.temperature_schedule)
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Both unset, or the same file (by path or by content)."""
+    if not a or not b:
+        return not a and not b
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    return Path(a).is_file() and Path(b).is_file() and file_digest(a) == file_digest(b)
