@@ -104,6 +104,8 @@ class TrainConfig:
     specaugment: SpecAugmentConfig | None = None
     bf16: bool = True  # autocast on a GPU
     init: str | None = None  # fine-tuning: start from this checkpoint's weights, fresh optimiser
+    # with init: copy only these submodules (e.g. [encoder, ctc]: an ASR model's encoder into an ST student)
+    init_modules: tuple[str, ...] | None = None
 
     def __post_init__(self):
         require(self.epochs >= 1, "epochs", f"must be >= 1, not {self.epochs}")
@@ -112,6 +114,8 @@ class TrainConfig:
         require(self.clip > 0, "clip", f"must be > 0, not {self.clip}")
         require(self.keep_best >= 1, "keep_best", f"must be >= 1, not {self.keep_best}")
         require(self.log_interval >= 1, "log_interval", f"must be >= 1, not {self.log_interval}")
+        require(self.init_modules is None or self.init is not None, "init_modules", "needs train.init")
+        require(self.init_modules is None or len(self.init_modules) > 0, "init_modules", "must name a submodule")
 
     # What may change when a stopped run continues (--resume): how long it runs and what it says.
     RESUMABLE_CHANGES = ("epochs", "max_steps", "log_interval", "keep_best", "nan")

@@ -41,7 +41,7 @@ from kdst.data.tokenizer import load_tokenizer
 from kdst.data.files import atomic_write_text, exclusive_lock, remove_stale_temporaries
 from kdst.errors import KdstError
 from kdst.models import build_model
-from kdst.models.loading import load_weights, read_checkpoint, saved_config
+from kdst.models.loading import load_submodules, load_weights, read_checkpoint, saved_config
 from kdst.launch.guard import die_with_parent
 from kdst.launch.requeue import REQUEUED_EXIT, requeue
 from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
@@ -370,8 +370,12 @@ def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) ->
                      progress.step)
         elif train.init:  # fine-tuning: start from another run's weights, with a fresh optimiser
             init = read_checkpoint(train.init, "checkpoint to initialise from (train.init)")
-            load_weights(model, init["model"], train.init)
-            log.info("initialised from %s", train.init)
+            if train.init_modules:
+                copied = load_submodules(model, init["model"], train.init, train.init_modules)
+                log.info("initialised %s (%d tensors) from %s", ", ".join(train.init_modules), copied, train.init)
+            else:
+                load_weights(model, init["model"], train.init)
+                log.info("initialised from %s", train.init)
         if rank == 0:
             atomic_write_text(exp_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
             log.info("model: %.2fM parameters; %d training utterances; %d process(es) on %s",
