@@ -8,7 +8,10 @@ the teacher's beam-search hypotheses instead of the references.  From the
     pseudo_nbest<N>.txt     <utt>-<rank> <weight> <text>, the N best per utterance
 
 The weight of a hypothesis is the teacher's posterior normalised over the
-N-best: softmax(scale * log P(y|x)) over the hypotheses kept.  ``scale`` < 1
+N-best: softmax(scale * v) over the hypotheses kept, with v the length-normalised
+score the beam search ranked by, put on the 1-best's scale (``posterior`` "score",
+the default), or the raw log P(y|x) ("logprob", which lets a truncated hypothesis
+outweigh the longer 1-best; kdst.teacher.nbest says why and how).  ``scale`` < 1
 flattens it (the teacher's sequence probabilities are sharp, and a flat
 posterior keeps more hypotheses alive); identical texts (different token
 sequences that detokenise to the same words) are merged and their
@@ -19,7 +22,7 @@ posterior-weighted expected WER.
 Confidence filtering (``min_confidence``, for self-training on unlabelled
 speech) drops the utterances whose teacher is unsure, before anything is
 written: ``posterior`` is the 1-best's posterior over the whole decoded n-best
-(softmax of ``scale`` * log P over every hypothesis, so also with ``n`` = 1), in
+(the same posterior as the weights, over every hypothesis, so also with ``n`` = 1), in
 [0, 1]; ``logprob`` is the 1-best's log-probability per word (its words + 1, for
 the end of the sentence), <= 0.  The statistics count what was dropped; the
 label WERs are those of the labels kept (plus the 1-best WER of the dropped).
@@ -38,28 +41,14 @@ from pathlib import Path
 from kdst import metrics
 from kdst.data.files import atomic_write_text
 from kdst.data.kaldi_dir import c_sort_key, read_kv
-from kdst.teacher.rescore import NbestEntry, read_nbest
 from kdst.errors import DataError, KdstError
+from kdst.teacher.nbest import POSTERIORS, NbestEntry, posteriors, read_nbest
 
 
-def posterior(entries: list[NbestEntry], n: int, scale: float = 1.0) -> list[tuple[float, str]]:
-    """The first ``n`` distinct texts of a rank-sorted n-best with their normalised posterior."""
-    merged: dict[str, float] = {}  # text -> scaled log-probability, the best-ranked variant first
-    for e in entries:
-        text, value = " ".join(e.text.split()), scale * e.logprob
-        if text in merged:
-            merged[text] = _logaddexp(merged[text], value)
-        elif len(merged) < n:
-            merged[text] = value
-    top = max(merged.values())
-    exp = {t: math.exp(v - top) for t, v in merged.items()}
-    total = sum(exp.values())
-    return [(exp[t] / total, t) for t in merged]
-
-
-def _logaddexp(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi))
+def posterior(entries: list[NbestEntry], n: int, scale: float = 1.0,
+              kind: str = "score") -> list[tuple[float, str]]:
+    """The first ``n`` distinct texts of a rank-sorted n-best with their normalised posterior ``kind``."""
+    return posteriors(entries, kind, scale, n)
 
 
 def _entropy(weights: list[float]) -> float:
@@ -69,10 +58,11 @@ def _entropy(weights: list[float]) -> float:
 CONFIDENCE_MEASURES = ("posterior", "logprob")
 
 
-def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: float = 1.0) -> float:
+def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: float = 1.0,
+               kind: str = "score") -> float:
     """How sure the teacher is of its 1-best (``entries`` rank-sorted): see the module docstring."""
     if measure == "posterior":
-        return posterior(entries, len(entries), scale)[0][0]
+        return posterior(entries, len(entries), scale, kind)[0][0]
     if measure == "logprob":
         return entries[0].logprob / (len(entries[0].text.split()) + 1)
     raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
@@ -81,15 +71,18 @@ def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: flo
 def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLike, n: int, *,
                         scale: float = 1.0, reference: str | os.PathLike | None = None,
                         min_confidence: float | None = None, measure: str = "posterior",
-                        drop_empty: bool = False) -> dict:
+                        drop_empty: bool = False, kind: str = "score") -> dict:
     """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics.
 
-    With ``min_confidence``, only the utterances whose ``confidence(.., measure, scale)`` is at
+    ``kind`` is the posterior the weights and the ``posterior`` confidence are (kdst.teacher.nbest:
+    score or logprob).  With ``min_confidence``, only the utterances whose ``confidence(.., measure, scale)`` is at
     least that are written (and counted in the label statistics); with ``drop_empty``, only those
     whose 1-best is not empty.
     """
     if measure not in CONFIDENCE_MEASURES:
         raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
+    if kind not in POSTERIORS:
+        raise KdstError(f"unknown posterior '{kind}' ({', '.join(POSTERIORS)})")
     if n < 1:
         raise KdstError(f"--n must be at least 1, not {n}")
     if not scale > 0.0:
@@ -107,12 +100,12 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
     utts = sorted(nbest, key=c_sort_key)
     dropped: list[str] = []
     if min_confidence is not None:
-        dropped = [u for u in utts if confidence(nbest[u], measure, scale) < min_confidence]
+        dropped = [u for u in utts if confidence(nbest[u], measure, scale, kind) < min_confidence]
         if len(dropped) == len(utts):
             raise KdstError(f"{nbest_path}: every one of the {len(utts)} utterances is below the confidence "
                             f"threshold {min_confidence} ({measure}): lower --min-confidence")
         utts = [u for u in utts if u not in set(dropped)]
-    kept = {u: posterior(nbest[u], n, scale) for u in utts}
+    kept = {u: posterior(nbest[u], n, scale, kind) for u in utts}
     empty = [u for u in utts if drop_empty and not kept[u][0][1]]
     if empty:
         if len(empty) == len(utts):
@@ -124,7 +117,7 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
     lines = [f"{u}-{rank} {w:.6f} {t}".rstrip() + "\n" for u in utts for rank, (w, t) in enumerate(kept[u], 1)]
     atomic_write_text(out / f"pseudo_nbest{n}.txt", "".join(lines))
     sizes = [len(kept[u]) for u in utts]
-    stats = {"utterances": len(utts), "n": n, "scale": scale,
+    stats = {"utterances": len(utts), "n": n, "posterior": kind, "scale": scale,
              "hypotheses_per_utterance": round(sum(sizes) / len(utts), 3),
              "best_weight_mean": round(sum(kept[u][0][0] for u in utts) / len(utts), 4),
              "entropy_mean_nats": round(sum(_entropy([w for w, _ in kept[u]]) for u in utts) / len(utts), 4)}
@@ -163,14 +156,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, type=Path, help="where text.1best and pseudo_nbest<N>.txt go "
                                                                    "(the training data dir)")
     parser.add_argument("--n", type=int, default=5, help="hypotheses kept per utterance")
+    parser.add_argument("--posterior", choices=POSTERIORS, default="score",
+                        help="the weights (and --confidence posterior) are softmax(scale * v) over the n-best; "
+                             "v = score: the length-normalised score the search ranked by, on the 1-best's scale; "
+                             "logprob: the raw log-probability, which favours short hypotheses (docs/NBEST.md)")
     parser.add_argument("--scale", type=float, default=1.0,
-                        help="posterior = softmax(scale * log-probability) over the N kept")
+                        help="the posterior's scale: < 1 flattens the weights, > 1 sharpens them")
     parser.add_argument("--ref", type=Path, help="references (Kaldi text): adds the pseudo labels' WER to the stats")
     parser.add_argument("--stats-json", type=Path, help="write the statistics here too")
     parser.add_argument("--min-confidence", type=float, metavar="X",
                         help="drop the utterances whose teacher confidence is below X (default: keep all)")
     parser.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default="posterior",
-                        help="posterior: the 1-best's posterior over the whole n-best (0..1, with --scale); "
+                        help="posterior: the 1-best's posterior over the whole n-best (0..1, with --posterior and --scale); "
                              "logprob: its log-probability per word (<= 0)")
     parser.add_argument("--drop-empty", action="store_true",
                         help="drop the utterances whose 1-best is empty (they cannot be training targets)")
@@ -179,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref,
                                 min_confidence=args.min_confidence, measure=args.confidence,
-                                drop_empty=args.drop_empty)
+                                drop_empty=args.drop_empty, kind=args.posterior)
     text = json.dumps(stats, indent=1) + "\n"
     if args.stats_json is not None:
         atomic_write_text(args.stats_json, text)

@@ -40,19 +40,25 @@ def entries(hyps) -> list[NbestEntry]:
     return [NbestEntry(r, s, lp, " ".join(t.split())) for r, (s, lp, t) in enumerate(hyps, start=1)]
 
 
-def test_posterior_is_the_softmax_of_the_log_probabilities_over_the_n_kept():
+# By default the weights are softmax(score * n1), n1 = logprob_1 / score_1 the 1-best's length
+# normaliser: utt-a 0.5 / 0.1 = 5, utt-b 0.2 / 0.1 = 2 (kdst.teacher.nbest).
+SCORE_VALUES = {"spk1-utt-a": [-0.5, -1.0, -1.5, -2.0], "spk1-utt-b": [-0.2, -0.4, -1.0]}
+
+
+def test_posterior_is_the_softmax_of_the_ranking_score_over_the_n_kept():
     kept = posterior(entries(NBEST["spk1-utt-a"]), 3)
     assert [t for _, t in kept] == ["the cat sat", "the cat sat down", "a cat sat"]
-    expected = softmax([-0.5, -1.5, -2.0])
-    assert [w for w, _ in kept] == pytest.approx(expected)
+    assert [w for w, _ in kept] == pytest.approx(softmax(SCORE_VALUES["spk1-utt-a"][:3]))
     assert sum(w for w, _ in kept) == pytest.approx(1.0)
+    raw = posterior(entries(NBEST["spk1-utt-a"]), 3, kind="logprob")
+    assert [w for w, _ in raw] == pytest.approx(softmax([-0.5, -1.5, -2.0]))
 
 
 def test_posterior_scale_flattens_and_one_keeps_only_the_best():
     sharp = posterior(entries(NBEST["spk1-utt-a"]), 4, scale=1.0)
     flat = posterior(entries(NBEST["spk1-utt-a"]), 4, scale=0.3)
     assert flat[0][0] < sharp[0][0]
-    assert [w for w, _ in flat] == pytest.approx(softmax([0.3 * v for v in (-0.5, -1.5, -2.0, -4.0)]))
+    assert [w for w, _ in flat] == pytest.approx(softmax([0.3 * v for v in SCORE_VALUES["spk1-utt-a"]]))
     assert posterior(entries(NBEST["spk1-utt-a"]), 1) == [(1.0, "the cat sat")]
 
 
@@ -60,7 +66,7 @@ def test_identical_texts_are_merged_and_their_probabilities_added():
     # ranks 1 and 2 of utt-b read the same once whitespace is normalised (two token sequences, one text)
     kept = posterior(entries(NBEST["spk1-utt-b"]), 2)
     assert [t for _, t in kept] == ["hello world", "yellow world"]
-    p = [math.exp(v) for v in (-0.2, -0.9, -3.0)]
+    p = [math.exp(v) for v in SCORE_VALUES["spk1-utt-b"]]
     assert kept[0][0] == pytest.approx((p[0] + p[1]) / sum(p))
 
 
@@ -122,8 +128,9 @@ def test_decoded_nbest_reader_is_shared(tmp_path):
 def test_confidence_measures():
     hyps = entries(NBEST["spk1-utt-a"])
     # posterior over the whole decoded n-best (4 hypotheses), whatever --n keeps
-    assert confidence(hyps) == pytest.approx(softmax([-0.5, -1.5, -2.0, -4.0])[0])
-    assert confidence(hyps, "posterior", 0.5) == pytest.approx(softmax([-0.25, -0.75, -1.0, -2.0])[0])
+    assert confidence(hyps) == pytest.approx(softmax(SCORE_VALUES["spk1-utt-a"])[0])
+    assert confidence(hyps, "posterior", 0.5) == pytest.approx(softmax([-0.25, -0.5, -0.75, -1.0])[0])
+    assert confidence(hyps, "posterior", 1.0, "logprob") == pytest.approx(softmax([-0.5, -1.5, -2.0, -4.0])[0])
     assert confidence(hyps, "logprob") == pytest.approx(-0.5 / 4)  # 3 words + the end
     with pytest.raises(KdstError, match="unknown confidence measure"):
         confidence(hyps, "entropy")
@@ -176,3 +183,30 @@ def test_drop_empty_leaves_out_utterances_whose_1best_is_empty(tmp_path):
     (tmp_path / "blank.txt").write_text("u1-1 -0.1 -0.1\n")
     with pytest.raises(KdstError, match="1-best of every one of the 1 utterances kept is empty"):
         write_pseudo_labels(tmp_path / "blank.txt", tmp_path / "none", 1, drop_empty=True)
+
+
+# A 20-word 1-best and a truncated 10-word rival whose raw log-probability is higher (fewer tokens to
+# pay for) but whose length-normalised score, what the beam search ranked by, is lower.
+LONG = " ".join(f"w{i}" for i in range(20))
+TRUNCATED = " ".join(f"w{i}" for i in range(10))
+TRUNCATION = [(-5.25 / 21, -5.25, LONG), (-3.25 / 11, -3.25, TRUNCATED)]  # lengths count <eos>
+
+
+def test_the_1best_outweighs_a_truncated_rival_by_default(tmp_path):
+    hyps = entries([(round(s, 6), lp, t) for s, lp, t in TRUNCATION])
+    weights = dict((t, w) for w, t in posterior(hyps, 2))
+    assert weights[LONG] > weights[TRUNCATED]
+    assert confidence(hyps) > 0.5
+    # and through the file kdst pseudo-labels writes
+    path = tmp_path / "nbest.txt"
+    path.write_text("".join(f"u-{r} {s:.6f} {lp:.6f} {t}\n" for r, (s, lp, t) in enumerate(TRUNCATION, 1)))
+    write_pseudo_labels(path, tmp_path / "out", 2)
+    table = read_pseudo_nbest(tmp_path / "out" / "pseudo_nbest2.txt")
+    assert table["u"][0][1] == LONG and table["u"][0][0] > table["u"][1][0]
+    # --posterior logprob: the raw log-probabilities, under which the truncation wins 0.88 to 0.12
+    assert main(["pseudo-labels", "--nbest", str(path), "--out-dir", str(tmp_path / "raw"), "--n", "2",
+                 "--posterior", "logprob", "--stats-json", str(tmp_path / "raw.json")]) == 0
+    raw = dict((t, w) for w, t in read_pseudo_nbest(tmp_path / "raw" / "pseudo_nbest2.txt")["u"])
+    assert raw[TRUNCATED] == pytest.approx(0.880797, abs=1e-6) and raw[LONG] == pytest.approx(0.119203, abs=1e-6)
+    assert json.loads((tmp_path / "raw.json").read_text())["posterior"] == "logprob"
+    assert confidence(hyps, "posterior", 1.0, "logprob") < 0.5

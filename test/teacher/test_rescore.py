@@ -1,16 +1,21 @@
-"""kdst.teacher.rescore: n-best parsing, the scorers against sacrebleu oracles, and the command line."""
+"""kdst.teacher.rescore: the scorers against sacrebleu oracles, MBR against a brute-force expectation,
+the QE plug-in with a toy QE function, and the command line."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
+import types
 from pathlib import Path
 
 import pytest
-from sacrebleu.metrics import BLEU, TER
+from sacrebleu.metrics import BLEU, CHRF, TER
 
 from kdst.cli import main
-from kdst.teacher.rescore import SCORERS, NbestEntry, read_nbest, rescore
-from kdst.errors import DataError, KdstError
+from kdst.errors import KdstError
+from kdst.teacher.nbest import NbestEntry, read_nbest
+from kdst.teacher.rescore import SCORERS, make_scorer, mbr_expected_utilities, rescore, utility_matrix
 
 UTT1 = "ted_00001_0000000-0001000"  # ids may contain '-': the rank follows the last one
 UTT2 = "ted_00001_0001000-0002500"
@@ -58,47 +63,6 @@ def chosen_ranks(nbest, chosen: dict[str, str]) -> dict[str, int]:
     return {u: next(e.rank for e in nbest[u] if e.text == t) for u, t in chosen.items()}
 
 
-# --- reading ------------------------------------------------------------------------------------
-
-def test_read_nbest(nbest):
-    assert list(nbest) == sorted(NBEST)
-    assert nbest[UTT1][0] == NbestEntry(1, -0.1, -0.8, "a cat is sitting on a rug")
-    assert [e.rank for e in nbest[UTT1]] == [1, 2, 3, 4]
-    assert nbest[UTT3][1] == NbestEntry(2, -0.7, -0.7, "")  # the line ends after logprob
-
-
-def test_ranks_sort_numerically(tmp_path):
-    hyps = [(-float(r), -float(r), f"hyp {r}") for r in range(1, 12)]
-    nbest = read_nbest(write_nbest(tmp_path / "nbest.txt", {"a-b": hyps}))
-    assert [e.rank for e in nbest["a-b"]] == list(range(1, 12))
-    assert nbest["a-b"][9].text == "hyp 10"
-
-
-@pytest.mark.parametrize("bad, message", [
-    ("u-2 -0.5", "expected"),  # no logprob
-    ("u-2 high -1.0 text", "not numbers"),
-    ("u-2 -0.5 nan text", "NaN"),
-    ("u -0.5 -1.0 text", "'<utt>-<rank>'"),  # no rank
-    ("u-x -0.5 -1.0 text", "'<utt>-<rank>'"),
-    ("u-0 -0.5 -1.0 text", "'<utt>-<rank>'"),
-    ("-2 -0.5 -1.0 text", "'<utt>-<rank>'"),  # no utterance
-    ("u-1 -0.5 -1.0 again", r"duplicate key 'u-1' \(first on line 1\)"),
-])
-def test_malformed_line_names_file_and_line(tmp_path, bad, message):
-    path = tmp_path / "nbest.txt"
-    path.write_text(f"u-1 -0.1 -0.2 fine\n{bad}\n", encoding="utf-8")
-    with pytest.raises(DataError, match=message) as info:
-        read_nbest(path)
-    assert str(info.value).startswith(f"{path}:2: ")
-
-
-def test_gap_in_ranks(tmp_path):
-    path = tmp_path / "nbest.txt"
-    path.write_text("u-1 -0.1 -0.2 a\nu-3 -0.1 -0.2 c\n", encoding="utf-8")
-    with pytest.raises(DataError, match="'u' has no rank 2"):
-        read_nbest(path)
-
-
 # --- choosing -----------------------------------------------------------------------------------
 
 def test_bleu_prefers_the_closest_hypothesis(nbest):
@@ -143,11 +107,6 @@ def test_ter_picks_the_lowest_ter(nbest):
     assert chosen[UTT1] == REFS[UTT1]
 
 
-def test_logprob_picks_the_best_score_field(nbest):
-    chosen, _ = rescore(nbest, None, "logprob")
-    assert chosen_ranks(nbest, chosen) == {UTT1: 1, UTT2: 2, UTT3: 1}
-
-
 def test_chrf_needs_references(nbest):
     chosen, _ = rescore(nbest, REFS, "chrf")
     assert chosen[UTT1] == REFS[UTT1]
@@ -155,7 +114,7 @@ def test_chrf_needs_references(nbest):
         assert SCORERS[name].needs_reference
         with pytest.raises(KdstError, match=f"scorer '{name}' compares with a reference"):
             rescore(nbest, None, name)
-    assert not SCORERS["rank"].needs_reference and not SCORERS["logprob"].needs_reference
+    assert not SCORERS["rank"].needs_reference and not make_scorer("mbr").needs_reference
 
 
 def test_nbest_size_limits_the_choice(nbest):
@@ -175,10 +134,9 @@ def test_ties_go_to_the_better_rank(tmp_path):
     for metric in ("bleu", "chrf", "ter"):
         _, stats = rescore(nbest, {"u": same}, metric)
         assert stats["mean_chosen_rank"] == 2, metric
-    _, stats = rescore(nbest, None, "logprob")  # ranks 2 and 3 tie on the score but lose to rank 1
-    assert stats["mean_chosen_rank"] == 1
+    # mbr: two one-word texts with the same weight, each agreeing with the other at chrF 0
     flat = read_nbest(write_nbest(tmp_path / "flat.txt", {"u": [(-0.3, -1.0, "x"), (-0.3, -1.0, "y")]}))
-    assert rescore(flat, None, "logprob")[0] == {"u": "x"}
+    assert rescore(flat, None, "mbr")[0] == {"u": "x"}
 
 
 def test_missing_and_extra_references(nbest):
@@ -190,6 +148,141 @@ def test_missing_and_extra_references(nbest):
         rescore(nbest, extra, "rank", ref_name="ref.txt")
     with pytest.raises(KdstError, match="unknown scorer 'meteor'"):
         rescore(nbest, REFS, "meteor")
+    with pytest.raises(KdstError, match="--metric logprob is gone: .* always chose the 1-best"):
+        rescore(nbest, REFS, "logprob")
+
+
+# --- minimum Bayes risk -------------------------------------------------------------------------
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exp = [math.exp(v - top) for v in values]
+    return [e / sum(exp) for e in exp]
+
+
+PAIR_TEXTS = ["the cat sat on the mat .", "the cat sat on a mat", "(a) dog, barking!", "", "cat", "Cat"]
+
+
+@pytest.mark.parametrize("utility, metric", [("chrf", CHRF()), ("bleu", BLEU(effective_order=True))])
+def test_utility_matrix_is_sacrebleus_sentence_score(utility, metric):
+    u = utility_matrix(PAIR_TEXTS, utility)
+    for i, hyp in enumerate(PAIR_TEXTS):
+        for j, ref in enumerate(PAIR_TEXTS):
+            expected = 100.0 if i == j else metric.sentence_score(hyp, [ref]).score
+            assert u[i][j] == pytest.approx(expected, abs=1e-9), (hyp, ref)
+    assert u[0][1] != u[1][0]  # hypothesis and reference are not interchangeable
+
+
+def test_mbr_expected_utility_by_brute_force():
+    # three entries; the 1-best's normaliser is 1.2 / 0.2 = 6, so the weights are softmax(6 * score)
+    hyps = [(-0.2, -1.2, "the cat sat on the mat"), (-0.25, -1.75, "a cat sat on the mat"),
+            (-0.3, -1.5, "the dog sat")]
+    entries = [NbestEntry(r, s, lp, t) for r, (s, lp, t) in enumerate(hyps, 1)]
+    weights = softmax([-1.2, -1.5, -1.8])
+    for utility, metric in (("chrf", CHRF()), ("bleu", BLEU(effective_order=True))):
+        brute = [sum(w * (100.0 if h == y else metric.sentence_score(h, [y]).score)
+                     for w, (_, _, y) in zip(weights, hyps)) for _, _, h in hyps]
+        assert mbr_expected_utilities(entries, utility) == pytest.approx(brute), utility
+    raw = softmax([-1.2, -1.75, -1.5])  # --posterior logprob, and a scale
+    chrf = CHRF()
+    brute = [sum(w * (100.0 if h == y else chrf.sentence_score(h, [y]).score) for w, (_, _, y) in zip(raw, hyps))
+             for _, _, h in hyps]
+    assert mbr_expected_utilities(entries, "chrf", "logprob") == pytest.approx(brute)
+    flat = softmax([0.5 * v for v in (-1.2, -1.5, -1.8)])
+    brute = [sum(w * (100.0 if h == y else chrf.sentence_score(h, [y]).score) for w, (_, _, y) in zip(flat, hyps))
+             for _, _, h in hyps]
+    assert mbr_expected_utilities(entries, "chrf", "score", 0.5) == pytest.approx(brute)
+
+
+def test_mbr_passes_over_an_outlying_1best(tmp_path):
+    # The 1-best has the highest posterior but agrees with nothing; ranks 2-4 agree with each other.
+    hyps = [(-0.30, -2.10, "yesterday it was raining heavily"), (-0.35, -2.45, "the cat sat on the mat"),
+            (-0.40, -2.80, "the cat sat on a mat"), (-0.45, -3.15, "the cat sat on the mat .")]
+    nbest = read_nbest(write_nbest(tmp_path / "nbest.txt", {"u": hyps}))
+    weights = softmax([7 * s for s, _, _ in hyps])
+    assert weights[0] == max(weights)
+    for utility in ("chrf", "bleu"):
+        chosen, stats = rescore(nbest, None, make_scorer("mbr", mbr_utility=utility))
+        assert chosen["u"] in {t for _, _, t in hyps[1:]}, utility
+        assert stats["scorer"] == "mbr" and stats["mbr_utility"] == utility and stats["share_not_1best"] == 1
+        assert stats["mean_score_chosen"] > stats["mean_score_1best"]
+    assert rescore(nbest, None, "rank")[0] == {"u": hyps[0][2]}
+    # sharpened enough, the 1-best's own weight wins: the expectation includes the hypothesis itself
+    assert rescore(nbest, None, make_scorer("mbr", scale=20.0))[0] == {"u": hyps[0][2]}
+
+
+def test_mbr_merges_identical_texts():
+    entries = [NbestEntry(1, -0.1, -0.5, "a b c"), NbestEntry(2, -0.2, -1.0, "x y"),
+               NbestEntry(3, -0.3, -1.5, "a  b c")]
+    values = mbr_expected_utilities(entries)
+    assert values[0] == values[2]
+    p = softmax([-0.5, -1.0, -1.5])
+    chrf = CHRF()
+    assert values[0] == pytest.approx((p[0] + p[2]) * 100 + p[1] * chrf.sentence_score("a b c", ["x y"]).score)
+    assert values[1] == pytest.approx(p[1] * 100 + (p[0] + p[2]) * chrf.sentence_score("x y", ["a b c"]).score)
+
+
+def test_mbr_options_are_checked():
+    with pytest.raises(KdstError, match="unknown MBR utility 'meteor'"):
+        make_scorer("mbr", mbr_utility="meteor")
+    with pytest.raises(KdstError, match="unknown posterior 'entropy'"):
+        make_scorer("mbr", posterior="entropy")
+    with pytest.raises(KdstError, match="--scale must be positive"):
+        make_scorer("mbr", scale=0.0)
+
+
+# --- quality estimation -------------------------------------------------------------------------
+
+def toy_qe(source: str, hypotheses: list[str]) -> list[float]:
+    """A toy QE model: the closer a hypothesis's word count is to the source's, the better."""
+    return [-abs(len(h.split()) - len(source.split())) for h in hypotheses]
+
+
+@pytest.fixture
+def toy_module(monkeypatch):
+    module = types.ModuleType("kdst_test_toy_qe")
+    module.toy_qe = toy_qe
+    module.wrong_count = lambda source, hypotheses: [1.0]
+    module.not_a_number = lambda source, hypotheses: ["good"] * len(hypotheses)
+    module.infinite = lambda source, hypotheses: [math.inf] * len(hypotheses)
+    module.constant = 3
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module.__name__
+
+
+def test_qe_scorer_chooses_what_the_qe_function_prefers(nbest, toy_module):
+    sources = {UTT1: "one two", UTT2: "one two three four five six seven eight", UTT3: "one"}
+    scorer = make_scorer(f"qe:{toy_module}:toy_qe")
+    chosen, stats = rescore(nbest, None, scorer, sources=sources)
+    for utt, hyps in NBEST.items():
+        scores = toy_qe(sources[utt], [t for _, _, t in hyps])
+        best = max(range(len(hyps)), key=lambda i: (scores[i], -i))  # ties to the better rank
+        assert chosen[utt] == hyps[best][2]
+    # 2 words of 2, 8 of 8; UTT3: "hello world" and "" are both 1 word off, and the better rank wins
+    assert chosen == {UTT1: "cat mat", UTT2: "it rained , so we stayed at home", UTT3: "hello world"}
+    assert stats["scorer"] == f"qe:{toy_module}:toy_qe"
+    with pytest.raises(KdstError, match="reads the source text; give it \\(--src\\)"):
+        rescore(nbest, None, scorer)
+    with pytest.raises(KdstError, match=f"1 utterance\\(s\\) of the n-best list have no source in src.txt, "
+                                        f"the first '{UTT3}'"):
+        rescore(nbest, None, scorer, sources={UTT1: "a", UTT2: "b"}, src_name="src.txt")
+
+
+@pytest.mark.parametrize("function, message", [
+    ("wrong_count", "gave 1 scores for 4 hypotheses"), ("not_a_number", "not a number"),
+    ("infinite", "not finite")])
+def test_qe_scores_are_checked(nbest, toy_module, function, message):
+    with pytest.raises(KdstError, match=message):
+        rescore(nbest, None, f"qe:{toy_module}:{function}", sources={u: "x" for u in NBEST})
+
+
+@pytest.mark.parametrize("metric, message", [
+    ("qe:no_such_module_for_kdst:f", "cannot import no_such_module_for_kdst"),
+    ("qe:{toy}:missing", "has no function missing"), ("qe:{toy}:constant", "has no function constant"),
+    ("qe:only_a_module", "is named qe:MODULE:FUNCTION")])
+def test_qe_names_are_checked(toy_module, metric, message):
+    with pytest.raises(KdstError, match=message):
+        make_scorer(metric.format(toy=toy_module))
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -208,9 +301,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith(f"{out}: 3 utterances") and "sentence BLEU" in printed
 
-    # logprob needs no reference; an empty choice is written as the bare id, as hyp.txt does.
-    empty = write_nbest(tmp_path / "empty.txt", {"u": [(-0.9, -0.9, "long text"), (-0.1, -0.1, "")]})
-    assert main(["rescore", "--nbest", str(empty), "--out", str(out), "--metric", "logprob"]) == 0
+    # rank needs no reference; an empty choice is written as the bare id, as hyp.txt does.
+    empty = write_nbest(tmp_path / "empty.txt", {"u": [(-0.1, -0.1, ""), (-0.9, -0.9, "long text")]})
+    assert main(["rescore", "--nbest", str(empty), "--out", str(out), "--metric", "rank"]) == 0
     assert out.read_text(encoding="utf-8") == "u\n"
 
 
@@ -227,3 +320,27 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["rescore", "--nbest", str(bad), "--out", str(out)]) == 1
     assert f"{bad}:2: " in capsys.readouterr().err
     assert not out.exists()
+    # a bad --metric is a usage error before anything is read
+    for metric, message in (("logprob", "--metric logprob is gone"), ("meteor", "unknown scorer 'meteor'")):
+        with pytest.raises(SystemExit) as info:
+            main(["rescore", "--nbest", str(bad), "--out", str(out), "--metric", metric])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_mbr_and_qe(tmp_path, toy_module):
+    nbest = write_nbest(tmp_path / "nbest.txt", NBEST)
+    out, stats = tmp_path / "text", tmp_path / "stats.json"
+    assert main(["rescore", "--nbest", str(nbest), "--out", str(out), "--metric", "mbr", "--mbr-utility", "bleu",
+                 "--posterior", "logprob", "--scale", "0.5", "--stats-json", str(stats)]) == 0
+    summary = json.loads(stats.read_text())
+    assert (summary["scorer"], summary["mbr_utility"], summary["posterior"], summary["scale"]) == \
+        ("mbr", "bleu", "logprob", 0.5)
+    scorer = make_scorer("mbr", mbr_utility="bleu", posterior="logprob", scale=0.5)
+    expected, _ = rescore(read_nbest(nbest), None, scorer)
+    assert out.read_text(encoding="utf-8") == "".join(f"{u} {expected[u]}".rstrip() + "\n" for u in sorted(expected))
+    src = write_text(tmp_path / "src.txt", {UTT1: "one two", UTT2: "a b c d e f", UTT3: "one"})
+    assert main(["rescore", "--nbest", str(nbest), "--out", str(out), "--metric", f"qe:{toy_module}:toy_qe",
+                 "--src", str(src)]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == [f"{UTT1} cat mat", f"{UTT2} it rained so we stayed home",
+                                                            f"{UTT3} hello world"]
+    assert main(["rescore", "--nbest", str(nbest), "--out", str(out), "--metric", f"qe:{toy_module}:toy_qe"]) == 1
