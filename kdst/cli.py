@@ -476,7 +476,7 @@ def commands() -> list[Command]:
     from kdst.launch.split import JOB_SUBCOMMAND
     from kdst.report import compression, results, systems
     from kdst.report import rnnt as rnnt_report
-    from kdst.teacher import pseudo_labels, rescore
+    from kdst.teacher import nbest_union, pseudo_labels, rescore
 
     return [
         Command("validate-data", "check Kaldi data dirs; one line per problem",
@@ -511,10 +511,12 @@ def commands() -> list[Command]:
                                "and exp/rnnt_matrix.json", rnnt_report.add_arguments, rnnt_report.run),
         Command("systems", "exp/systems.json: register a trained system (add), or list them",
                 systems.add_arguments, systems.run),
-        Command("rescore", "one distillation target per utterance from a teacher n-best (Seq-KD)",
+        Command("rescore", "one distillation target per utterance from a teacher n-best (Seq-KD, Seq-Inter, MBR)",
                 rescore.add_arguments, rescore.run),
         Command("pseudo-labels", "1-best and weighted N-best pseudo-label sets from a teacher n-best",
                 pseudo_labels.add_arguments, pseudo_labels.run),
+        Command("nbest-union", "one n-best list from several teachers' n-best lists (the mixture of their posteriors)",
+                nbest_union.add_arguments, nbest_union.run),
         Command("prep-mustc", "MuST-C layout -> Kaldi data dirs", add_prep_mustc_arguments, run_prep_mustc),
         Command("prep-wsj", "WSJ0/WSJ1 LDC discs -> Kaldi data dirs (train_si284, test_dev93, ...)",
                 wsj.add_arguments, wsj.run),
