@@ -57,7 +57,7 @@ opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt nbest_beam 5 "teacher beam for the n-best on the training set" count
 opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)" count
-opt posterior_scale 1.0 "N-best weights = softmax(scale * teacher log-probability) over the N" num
+opt posterior_scale 1.0 "N-best weights = softmax(scale * the teacher's length-normalised score on the 1-best's scale) over the N (kdst pseudo-labels --posterior score)" num
 opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)" num
 opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)" count?
 opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores" count

@@ -70,9 +70,9 @@ opt kd_weight 0.5 "share of the KD term in the word-KD loss (lambda)" num
 opt kd_temperature 1.0 "softmax temperature of word KD" num
 opt topk 8 "teacher entries per target token in the cache" count
 opt topk_mode topk "cache mode: topk (k best logits) or sampled (k draws with counts)"
-opt nbest_beam 5 "teacher beam for the n-best on train" count
-opt nbest_size 5 "teacher hypotheses kept per utterance (Seq-Inter chooses among them)" count
-opt rescore_metric bleu "Seq-Inter choice: bleu, chrf, ter (against the reference) or logprob (none)"
+opt nbest_beam 5 "teacher beam for the n-best on train (Seq-KD trains on its 1-best; Kim & Rush: beam 5)" count
+opt nbest_size 5 "teacher hypotheses per utterance that Seq-Inter chooses among (Kim & Rush: 35, as egs/mustc/st1)" count
+opt rescore_metric bleu "Seq-Inter choice: bleu (Kim & Rush), chrf, ter (closest to the reference) or mbr (reference-free: the one the n-best agrees with most)"
 opt finetune yes "stage 10: fine-tune each word-KD student on gold references (yes/no)"
 opt student_jobs 1 "students trained at the same time (stages 9, 10); on one machine they share its cores" count
 opt finetune_opts "--set train.epochs=5 --set optim.lr=5.0e-4 --set optim.warmup_steps=1 --set optim.schedule=constant" "kdst train options of the fine-tuning"
