@@ -13,6 +13,20 @@ those k entries, and ``log p_S`` is still normalised over the *full*
 vocabulary and then read at the k indices.  Entries with ``p_T = 0`` (a
 teacher logit of -inf, or a probability that underflows) contribute exactly 0.
 
+Top-k plus the rest (``rest_log_mass``): instead of renormalising, the stored top-k
+keeps the teacher's true probabilities and a (k + 1)-th class, "everything else",
+carries the teacher's remaining mass ``q_r`` (stored per token by ``kdst topk`` as
+``log q_r`` at the temperature it was made at).  With K the stored ids::
+
+    q_j       = (1 - q_r) * softmax(topk_logits / T)_j       j in K
+    p_S(rest) = sum_{i not in K} p_S(i) = 1 - sum_{j in K} p_S(j)
+    loss_n    = sum_{j in K} q_j (log q_j - log p_S(j)) + q_r (log q_r - log p_S(rest))
+
+the KL between the two distributions collapsed onto K + {rest}.  ``log p_S(rest)`` is
+a log-sum-exp over the columns outside K (not ``log(1 - sum)``, which cancels when the
+top k hold nearly all of the student's mass).  The ids of a row must be distinct here
+(a ``topk`` cache's are); ``rest_log_mass = -inf`` is plain top-k at k = V.
+
 On CUDA (float32/bfloat16/float16) the per-token losses come from the fused Triton
 kernel in :mod:`kdst.losses.triton.word_kd`; elsewhere from the PyTorch code below.
 
@@ -56,7 +70,8 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def _check_inputs(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                   topk_indices: torch.Tensor | None, topk_logits: torch.Tensor | None,
-                  temperature: float, mask: torch.Tensor | None, reduction: str) -> None:
+                  temperature: float, mask: torch.Tensor | None, reduction: str,
+                  rest_log_mass: torch.Tensor | None = None) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
@@ -99,6 +114,13 @@ def _check_inputs(student_logits: torch.Tensor, teacher_logits: torch.Tensor | N
             raise ValueError(f"top-k size must be in [1, V = {v}], got k = {k} "
                              f"(topk_indices shape {tuple(topk_indices.shape)})")
 
+    if rest_log_mass is not None:
+        if topk_indices is None:
+            raise ValueError("rest_log_mass goes with a top-k teacher (topk_indices, topk_logits)")
+        if rest_log_mass.shape != (n,) or not rest_log_mass.is_floating_point():
+            raise ValueError(f"rest_log_mass must be a float ({n},) tensor, got {rest_log_mass.dtype} of shape "
+                             f"{tuple(rest_log_mass.shape)}")
+
     if mask is not None:
         if mask.shape != (n,):
             raise ValueError(f"mask must be ({n},) to match student_logits {tuple(student_logits.shape)}, "
@@ -109,8 +131,8 @@ def _check_inputs(student_logits: torch.Tensor, teacher_logits: torch.Tensor | N
 
 def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None, *,
                  topk_indices: torch.Tensor | None = None, topk_logits: torch.Tensor | None = None,
-                 temperature: float = 1.0, mask: torch.Tensor | None = None,
-                 reduction: str = "mean") -> torch.Tensor:
+                 rest_log_mass: torch.Tensor | None = None, temperature: float = 1.0,
+                 mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Per-token KL(p_T || p_S) between a teacher and the student at ``temperature``.
 
     Args:
@@ -121,7 +143,10 @@ def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
             teacher top-k, without duplicates (neither is checked: that would need
             a device sync or a sort).
         topk_logits: (N, k) the teacher's logits at ``topk_indices``; the teacher
-            distribution is their softmax, renormalised over the k entries.
+            distribution is their softmax, renormalised over the k entries, unless
+        rest_log_mass: (N,) is given: the log of the teacher's probability mass outside
+            the k entries at this temperature; the KL is then over the k entries and a
+            rest class (top-k plus the rest, see the module docstring).
         temperature: T > 0; both distributions use logits / T.  No T**2 factor.
         mask: (N,) bool, True where a token counts.  Masked tokens contribute 0
             and get a zero gradient, even if their teacher logits are inf/NaN; a
@@ -139,14 +164,19 @@ def word_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
         ValueError: for a missing or doubled teacher, mismatched shapes or dtypes,
             a bad reduction, or a temperature that is not > 0.
     """
-    _check_inputs(student_logits, teacher_logits, topk_indices, topk_logits, temperature, mask, reduction)
+    _check_inputs(student_logits, teacher_logits, topk_indices, topk_logits, temperature, mask, reduction,
+                  rest_log_mass)
     temperature = float(temperature)
     teacher = teacher_logits if teacher_logits is not None else topk_logits
     assert teacher is not None
     dtype = _compute_dtype(student_logits, teacher)
     if use_triton(student_logits, teacher):
         from kdst.losses.triton.word_kd import word_kd_per_token
-        per_token = word_kd_per_token(student_logits, teacher_logits, topk_indices, topk_logits, temperature, mask)
+        per_token = word_kd_per_token(student_logits, teacher_logits, topk_indices, topk_logits, temperature, mask,
+                                      rest_log_mass=rest_log_mass)
+    elif rest_log_mass is not None:
+        per_token = _per_token_rest_reference(student_logits, topk_indices, topk_logits, rest_log_mass, temperature,
+                                              dtype)
     else:
         per_token = _per_token_reference(student_logits, teacher, topk_indices, temperature, dtype)
     return _reduce_tokens(per_token, mask, reduction, dtype)
@@ -173,6 +203,30 @@ def _per_token_reference(student_logits: torch.Tensor, teacher: torch.Tensor, to
     # A student log-prob of -inf where p_T = 0 would otherwise give 0 * inf = NaN.
     log_p_s = log_p_s.masked_fill(drop, 0.0)
     return (p_t * (log_p_t - log_p_s)).sum(dim=-1)
+
+
+def _per_token_rest_reference(student_logits: torch.Tensor, topk_indices: torch.Tensor, topk_logits: torch.Tensor,
+                              rest_log_mass: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """(N,) KL over the k stored entries and a rest class, in plain PyTorch."""
+    index = topk_indices.long()
+    log_p_s_all = _log_softmax(student_logits, temperature, dtype)
+    with torch.no_grad():
+        log_q_r = rest_log_mass.detach().to(dtype)[:, None]
+        has_rest = log_q_r.exp() > 0
+    # The student's rest: a log-sum-exp over the columns outside the k ids (one more (N, V) tensor).  A row
+    # whose teacher has no rest reads zeros instead: with k = V its columns are all -inf, whose log-sum-exp
+    # has a NaN gradient even when multiplied by 0.
+    outside = torch.where(has_rest, log_p_s_all.scatter(-1, index, float("-inf")), 0.0)
+    log_p_s = torch.cat([log_p_s_all.gather(-1, index), outside.logsumexp(-1, keepdim=True)], dim=-1)
+    with torch.no_grad():
+        log_q = torch.cat([_log_softmax(topk_logits.detach(), temperature, dtype) + torch.log1p(-log_q_r.exp()),
+                           log_q_r], dim=-1)
+        q = log_q.exp()
+        drop = ~(q > 0)
+        q.masked_fill_(drop, 0.0)
+        log_q.masked_fill_(drop, 0.0)
+    log_p_s = log_p_s.masked_fill(drop, 0.0)
+    return (q * (log_q - log_p_s)).sum(dim=-1)
 
 
 def _reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor | None, reduction: str,

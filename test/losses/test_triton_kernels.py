@@ -19,7 +19,8 @@ assert CUDA or os.environ.get("TRITON_INTERPRET") == "1", "conftest.py sets TRIT
 triton = pytest.importorskip("triton", reason="Triton is not installed (the fused kernels need it)")
 
 from kdst.losses import rnnt_kd_loss, rnnt_loss, rnnt_loss_and_kd, rnnt_loss_reference, word_kd_loss  # noqa: E402
-from kdst.losses.triton.rnnt import fused_lattice_losses, lattice_block  # noqa: E402
+from kdst.losses.rnnt import lattice_occupancy  # noqa: E402
+from kdst.losses.triton.rnnt import fused_lattice_losses, fused_lattice_occupancy, lattice_block  # noqa: E402
 from kdst.losses.triton.word_kd import word_kd_per_token  # noqa: E402
 
 # The interpreter evaluates masked-out lanes too (-inf - -inf, 0 * nan), which the kernels
@@ -113,6 +114,71 @@ def test_word_kd_zero_teacher_mass_adds_nothing():
     torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(grad_of(fused, student, weights), grad_of(reference, student, weights),
                                atol=1e-6, rtol=0)
+
+
+# k = V (no rest: log 0 = -inf) once: the interpreter runs the id-membership loop per column and id
+@pytest.mark.parametrize(("dtype", "k"), [(d, k) for d in DTYPES for k in (1, 5)] + [(torch.float32, V)])
+def test_word_kd_topk_rest_matches_reference(dtype, k):
+    """Top-k plus the rest: the kernel's loss and gradient against the PyTorch reference (itself tested
+    against the collapsed full distributions in test_word_kd.py), at several temperatures, with a masked row."""
+    student, teacher, weights = word_case(dtype, seed=21)
+    index = teacher.float().topk(k, dim=1).indices
+    mask = torch.tensor([True, True, False, True, True, True], device=DEVICE)
+    for temperature in (0.5, 1.0, 2.0):
+        log_p_t = torch.log_softmax(teacher.float() / temperature, -1)
+        rest = log_p_t.scatter(1, index, float("-inf")).logsumexp(1)  # -inf at k = V
+        topk = teacher.gather(1, index)
+        fused = word_kd_per_token(student, None, index, topk, temperature, mask, rest_log_mass=rest, block_v=8)
+        reference = word_kd_loss(student, topk_indices=index, topk_logits=topk, rest_log_mass=rest,
+                                 temperature=temperature, mask=mask, reduction="none")
+        torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+        g_fused = grad_of(fused, student, weights)
+        assert torch.isfinite(g_fused).all() and not g_fused[2].any()
+        torch.testing.assert_close(g_fused, grad_of(reference, student, weights),
+                                   atol=GRAD_TOL[dtype][0], rtol=GRAD_TOL[dtype][1])
+
+
+def test_word_kd_topk_rest_when_the_students_rest_is_tiny():
+    """A student that puts almost all its mass on the k ids: p_S(rest) ~ 1e-30, far below float32's
+    1 - sum(p_S) resolution; the kernel's log-sum-exp over the other columns still gets it right."""
+    student = torch.zeros(2, V, device=DEVICE)
+    student[:, :3] = 70.0
+    student = student.requires_grad_()
+    index = torch.tensor([[0, 1, 2], [2, 0, 1]], device=DEVICE)
+    topk = torch.tensor([[0.0, -1.0, -2.0], [0.0, -0.5, -3.0]], device=DEVICE)
+    rest = torch.log(torch.tensor([0.2, 1e-3], device=DEVICE))
+    weights = torch.tensor([1.0, 3.0], device=DEVICE)
+    fused = word_kd_per_token(student, None, index, topk, 1.0, None, rest_log_mass=rest, block_v=8)
+    reference = word_kd_loss(student, topk_indices=index, topk_logits=topk, rest_log_mass=rest, reduction="none")
+    torch.testing.assert_close(fused, reference, atol=1e-4, rtol=1e-6)
+    assert float(fused[0].detach()) > 0.2 * 60  # q_r log(q_r / p_S(rest)) with log p_S(rest) ~ -70 + log(34)
+    # atol: at logits of 70 the kernel's float32 log-sum-exp (70 + log 3) is one ulp (8e-6) coarse, which the
+    # reference's max-shifted log_softmax avoids; the entries outside the k ids agree to 1e-6 relative.
+    g_fused, g_ref = grad_of(fused, student, weights), grad_of(reference, student, weights)
+    torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_fused[:, 3:], g_ref[:, 3:], atol=0, rtol=1e-6)
+
+
+def test_word_kd_repeated_ids_in_a_row():
+    """A sampled cache pads its empty slots with id 0 (count 0), so a row may hold id 0 twice: once real, once
+    empty.  The gradient at id 0 is that of the full distribution whatever the order of the slots (the kernel
+    used to let the empty slot's store overwrite the real one's), and repeated real ids add up (as the
+    reference's gather does)."""
+    student = rand(3, V, seed=11).requires_grad_()
+    index = torch.tensor([[0, 5, 0, 0], [3, 0, 7, 0], [2, 2, 9, 2]], device=DEVICE)
+    counts = torch.tensor([[3.0, 1.0, 0.0, 0.0], [2.0, 0.0, 2.0, 0.0], [1.0, 2.0, 1.0, 0.0]], device=DEVICE)
+    values = torch.log(counts)  # as the encoder-decoder hands sampled counts to the loss (T = 1)
+    weights = torch.tensor([1.0, 2.0, 0.5], device=DEVICE)
+    fused = word_kd_per_token(student, None, index, values, 1.0, None, block_v=8)
+    reference = word_kd_loss(student, topk_indices=index, topk_logits=values, reduction="none")
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    # the oracle: the empirical distribution over the vocabulary, p_T(j) = (counts at j) / (all counts)
+    p_t = torch.zeros(3, V, device=DEVICE).scatter_add_(1, index, counts) / counts.sum(1, keepdim=True)
+    p_s = torch.softmax(student.detach(), -1)
+    expected = (p_s - p_t) * weights[:, None]
+    torch.testing.assert_close(grad_of(fused, student, weights), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_of(reference, student, weights), expected, atol=1e-6, rtol=1e-5)
+    assert float(expected[0, 0]) < -0.1  # the crafted row: a real teacher entry at id 0 pulls its logit up
 
 
 def test_word_kd_strided_rows_without_grad_and_single_backward():
@@ -225,6 +291,46 @@ def test_collapsed_rest_stays_exact_at_large_logit_gaps_and_tiny_vocabularies():
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ("full", "collapsed"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_rnnt_kd_with_node_weights_matches_the_reference(mode, dtype):
+    """Per-node weights (here NaN on padding, which must never be read) scale each node's KL and its gradient."""
+    student, teacher, targets, (frames, labels), weights = lattice_case(dtype, seed=10)
+    g = torch.Generator().manual_seed(11)
+    node_weights = (torch.rand(B, T, U + 1, generator=g) * 2).to(DEVICE)
+    node_weights[0, 2, 1] = 0.0
+    for b, (f, n) in enumerate(zip(FRAMES, LABELS)):
+        node_weights[b, f:] = float("nan")
+        node_weights[b, :, n + 1:] = float("nan")
+
+    def reference():
+        return rnnt_kd_loss(student, teacher, targets, frames, labels, mode=mode, temperature=2.0, reduction="none",
+                            node_weights=node_weights)
+
+    nll, kd = fused_lattice_losses(student, teacher, targets, frames, labels, with_rnnt=True, kd_mode=mode,
+                                   temperature=2.0, block_v=4, node_weights=node_weights)
+    torch.testing.assert_close(kd, reference(), atol=1e-5, rtol=1e-5)
+    unweighted = fused_lattice_losses(student, teacher, targets, frames, labels, with_rnnt=False, kd_mode=mode,
+                                      temperature=2.0, block_v=4)[1]
+    assert not torch.allclose(kd, unweighted)
+    (g_fused,) = torch.autograd.grad((nll * weights).sum() + (kd * weights.flip(0)).sum(), student)
+    ref_nll = rnnt_loss_reference(student, targets, frames, labels, reduction="none")
+    (g_ref,) = torch.autograd.grad((ref_nll * weights).sum() + (reference() * weights.flip(0)).sum(), student)
+    torch.testing.assert_close(g_fused.float(), g_ref.float(), atol=2 * GRAD_TOL[dtype][0], rtol=2 * GRAD_TOL[dtype][1])
+    assert_padding_has_zero_grad(g_fused)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blank", (0, VOCAB - 1))
+def test_occupancy_matches_the_reference(dtype, blank):
+    logits, _, targets, (frames, labels), _ = lattice_case(dtype, seed=12, blank=blank)
+    fused = fused_lattice_occupancy(logits, targets, frames, labels, blank=blank, block_v=4)
+    reference = lattice_occupancy(logits.cpu(), targets.cpu(), frames.cpu(), labels.cpu(), blank=blank)
+    torch.testing.assert_close(fused.cpu(), reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused.sum((1, 2)).cpu(), (frames + labels).float().cpu(), atol=1e-4, rtol=1e-5)
+    assert not fused.requires_grad
+
+
 def test_kd_without_frames_is_zero_and_lattice_blocks():
     student, teacher, targets, (_, labels), _ = lattice_case(torch.float32, seed=8)
     frames = torch.tensor([0, 3, 1], device=DEVICE)
@@ -276,3 +382,15 @@ def test_public_functions_on_cuda_match_the_cpu_references(dtype):
         torch.testing.assert_close(fused[0].cpu(), nll, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(fused[1].cpu(), kd, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(gpu.grad.float().cpu(), cpu.grad.float(), atol=GRAD_TOL[dtype][0], rtol=GRAD_TOL[dtype][1])
+
+    # the teacher's occupancy as node weights (kd.node_weights: occupancy)
+    gamma = lattice_occupancy(teacher.cuda(), targets.cuda(), frames.cuda(), labels.cuda())
+    torch.testing.assert_close(gamma.cpu(), lattice_occupancy(teacher, targets, frames, labels), atol=1e-4, rtol=1e-3)
+    cpu = student.clone().requires_grad_()
+    kd = rnnt_kd_loss(cpu, teacher, targets, frames, labels, node_weights=gamma.cpu())
+    kd.backward()
+    gpu = student.cuda().requires_grad_()
+    fused = rnnt_loss_and_kd(gpu, teacher.cuda(), targets.cuda(), frames.cuda(), labels.cuda(), node_weights=gamma)[1]
+    fused.backward()
+    torch.testing.assert_close(fused.cpu(), kd, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(gpu.grad.float().cpu(), cpu.grad.float(), atol=GRAD_TOL[dtype][0], rtol=GRAD_TOL[dtype][1])

@@ -144,6 +144,86 @@ def test_int32_indices() -> None:
     assert torch.equal(a, b)
 
 
+# ---------------------------------------------------------------- top-k plus the rest
+
+
+def collapsed_kl(student: torch.Tensor, teacher: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The brute force: both full distributions at T, collapsed onto the k ids and one class for all the
+    other ids (probabilities summed), then KL per token, in float64 (differentiable in ``student``)."""
+    p_t, p_s = (torch.softmax(x.double() / temperature, -1) for x in (teacher, student))
+    outside = torch.ones_like(p_t).scatter(1, idx, 0.0)
+    q = torch.cat([p_t.gather(1, idx), (p_t * outside).sum(1, keepdim=True)], 1)
+    r = torch.cat([p_s.gather(1, idx), (p_s * outside).sum(1, keepdim=True)], 1)
+    return (q * (q.log() - r.log())).sum(1)
+
+
+def rest_inputs(teacher: torch.Tensor, idx: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a top-k cache with the rest stores: the logits at the k ids and log(teacher mass outside them) at T."""
+    log_p_t = torch.log_softmax(teacher.double() / temperature, -1)
+    rest = log_p_t.scatter(1, idx, -math.inf).logsumexp(1)
+    return teacher.gather(1, idx), rest.float()
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("true_topk", (True, False))
+def test_topk_rest_is_the_collapsed_full_kl(temperature: float, true_topk: bool) -> None:
+    s, t = logits(40, scale=3.0)
+    idx = t.topk(K, dim=1).indices if true_topk else topk_of(t, K, seed=41)[0]
+    tl, rest = rest_inputs(t, idx, temperature)
+    student = s.double().requires_grad_(True)
+    out = word_kd_loss(student, topk_indices=idx, topk_logits=tl.double(), rest_log_mass=rest.double(),
+                       temperature=temperature, reduction="none")
+    expected_s = s.double().requires_grad_(True)
+    expected = collapsed_kl(expected_s, t, idx, temperature)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-9)
+    weights = torch.arange(1.0, N + 1, dtype=torch.float64)
+    (g,) = torch.autograd.grad((out * weights).sum(), student)
+    (g_expected,) = torch.autograd.grad((expected * weights).sum(), expected_s)
+    torch.testing.assert_close(g, g_expected, rtol=1e-6, atol=1e-9)
+    # float32 inputs as training gives them: the same within float32 rounding
+    out32 = word_kd_loss(s, topk_indices=idx, topk_logits=tl, rest_log_mass=rest, temperature=temperature,
+                         reduction="none")
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_topk_rest_differs_from_renormalised_topk_and_is_full_kd_at_k_equal_v() -> None:
+    s, t = logits(42, scale=1.0)  # flat teachers: the top 3 of 7 hold well under all the mass at T = 2
+    idx = t.topk(K, dim=1).indices
+    tl, rest = rest_inputs(t, idx, 2.0)
+    with_rest = word_kd_loss(s, topk_indices=idx, topk_logits=tl, rest_log_mass=rest, temperature=2.0)
+    renormalised = word_kd_loss(s, topk_indices=idx, topk_logits=tl, temperature=2.0)
+    assert float(with_rest - renormalised) == pytest.approx(
+        float(collapsed_kl(s, t, idx, 2.0).mean()) - float(ref_kl(s, idx=idx, topk=tl, temperature=2.0)), abs=1e-6)
+    assert abs(float(with_rest - renormalised)) > 1e-2
+    # k = V: no mass outside (log 0 = -inf), and the loss and its gradient are those of full KD.
+    idx_all, tl_all = topk_of(t, V, seed=43)
+    rest_none = torch.full((N,), -math.inf)
+    a, b = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    full = word_kd_loss(a, t, temperature=2.0, reduction="sum")
+    rested = word_kd_loss(b, topk_indices=idx_all, topk_logits=tl_all, rest_log_mass=rest_none, temperature=2.0,
+                          reduction="sum")
+    torch.testing.assert_close(rested, full)
+    full.backward()
+    rested.backward()
+    assert torch.isfinite(b.grad).all()
+    torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_topk_rest_masked_rows_and_gradcheck() -> None:
+    s, t = (x.double() for x in logits(44))
+    idx = topk_of(t, K, seed=45)[0]
+    tl, rest = rest_inputs(t, idx, 0.5)
+    m = as_mask(MASKS["partial"])
+    s.requires_grad_(True)
+    per = word_kd_loss(s, topk_indices=idx, topk_logits=tl, rest_log_mass=rest.double(), temperature=0.5, mask=m,
+                       reduction="none")
+    assert (per[~m] == 0).all() and (per[m] > 0).all()
+    assert torch.autograd.gradcheck(
+        lambda x: word_kd_loss(x, topk_indices=idx, topk_logits=tl, rest_log_mass=rest.double(), temperature=0.5,
+                               mask=m), (s,))
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -292,6 +372,9 @@ def _errors() -> dict[str, tuple]:
         "zero temperature": ((s, t), {"temperature": 0.0}, "temperature"),
         "negative temperature": ((s, t), {"temperature": -1.0}, "temperature"),
         "nan temperature": ((s, t), {"temperature": math.nan}, "temperature"),
+        "rest without top-k": ((s, t), {"rest_log_mass": torch.zeros(N)}, "goes with a top-k teacher"),
+        "rest shape": ((s,), {"topk_indices": idx, "topk_logits": tl, "rest_log_mass": torch.zeros(N, 1)},
+                       r"rest_log_mass must be a float \(5,\) tensor"),
     }
 
 

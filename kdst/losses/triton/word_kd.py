@@ -10,7 +10,18 @@ docstring).  Per row the kernel makes two passes over the V logits:
 
 In top-k mode the teacher is the k stored logits, read once; the student still gets
 its log-sum-exp over the whole vocabulary.  The gradient row is first written as
-``p_S / T`` and then corrected at the k stored indices.
+``p_S / T`` and then corrected at the k stored indices.  A row may hold an id more than
+once (a sampled cache pads its empty slots with id 0): every slot of an id writes the
+same value, ``p_S - (the teacher mass of all its slots)``, so which store lands last
+does not matter, and the result is the reference's (whose gather adds the slots up).
+
+With ``rest_log_mass`` (top-k plus the rest) the distributions have k + 1 classes: the
+k entries, with the teacher's true probabilities ``(1 - q_r) softmax(t)``, and a rest
+class holding the teacher's remaining mass ``q_r`` and the student's ``p_S(rest) =
+sum of p_S outside the k ids``, a log-sum-exp over the non-stored columns kept in the
+first pass beside the full one (membership: one comparison per stored id and column).
+The gradient outside the k ids is ``p_S(i) - q_r p_S(i) / p_S(rest)``, computed as
+``p_S(i) - q_r exp(s_i - lse_rest)``, which stays finite when ``p_S(rest)`` underflows.
 
 Nothing of size (N, V) is allocated besides the gradient itself; the backward only
 scales it by the incoming per-row gradient, in place.  Masked rows are never read:
@@ -80,9 +91,9 @@ def _word_kd_full_kernel(student_ptr, teacher_ptr, grad_ptr, loss_ptr, mask_ptr,
 
 
 @triton.jit
-def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, grad_ptr, loss_ptr, mask_ptr,
+def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, rest_ptr, grad_ptr, loss_ptr, mask_ptr,
                          V, K, stride_s, stride_i, stride_k, stride_g, inv_t,
-                         HAS_MASK: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                         HAS_MASK: tl.constexpr, HAS_REST: tl.constexpr, WRITE_GRAD: tl.constexpr,
                          BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_V)
@@ -91,39 +102,66 @@ def _word_kd_topk_kernel(student_ptr, index_ptr, topk_ptr, grad_ptr, loss_ptr, m
         keep = tl.load(mask_ptr + row) != 0
     if keep:
         s_row = student_ptr + row * stride_s
+        i_row = index_ptr + row * stride_i
         m_s = tl.full([BLOCK_V], float("-inf"), tl.float32)
         l_s = tl.zeros([BLOCK_V], tl.float32)
+        m_r = tl.full([BLOCK_V], float("-inf"), tl.float32)  # the student outside the k ids (HAS_REST)
+        l_r = tl.zeros([BLOCK_V], tl.float32)
         for start in range(0, V, BLOCK_V):
             s = tl.load(s_row + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32) * inv_t
             m_s, l_s = online_update(s, m_s, l_s)
+            if HAS_REST:
+                stored = cols < 0
+                for j in range(0, K):
+                    stored = stored | (start + cols == tl.load(i_row + j))
+                m_r, l_r = online_update(tl.where(stored, float("-inf"), s), m_r, l_r)
         lse_s = finish_lse(m_s, l_s)
 
-        # The teacher: the softmax of its k stored logits (renormalised over them).
+        # The teacher: the softmax of its k stored logits (renormalised over them) ...
         ks = tl.arange(0, BLOCK_K)
         in_k = ks < K
-        index = tl.load(index_ptr + row * stride_i + ks, mask=in_k, other=0).to(tl.int64)
+        index = tl.load(i_row + ks, mask=in_k, other=0).to(tl.int64)
         t = tl.load(topk_ptr + row * stride_k + ks, mask=in_k, other=float("-inf")).to(tl.float32) * inv_t
         t_max = tl.max(t, axis=0)
         t_shift = tl.where(t_max == float("-inf"), 0.0, t_max)
         lse_t = t_shift + tl.log(tl.sum(tl.exp(t - t_shift), axis=0))
+        t_finite = (lse_t > float("-inf")) & (lse_t < float("inf"))
         log_pt = t - lse_t
+        log_ps_k = tl.load(s_row + index, mask=in_k, other=0.0).to(tl.float32) * inv_t - lse_s
+        if HAS_REST:
+            # ... times the mass the top k hold, with the rest as one more class.
+            log_q_r = tl.load(rest_ptr + row).to(tl.float32)
+            q_r = tl.exp(log_q_r)
+            log_pt += tl.log(1.0 - q_r)
+            lse_r = finish_lse(m_r, l_r)
+            has_rest = q_r > 0
+            rest_kl = tl.where(has_rest, q_r * (log_q_r - (lse_r - lse_s)), 0.0)
+            teacher_mass = tl.where(t_finite, 1.0 - q_r, 0.0) + tl.where(has_rest, q_r, 0.0)
+        else:
+            rest_kl = 0.0
+            teacher_mass = tl.where(t_finite, 1.0, 0.0)
         p_t = tl.exp(log_pt)
         present = in_k & (p_t > 0)
-        log_ps_k = tl.load(s_row + index, mask=in_k, other=0.0).to(tl.float32) * inv_t - lse_s
-        kl = tl.sum(tl.where(present, p_t * (log_pt - log_ps_k), 0.0), axis=0)
+        kl = tl.sum(tl.where(present, p_t * (log_pt - log_ps_k), 0.0), axis=0) + rest_kl
         tl.store(loss_ptr + row, kl)
 
         if WRITE_GRAD:
-            teacher_mass = tl.where((lse_t > float("-inf")) & (lse_t < float("inf")), 1.0, 0.0)
             g_row = grad_ptr + row * stride_g
             for start in range(0, V, BLOCK_V):
                 inside = start + cols < V
                 s = tl.load(s_row + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
-                grad = tl.exp(s - lse_s) * teacher_mass * inv_t
-                tl.store(g_row + start + cols, grad.to(grad_ptr.dtype.element_ty), mask=inside)
+                grad = tl.exp(s - lse_s) * teacher_mass
+                if HAS_REST:  # the stored columns get overwritten below
+                    grad -= tl.where(has_rest, q_r * tl.exp(s - lse_r), 0.0)
+                tl.store(g_row + start + cols, (grad * inv_t).to(grad_ptr.dtype.element_ty), mask=inside)
             # The row above must be in memory before the k entries are overwritten.
             tl.debug_barrier()
-            grad_k = (tl.exp(log_ps_k) * teacher_mass - tl.where(present, p_t, 0.0)) * inv_t
+            # The teacher mass at each slot's id, summed over all slots holding that id: slots that
+            # repeat an id then store the same value.
+            p_here = tl.where(present, p_t, 0.0)
+            same_id = (index[:, None] == index[None, :]) & in_k[None, :]
+            p_at_id = tl.sum(tl.where(same_id, p_here[None, :], 0.0), axis=1)
+            grad_k = (tl.exp(log_ps_k) * teacher_mass - p_at_id) * inv_t
             tl.store(g_row + index, grad_k.to(grad_ptr.dtype.element_ty), mask=in_k)
     else:
         tl.store(loss_ptr + row, 0.0)
@@ -140,8 +178,8 @@ class _WordKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor | None, topk_indices: torch.Tensor | None,
-                topk_logits: torch.Tensor | None, temperature: float, mask: torch.Tensor | None,
-                block_v: int | None) -> torch.Tensor:
+                topk_logits: torch.Tensor | None, rest_log_mass: torch.Tensor | None, temperature: float,
+                mask: torch.Tensor | None, block_v: int | None) -> torch.Tensor:
         student = _rows_last_contiguous(student)
         n, v = student.shape
         want_grad = ctx.needs_input_grad[0]
@@ -162,10 +200,11 @@ class _WordKD(torch.autograd.Function):
             else:
                 index, topk = _rows_last_contiguous(topk_indices), _rows_last_contiguous(topk_logits)
                 k = index.shape[1]
+                rest = rest_log_mass.float().contiguous() if rest_log_mass is not None else loss
                 _word_kd_topk_kernel[grid](
-                    student, index, topk, grad, loss, mask_arg, v, k, student.stride(0), index.stride(0),
+                    student, index, topk, rest, grad, loss, mask_arg, v, k, student.stride(0), index.stride(0),
                     topk.stride(0), grad.stride(0) if want_grad else 0, 1.0 / temperature,
-                    HAS_MASK=mask is not None, WRITE_GRAD=want_grad, BLOCK_V=block,
+                    HAS_MASK=mask is not None, HAS_REST=rest_log_mass is not None, WRITE_GRAD=want_grad, BLOCK_V=block,
                     BLOCK_K=triton.next_power_of_2(k), num_warps=warps_for(block, ELEMENTS_PER_THREAD))
         ctx.save_for_backward(grad if want_grad else None)
         return loss
@@ -174,17 +213,18 @@ class _WordKD(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return (None,) * 7
+            return (None,) * 8
         # In place: the only (N, V) buffer stays the one made in the forward.  The product
         # is computed in float32 and rounded once to the student's dtype.  A second backward
         # (retain_graph) is refused by autograd, which sees the saved tensor modified.
         grad.mul_(grad_loss.to(torch.float32)[:, None])
-        return (grad,) + (None,) * 6
+        return (grad,) + (None,) * 7
 
 
 def word_kd_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                       topk_indices: torch.Tensor | None, topk_logits: torch.Tensor | None,
-                      temperature: float, mask: torch.Tensor | None, *, block_v: int | None = None) -> torch.Tensor:
+                      temperature: float, mask: torch.Tensor | None, *, rest_log_mass: torch.Tensor | None = None,
+                      block_v: int | None = None) -> torch.Tensor:
     """(N,) float32 per-token KL from the Triton kernel; inputs already validated by word_kd_loss.
 
     ``block_v`` forces the vocabulary block (a power of two); tests use small ones so
@@ -194,5 +234,7 @@ def word_kd_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         teacher_logits = teacher_logits.detach()
     else:
         topk_logits = topk_logits.detach()
-    return _WordKD.apply(student_logits, teacher_logits, topk_indices, topk_logits, float(temperature),
-                         mask, block_v)
+    if rest_log_mass is not None:
+        rest_log_mass = rest_log_mass.detach()
+    return _WordKD.apply(student_logits, teacher_logits, topk_indices, topk_logits, rest_log_mass,
+                         float(temperature), mask, block_v)
