@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 import types
 from pathlib import Path
@@ -171,6 +172,17 @@ def test_utility_matrix_is_sacrebleus_sentence_score(utility, metric):
             expected = 100.0 if i == j else metric.sentence_score(hyp, [ref]).score
             assert u[i][j] == pytest.approx(expected, abs=1e-9), (hyp, ref)
     assert u[0][1] != u[1][0]  # hypothesis and reference are not interchangeable
+
+
+@pytest.mark.parametrize("utility, metric", [("chrf", CHRF()), ("bleu", BLEU(effective_order=True))])
+def test_utility_matrix_on_overlapping_texts_with_repeated_ngrams(utility, metric):
+    rng = random.Random(3)
+    words = ["the", "the", "cat", "sat", "on", "mat", ",", "mat.", "Katze", "saß"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(12)]
+    u = utility_matrix(texts, utility)
+    for i, hyp in enumerate(texts):
+        for j, ref in enumerate(texts):
+            assert u[i][j] == (100.0 if i == j else metric.sentence_score(hyp, [ref]).score), (hyp, ref)
 
 
 def test_mbr_expected_utility_by_brute_force():
