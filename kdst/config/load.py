@@ -3,7 +3,8 @@
     data:  kdst.config.sections.DataConfig       model: kdst.config.model (encoder-decoder or transducer)
     optim: OptimConfig                            train: TrainConfig
     kd:    (optional) OnlineWordKDConfig | CachedWordKDConfig (encoder-decoder students, by whether
-           ``cache`` is given) or LatticeKDConfig (transducer students)
+           ``cache`` is given), each with an optional ``frame`` (FrameKDConfig), FrameOnlyKDConfig (only
+           ``frame``) or LatticeKDConfig (transducer students)
 
 Any problem is one KdstError naming where the value came from and its key path:
 ``conf/train_st.yaml: train.epochz: unknown key (did you mean train.epochs?)`` or
@@ -19,8 +20,8 @@ import yaml
 
 from kdst.config.model import ModelConfig, TransducerConfig, parse_model_config
 from kdst.config.schema import ConfigError, build, differences, join, to_dict
-from kdst.config.sections import (CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfig, OnlineWordKDConfig,
-                                  OptimConfig, TrainConfig)
+from kdst.config.sections import (CachedWordKDConfig, DataConfig, FrameOnlyKDConfig, KdConfig, LatticeKDConfig,
+                                  OnlineWordKDConfig, OptimConfig, TrainConfig)
 from kdst.errors import KdstError
 
 
@@ -64,11 +65,21 @@ def parse_config(raw) -> TrainingConfig:
 
 def parse_kd(raw, model: ModelConfig) -> KdConfig | None:
     """The kd section's variant: lattice KD for a transducer student; for an encoder-decoder, word-level
-    KD from a cache when ``cache`` is given, else from an online teacher."""
+    KD from a cache when ``cache`` is given, else from an online teacher; with only ``frame``, frame-level
+    KD alone (``frame`` beside word-level KD is a field of the word-level variants)."""
     if not raw:
         return None
     if isinstance(model, TransducerConfig):
+        if isinstance(raw, dict) and "frame" in raw:
+            raise ConfigError("kd.frame", "frame-level KD is for encoder-decoder students with a CTC branch; "
+                                          "a transducer distils over its lattice (kd.mode)")
         return build(LatticeKDConfig, raw, "kd")
+    if isinstance(raw, dict) and "frame" in raw and set(raw) <= {"frame"}:
+        return build(FrameOnlyKDConfig, raw, "kd")
+    if isinstance(raw, dict) and "frame" in raw and not {"teacher", "cache"} & set(raw):
+        other = next(key for key in raw if key != "frame")
+        raise ConfigError(f"kd.{other}", "word-level KD needs kd.teacher or kd.cache; frame-level KD alone "
+                                         "takes only kd.frame")
     if isinstance(raw, dict) and "cache" in raw:
         return build(CachedWordKDConfig, raw, "kd")
     if isinstance(raw, dict) and "teacher" not in raw:

@@ -158,6 +158,7 @@ class OnlineWordKDConfig:
     temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False  # multiply the KD term by T^2 (Hinton et al.)
     src_text: str | None = None  # the data dir's file the MT teacher reads (default: the teacher's own)
+    frame: FrameKDConfig | None = None  # frame-level CTC/encoder KD beside word-level KD (kdst.train.frame_kd)
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
@@ -173,6 +174,7 @@ class CachedWordKDConfig:
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
     temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False
+    frame: FrameKDConfig | None = None  # frame-level CTC/encoder KD beside word-level KD (kdst.train.frame_kd)
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
@@ -192,4 +194,34 @@ class LatticeKDConfig:
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
 
 
-KdConfig = OnlineWordKDConfig | CachedWordKDConfig | LatticeKDConfig
+@dataclass(frozen=True)
+class FrameKDConfig:
+    """Frame-level KD from a speech teacher's encoder (kdst.train.frame_kd): its CTC posteriors on the student's
+    CTC branch, and optionally one encoder layer's outputs against a learned projection of the student's."""
+    teacher: str  # an attention encoder-decoder with a CTC head, same CTC vocabulary and frame rate as the student
+    ctc_weight: float = 0.5  # the KD share of the student's CTC branch: (1 - w) * CTC + w * KL
+    temperature: float = 1.0
+    # KL summed over frames per CTC target token (the CTC loss's own normaliser), or averaged per frame
+    normalize: Literal["tokens", "frames"] = "tokens"
+    hidden_weight: float = 0.0  # loss + hidden_weight * distance(teacher layer, projected student layer)
+    hidden_loss: Literal["mse", "l1"] = "mse"
+    hidden_layer: int = -1  # the student's encoder block whose output is projected (1-based; -1: the last)
+    teacher_layer: int = -1  # the teacher's encoder block it is compared with
+
+    def __post_init__(self):
+        require(0.0 <= self.ctc_weight <= 1.0, "ctc_weight", f"must be in [0, 1], not {self.ctc_weight}")
+        require(self.temperature > 0, "temperature", f"must be > 0, not {self.temperature}")
+        require(self.hidden_weight >= 0, "hidden_weight", f"must be >= 0, not {self.hidden_weight}")
+        require(self.ctc_weight > 0 or self.hidden_weight > 0, "ctc_weight",
+                "0 with hidden_weight 0: frame-level KD would add nothing")
+        require(self.hidden_layer != 0, "hidden_layer", "counts encoder blocks from 1 (or from the end: -1)")
+        require(self.teacher_layer != 0, "teacher_layer", "counts encoder blocks from 1 (or from the end: -1)")
+
+
+@dataclass(frozen=True)
+class FrameOnlyKDConfig:
+    """Frame-level KD alone: a kd section with only ``frame`` (the student keeps its own targets)."""
+    frame: FrameKDConfig
+
+
+KdConfig = OnlineWordKDConfig | CachedWordKDConfig | LatticeKDConfig | FrameOnlyKDConfig

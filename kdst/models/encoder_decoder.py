@@ -79,7 +79,7 @@ class EncoderDecoder(nn.Module):
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
         weights = batch.get("tgt_weight")
         loss, stats = self.attention_loss(logits, targets, weights)
-        if teacher is not None:
+        if teacher is not None and (teacher.logits is not None or teacher.topk_indices is not None):  # word-level
             if weights is not None:
                 raise ValueError("word-level KD on weighted N-best targets is not supported")
             kd = self.kd_loss(logits, targets, teacher)
@@ -93,8 +93,15 @@ class EncoderDecoder(nn.Module):
                                     rows=batch["tgt_utt"])
             else:
                 ctc = self.ctc_loss(memory, memory_lengths, batch["tgt"], batch["tgt_lengths"])
-            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
             stats["ctc"] = ctc.detach()
+            if teacher is not None and teacher.ctc_logits is not None:  # frame-level KD (kdst.train.frame_kd)
+                if weights is not None:
+                    raise ValueError("frame-level KD on weighted N-best targets is not supported")
+                ctc_kd = self.ctc_kd_loss(memory, memory_lengths, teacher,
+                                          batch["ctc_tgt_lengths"] if "ctc_tgt" in batch else batch["tgt_lengths"])
+                ctc = (1 - teacher.ctc_weight) * ctc + teacher.ctc_weight * ctc_kd
+                stats["ctc_kd"] = ctc_kd.detach()
+            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
         stats["loss"] = loss.detach()
         return loss, stats
 
@@ -114,6 +121,23 @@ class EncoderDecoder(nn.Module):
         if teacher.t2_scale:
             kd = kd * t * t
         return kd
+
+    def ctc_kd_loss(self, memory: torch.Tensor, memory_lengths: torch.Tensor, teacher: TeacherOutputs,
+                    tgt_lengths: torch.Tensor) -> torch.Tensor:
+        """Frame-level KL(teacher || student) between CTC posteriors at ``teacher.ctc_temperature`` over the real
+        frames (padding contributes 0), summed and divided by the CTC target tokens (``ctc_normalize`` "tokens",
+        the CTC loss's own normaliser) or by the real frames ("frames")."""
+        student = self.ctc(memory).float()
+        if teacher.ctc_logits.shape != student.shape:
+            raise KdstError(f"the teacher's CTC posteriors {tuple(teacher.ctc_logits.shape)} are not shaped like the "
+                            f"student's {tuple(student.shape)}: frame-level KD needs one frame rate and one CTC "
+                            "vocabulary")
+        mask = lengths_to_mask(memory_lengths, student.shape[1])
+        kl = word_kd_loss(student.flatten(0, 1), teacher.ctc_logits.float().flatten(0, 1), mask=mask.flatten(),
+                          temperature=teacher.ctc_temperature, reduction="sum")
+        if teacher.ctc_normalize == "frames":
+            return kl / mask.sum().clamp_min(1)
+        return kl / tgt_lengths.sum().clamp_min(1)
 
     def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -22,6 +22,9 @@ student computes the KD term itself from its own logits and mixes it in as
         topk_values   (B, U+1, k)       its top-k logits, or, with ``sampled``, counts of tokens
                                         drawn from it (a cache; padding rows are masked out)
         t2_scale                        multiply the KD term by T^2 (Hinton et al.)
+    encoder-decoder with a CTC branch (frame-level KD, kdst.train.frame_kd), at the student's T' frames:
+        ctc_logits    (B, T', V_ctc)    the teacher's CTC logits (no word-level fields: frame-level KD alone)
+        ctc_weight, ctc_temperature, ctc_normalize
     transducer (lattice KD):
         logits        (R, T', U+1, V)   the teacher's joint logits on the student's lattice
         mode                            "full" or "collapsed" (kdst.losses.rnnt)
@@ -46,3 +49,7 @@ class TeacherOutputs:
     sampled: bool = False  # topk_values are counts of sampled tokens, not logits
     t2_scale: bool = False
     mode: str = "full"  # transducer lattice KD: "full" or "collapsed"
+    ctc_logits: torch.Tensor | None = None  # frame-level KD: the teacher's CTC logits (B, T', V_ctc)
+    ctc_weight: float = 0.0  # the student's CTC branch becomes (1 - ctc_weight) * CTC + ctc_weight * KL
+    ctc_temperature: float = 1.0
+    ctc_normalize: str = "tokens"  # the KL summed over frames per CTC target token, or "frames": per frame

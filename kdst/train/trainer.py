@@ -45,7 +45,7 @@ from kdst.models.loading import load_submodules, load_weights, read_checkpoint, 
 from kdst.launch.guard import die_with_parent
 from kdst.launch.requeue import REQUEUED_EXIT, requeue
 from kdst.train.checkpoint import prune, rng_state, save_atomic, set_rng_state
-from kdst.train.kd import setup_distillation
+from kdst.train.frame_kd import setup_kd
 
 log = logging.getLogger("kdst.train")
 
@@ -102,6 +102,26 @@ def lr_lambda(optim: OptimConfig):
         total = optim.total_steps
         return lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1)))
     return lambda step: min((step + 1) / warmup, 1.0)  # constant
+
+
+def kd_parameters(loss_model: torch.nn.Module, student: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """What the loss model trains besides the student (frame-level KD's projection), by name: the optimiser
+    steps them after the student's parameters, and checkpoints keep them apart from the student's weights."""
+    own = {id(p) for p in student.parameters()}
+    return {name: p for name, p in loss_model.named_parameters() if p.requires_grad and id(p) not in own}
+
+
+def load_kd_parameters(params: dict[str, torch.nn.Parameter], saved: dict, path: Path) -> None:
+    """A stopped run's KD parameters (its checkpoint's "kd") into this run's, or one line saying how they differ."""
+    if set(saved) != set(params):
+        raise KdstError(f"{path}: holds KD parameters {sorted(saved) or 'none'}, this run trains "
+                        f"{sorted(params) or 'none'}: remove {path.parent} to start afresh")
+    with torch.no_grad():
+        for name, p in params.items():
+            if saved[name].shape != p.shape:
+                raise KdstError(f"{path}: the KD parameter {name} is {tuple(saved[name].shape)}, this run's is "
+                                f"{tuple(p.shape)}")
+            p.copy_(saved[name])
 
 
 def check_resumable(saved: TrainingConfig, config: TrainingConfig, path: Path) -> None:
@@ -342,16 +362,18 @@ def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) ->
             remove_stale_temporaries(exp_dir)  # checkpoints a killed run was writing
         config = replace(config, model=replace(config.model, **sizes))
         model = build_model(config.model).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
-                                      weight_decay=config.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.optim))
-        # With a kd section the loss comes from the student and a teacher; checkpoints hold the student only.
+        # With a kd section the loss comes from the student and a teacher; checkpoints hold the student as
+        # "model" and, as "kd", what the loss model trains besides it (frame-level KD's projection).
         loss_model = model
         if config.kd:
             if config.data.nbest_targets:
                 raise KdstError("a kd section and data.nbest_targets cannot be combined "
                                 "(one teacher signal at a time)")
-            loss_model, train_set = setup_distillation(config.kd, model, train_set, config.data, device)
+            loss_model, train_set = setup_kd(config.kd, model, train_set, config.data, device)
+        kd_params = kd_parameters(loss_model, model)
+        optimizer = torch.optim.AdamW([*model.parameters(), *kd_params.values()], lr=config.optim.lr,
+                                      betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.optim))
         progress = Progress()
         last = exp_dir / "last.pt"
         if last.is_file() and not resume:
@@ -362,6 +384,7 @@ def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) ->
                 raise KdstError(f"{last}: not a training checkpoint (no progress in it)")
             check_resumable(saved_config(saved, last), config, last)
             load_weights(model, saved["model"], last)
+            load_kd_parameters(kd_params, saved.get("kd", {}), last)
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             progress = Progress(**saved["progress"])
@@ -400,9 +423,10 @@ def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) ->
             else:
                 rngs = [rng_state()]
             if rank == 0:
+                extra = {"kd": {name: p.detach().clone() for name, p in kd_params.items()}} if kd_params else {}
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "progress": asdict(progress), "rng": rngs,
-                             "config": config.to_dict()}, path)
+                             "config": config.to_dict(), **extra}, path)
 
         while progress.epoch <= train.epochs:
             if hasattr(train_set, "set_epoch"):  # N-best targets drawn per epoch
