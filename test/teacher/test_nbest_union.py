@@ -114,3 +114,8 @@ def test_bad_inputs(tmp_path, capsys):
     assert main(["nbest-union", "--out", str(tmp_path / "u.txt"), str(a), str(b)]) == 1
     assert "missing here" in capsys.readouterr().err
     assert not (tmp_path / "u.txt").exists()
+    (tmp_path / "cut.txt").write_text("u1-1 -0.1 -0.1 x\nu1-2 -0.2 -0.2 y")  # a killed decoding's last line
+    assert main(["nbest-union", "--out", str(tmp_path / "u.txt"), str(a), str(tmp_path / "cut.txt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kdst nbest-union: error: {tmp_path / 'cut.txt'}:2: the last line has no newline: "
+                   "the file was cut short (re-run the decoding)"]
