@@ -18,7 +18,9 @@
 # Student modes: gold (the references: the baseline), 1best (the teacher's best hypothesis),
 # nbest_expand (each of the N best an example of its own), nbest_sample (one of the N drawn per
 # epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss).
-# --gold-weight mixes the reference into the N-best modes.  Students are exp/asr_<size>_<mode>,
+# --gold-weight mixes the reference into the N-best modes.  --frame-kd-config FILE adds a ctckd student
+# per size: gold targets plus frame-level KD from the teacher's CTC posteriors (kd.frame, docs/KD_METHODS.md).
+# Students are exp/asr_<size>_<mode>,
 # each trained from conf/train_student_<size>.yaml with the same settings for every mode.
 # The training stages register each system in exp/systems.json (kdst systems add: role, size,
 # mode, teacher): the compression report takes the teacher and the students' modes from there.
@@ -59,6 +61,7 @@ opt nbest_beam 5 "teacher beam for the n-best on the training set" count
 opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)" count
 opt posterior_scale 1.0 "N-best weights = softmax(scale * the teacher's length-normalised score on the 1-best's scale) over the N (kdst pseudo-labels --posterior score)" num
 opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)" num
+opt frame_kd_config "" "also train a ctckd student per size: kd.frame settings from this file (flat 'key: value' lines, e.g. conf/kd_frame.yaml)"
 opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)" count?
 opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores" count
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
@@ -80,6 +83,10 @@ for size in $student_sizes; do
   [[ $size != *_* ]] || { echo "$prog: --student-sizes $size: a size name cannot contain '_'" >&2; exit 2; }
   [ -f "conf/train_student_$size.yaml" ] || { echo "$prog: --student-sizes $size: conf/train_student_$size.yaml not found" >&2; exit 2; }
 done
+if [ -n "$frame_kd_config" ] && [ ! -f "$frame_kd_config" ]; then
+  echo "$prog: --frame-kd-config $frame_kd_config not found" >&2
+  exit 2
+fi
 if [ "$nbest_size" -gt "$nbest_beam" ]; then
   echo "$prog: --nbest-size $nbest_size exceeds --nbest-beam $nbest_beam" >&2
   exit 2
@@ -173,6 +180,10 @@ mode_opts() {
     nbest_*)
       echo "--set data.nbest_targets.file=pseudo_nbest$nbest_size.txt --set data.nbest_targets.mode=${1#nbest_}"
       echo "--set data.nbest_targets.gold_weight=$gold_weight --set data.valid_text=text" ;;
+    ctckd)  # each 'key: value' line of the file is one --set kd.frame.key=value; the teacher is this recipe's
+      awk '!/^[[:space:]]*(#|$)/ { sub(/[[:space:]]*#.*/, ""); split($0, kv, /:[[:space:]]*/);
+                                  printf "--set kd.frame.%s=%s\n", kv[1], kv[2] }' "$frame_kd_config"
+      echo "--set kd.frame.teacher=$teacher" ;;
   esac
   if [ "$1" = nbest_expand ] && [ -n "$expand_epochs" ]; then echo "--set train.epochs=$expand_epochs"; fi
   return 0
@@ -181,7 +192,7 @@ mode_opts() {
 students() {
   local size mode
   for size in $student_sizes; do
-    for mode in $student_modes; do echo "${size}_$mode"; done
+    for mode in $student_modes ${frame_kd_config:+ctckd}; do echo "${size}_$mode"; done
   done
 }
 
@@ -225,7 +236,7 @@ run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
 run_stage 5 "$beam $max_len_ratio $test_sets" evaluate_teacher
 run_stage 6 "$student_modes $nbest_beam $max_len_ratio" teacher_nbest
 run_stage 7 "$student_modes $nbest_size $posterior_scale" pseudo_labels
-run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done)) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
-run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $decode_nj" decode_all
-run_stage 10 "$student_sizes $student_modes $test_sets $report_set" report
+run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
+run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj" decode_all
+run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set" report
 log "done: stages $stage-$stop_stage"
