@@ -132,30 +132,33 @@ def run_fbank(args: argparse.Namespace) -> int:
 
 def add_model_option(p: argparse.ArgumentParser, *names: str, what: str) -> None:
     """The one option naming a model by a teacher reference, and the deprecated --teacher-espnet DIR."""
-    p.add_argument(*names, dest="model", metavar="REF",
+    p.add_argument(*names, dest="model", metavar="REF", action="append",
                    help=f"{what}: a kdst checkpoint (exp/x/avg_best5.pt) or espnet:DIR (an ESPnet2 exp dir, "
-                        f"packed zip or config.yaml)")
+                        f"packed zip or config.yaml); repeated: their ensemble (kdst.models.ensemble)")
+    p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
+                   help=f"an ensemble's weights, one per {names[0]} (normalised; default: uniform)")
     p.add_argument("--teacher-espnet", type=Path, metavar="DIR", help=f"deprecated: {names[0]} espnet:DIR")
     p.add_argument("--src-text", help="MT model: the source text file of the data dir (default: the model's own)")
 
 
-def model_reference(args: argparse.Namespace, option: str) -> str:
-    """The model of --model/--teacher, or of the deprecated --teacher-espnet DIR as espnet:DIR."""
+def model_reference(args: argparse.Namespace, option: str) -> list[str]:
+    """The models of --model/--teacher (several: an ensemble), or of the deprecated --teacher-espnet DIR."""
     if args.model is not None and args.teacher_espnet is not None:
         raise KdstError(f"{option} and --teacher-espnet both name a model: give one "
                         f"({option} espnet:DIR for an ESPnet model)")
     if args.teacher_espnet is not None:
-        return f"espnet:{args.teacher_espnet}"
+        return [f"espnet:{args.teacher_espnet}"]
     if args.model is None:
         raise KdstError(f"no model: give {option} CHECKPOINT or {option} espnet:DIR")
     return args.model
 
 
-def for_jobs(args: argparse.Namespace, reference: str) -> argparse.Namespace:
-    """``args`` as the split jobs get them: one absolute model reference (jobs may start elsewhere)."""
+def for_jobs(args: argparse.Namespace, references: list[str]) -> argparse.Namespace:
+    """``args`` as the split jobs get them: absolute model references (jobs may start elsewhere)."""
     from kdst.models.teacher import absolute_reference
 
-    return argparse.Namespace(**{**vars(args), "model": absolute_reference(reference), "teacher_espnet": None})
+    return argparse.Namespace(**{**vars(args), "model": [absolute_reference(r) for r in references],
+                                 "teacher_espnet": None})
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,7 +196,8 @@ def run_decode(args: argparse.Namespace) -> int:
     if nj <= 1:
         decode_data_dir(model, args.data_dir, args.output_dir, options, greedy=args.greedy,
                         batch_units=args.batch_units, device=args.device,
-                        max_symbols_per_frame=args.max_symbols_per_frame, src_text=args.src_text)
+                        max_symbols_per_frame=args.max_symbols_per_frame, src_text=args.src_text,
+                        weights=args.teacher_weights)
         return 0
     start = time.perf_counter()
     jobs_dir = args.output_dir.resolve() / f"split{nj}"
@@ -227,7 +231,8 @@ def run_topk(args: argparse.Namespace) -> int:
     nj = jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         write_cache(teacher, args.data_dir, args.out, k=args.k, mode=args.mode, text=args.text,
-                    batch_units=args.batch_units, device=args.device, seed=args.seed, src_text=args.src_text)
+                    batch_units=args.batch_units, device=args.device, seed=args.seed, src_text=args.src_text,
+                    weights=args.teacher_weights)
     else:
         jobs_dir = args.out.resolve().parent / f"{args.out.name}.split{nj}"
         status = run_split(for_jobs(args, teacher), args.data_dir, nj, cmd=args.cmd,

@@ -6,7 +6,8 @@ of the offending value (``train.epochz``, ``model.encoder.heads``):
 - a key the dataclass has no field for (with the nearest field name as a suggestion);
 - a value of the wrong type: the field's annotation is the schema (``int``, ``float``,
   ``bool``, ``str``, ``X | None``, ``Literal[...]``, ``tuple[float, float]``, a nested
-  dataclass, or a union of dataclasses told apart by their ``type`` field);
+  dataclass, a union of dataclasses told apart by their ``type`` field, or a value or a list
+  of them, ``str | tuple[str, ...]``);
 - a value out of range: each dataclass checks its own fields in ``__post_init__`` with
   :func:`require`, which names the field; ``build`` prefixes the section's path.
 
@@ -99,6 +100,10 @@ def convert(annotation: Any, value: Any, path: str, variant: type | None = None)
             return build(_variant(options, value, path, variant), value, path)
         if len(options) == 1:
             return convert(options[0], value, path)
+        lists = [a for a in options if typing.get_origin(a) is tuple]
+        if len(options) == 2 and len(lists) == 1:  # one value or a list of them (kd.teacher: A or [A, B])
+            single = next(a for a in options if a is not lists[0])
+            return convert(lists[0] if isinstance(value, (list, tuple)) else single, value, path)
         raise TypeError(f"{path}: unsupported annotation {annotation}")  # a schema bug, not a user error
     if origin is Literal:
         if value not in args:

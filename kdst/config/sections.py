@@ -148,10 +148,22 @@ def _check_kd(weight: float, temperature: float, weight_schedule: ScheduleConfig
                 f"must be > 0, not {temperature_schedule.end}")
 
 
+def _check_teachers(teacher: str | tuple[str, ...] | None, weights: tuple[float, ...] | None) -> None:
+    """kd.teacher: one reference or a list (an ensemble, kdst.models.ensemble); kd.teacher_weights: one per teacher."""
+    require(teacher != (), "teacher", "an empty list names no teacher")
+    if weights is not None:
+        count = 0 if teacher is None else 1 if isinstance(teacher, str) else len(teacher)
+        require(count > 0, "teacher_weights", "needs kd.teacher")
+        require(len(weights) == count, "teacher_weights", f"{len(weights)} weight(s) for {count} teacher(s)")
+        require(all(w > 0 for w in weights), "teacher_weights", f"each weight must be > 0, not {list(weights)}")
+
+
 @dataclass(frozen=True)
 class OnlineWordKDConfig:
     """Word-level KD from a teacher run in every step: ``(1 - weight) * CE + weight * KD``."""
-    teacher: str  # a teacher reference (kdst.models.teacher): a checkpoint path or espnet:PATH
+    # a teacher reference (kdst.models.teacher): a checkpoint path or espnet:PATH; a list: their ensemble
+    teacher: str | tuple[str, ...]
+    teacher_weights: tuple[float, ...] | None = None  # an ensemble's weights (normalised; default uniform)
     weight: float = 0.5
     temperature: float = 1.0
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
@@ -162,13 +174,15 @@ class OnlineWordKDConfig:
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
+        _check_teachers(self.teacher, self.teacher_weights)
 
 
 @dataclass(frozen=True)
 class CachedWordKDConfig:
     """Word-level KD from a ``kdst topk`` cache of the teacher's distributions."""
     cache: str
-    teacher: str | None = None  # when given, the cache must have been made by this teacher
+    teacher: str | tuple[str, ...] | None = None  # when given, the cache must have been made by this teacher (ensemble)
+    teacher_weights: tuple[float, ...] | None = None  # and with these ensemble weights
     weight: float = 0.5
     temperature: float = 1.0
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
@@ -178,6 +192,7 @@ class CachedWordKDConfig:
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
+        _check_teachers(self.teacher, self.teacher_weights)
 
 
 @dataclass(frozen=True)

@@ -33,26 +33,28 @@ from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
 from kdst.errors import KdstError
 from kdst.models import Transducer
-from kdst.models.teacher import load_teacher
+from kdst.models.ensemble import load_teachers, model_files
 
 log = logging.getLogger("kdst.decode")
 FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
 
 
-def decode_data_dir(model: str, data_dir: str | Path, out_dir: str | Path,
+def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str | Path,
                     options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
-                    device: str | None = None, max_symbols_per_frame: int = 3, src_text: str | None = None) -> dict:
+                    device: str | None = None, max_symbols_per_frame: int = 3, src_text: str | None = None,
+                    weights: list[float] | None = None) -> dict:
     """Decode every utterance of ``data_dir`` with ``model``, a teacher reference (kdst.models.teacher:
     a kdst checkpoint or espnet:PATH); returns the statistics it also writes.  ``src_text``: an MT
-    model's source text file in the data dir, if not the one it was trained with."""
+    model's source text file in the data dir, if not the one it was trained with.  Several models: the beam
+    search of their ensemble (kdst.models.ensemble), weighted by ``weights``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if batch_units < 1:
         raise KdstError(f"--batch-units must be >= 1, not {batch_units}")
     if max_symbols_per_frame < 1:
         raise KdstError(f"--max-symbols-per-frame must be >= 1, not {max_symbols_per_frame}")
     require_directory(out_dir, "output directory")  # before the model is loaded, not after the search
-    loaded = load_teacher(model, device, src_text=src_text)
-    checkpoint, tokenizer = loaded.model_file, loaded.tokenizer
+    loaded = load_teachers(model, device, weights, src_text=src_text)
+    tokenizer = loaded.tokenizer
     model = loaded.model
     if isinstance(model, Transducer):
         greedy = greedy or options.beam == 1
@@ -90,7 +92,7 @@ def decode_data_dir(model: str, data_dir: str | Path, out_dir: str | Path,
              "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 2),
              "params": sum(p.numel() for p in model.parameters()), "device": str(device),
              "beam": 1 if greedy else options.beam, "jobs": 1, "threads": torch.get_num_threads(),
-             "checkpoint": str(Path(checkpoint).resolve())}
+             "checkpoint": " + ".join(str(Path(f).resolve()) for f in model_files(loaded))}
     if loaded.data.input == "speech":
         audio_s = sum(dataset.src_lengths.values()) * FRAME_SHIFT_S
         stats["rtf"] = round(seconds / max(audio_s, 1e-9), 4)

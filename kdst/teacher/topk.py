@@ -33,7 +33,7 @@ from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import CacheWriter, cache_fingerprint, source_digest, targets_digest
 from kdst.errors import KdstError
-from kdst.models.teacher import load_teacher
+from kdst.models.ensemble import load_teachers
 
 log = logging.getLogger("kdst.topk")
 MODES = ("topk", "sampled")
@@ -54,18 +54,19 @@ def utterance_seed(utt: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{utt}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def write_cache(teacher: str, data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
+def write_cache(teacher: str | list[str], data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
                 text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1,
-                src_text: str | None = None) -> dict:
+                src_text: str | None = None, weights: list[float] | None = None) -> dict:
     """Run the MT ``teacher`` (a teacher reference, kdst.models.teacher) over ``data_dir`` and write the
-    cache to ``out``; returns a summary.  ``src_text``: the data dir's source text file, if not the
+    cache to ``out``; returns a summary.  Several teachers: their ensemble (kdst.models.ensemble), weighted
+    by ``weights``.  ``src_text``: the data dir's source text file, if not the
     teacher's own; ``text``: its target text file (default: the teacher's)."""
     if mode not in MODES:
         raise KdstError(f"unknown cache mode '{mode}' ({', '.join(MODES)})")
     if k < 1:
         raise KdstError(f"--k must be >= 1, not {k}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_teacher(teacher, device, src_text=src_text)
+    loaded = load_teachers(teacher, device, weights, src_text=src_text)
     model = loaded.model
     if loaded.data.input != "text":
         raise KdstError(f"{teacher}: the top-k cache needs an MT teacher (it reads the transcript)")

@@ -43,7 +43,7 @@ from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
 from kdst.models import Transducer
 from kdst.models.protocol import TeacherOutputs
-from kdst.models.teacher import load_teacher, teacher_digest
+from kdst.models.ensemble import load_teachers, teachers_digest
 from kdst.train.schedule import KDSchedule, with_schedule_stats
 from kdst.train.transducer_kd import setup_transducer_distillation
 
@@ -139,7 +139,7 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
         return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
                 TeacherInputs(train_set, cache=cache))
 
-    teacher = load_teacher(kd.teacher, device, src_text=kd.src_text)
+    teacher = load_teachers(kd.teacher, device, kd.teacher_weights, src_text=kd.src_text)
     if teacher.data.input != "text":
         raise KdstError(f"{kd.teacher}: an online teacher must be an MT model reading the transcript")
     if tokenizer_fingerprint(teacher.data.tokenizer) != student_vocab:
@@ -179,7 +179,7 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
     wrong = []
     if made.get("tokenizer") != tokenizer_fingerprint(data.tokenizer):
         wrong.append(f"tokenizer (not {data.tokenizer})")
-    if kd.teacher and made.get("teacher") != teacher_digest(kd.teacher):
+    if kd.teacher and made.get("teacher") != teachers_digest(kd.teacher, kd.teacher_weights):
         wrong.append(f"teacher (not {kd.teacher})")
     if made["targets"] != targets_digest(targets, ids):
         wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")

@@ -38,17 +38,17 @@ def test_job_options_round_trip(tmp_path: Path, monkeypatch):
                 "output_dir": tmp_path / "out" / "split4" / "3", "lexicons": [tmp_path / "a", tmp_path / "b"]}
     del expected["run_command"]  # a function: the job looks its command up by name
     assert vars(job) == expected
-    assert isinstance(job.data_dir, Path) and isinstance(job.beam, int) and job.model == "exp/m.pt"
+    assert isinstance(job.data_dir, Path) and isinstance(job.beam, int) and job.model == ["exp/m.pt"]
     assert options_path(Path("exp/x/log/decode.JOB.log")) == Path("exp/x/log/decode.options.json")
 
 
 def test_jobs_get_an_absolute_model_reference(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(model=None, teacher_espnet=Path("exp/mt_espnet"), beam=5)
-    assert model_reference(args, "--model") == "espnet:exp/mt_espnet"  # the deprecated option, as a reference
-    assert for_jobs(args, "espnet:exp/mt_espnet").model == f"espnet:{tmp_path / 'exp' / 'mt_espnet'}"
-    assert vars(for_jobs(args, "exp/m.pt")) == {"model": str(tmp_path / "exp" / "m.pt"), "teacher_espnet": None,
-                                                "beam": 5}
+    assert model_reference(args, "--model") == ["espnet:exp/mt_espnet"]  # the deprecated option, as a reference
+    assert for_jobs(args, ["espnet:exp/mt_espnet"]).model == [f"espnet:{tmp_path / 'exp' / 'mt_espnet'}"]
+    assert vars(for_jobs(args, ["exp/m.pt", "b.pt"])) == {  # several: an ensemble (kdst.models.ensemble)
+        "model": [str(tmp_path / "exp" / "m.pt"), str(tmp_path / "b.pt")], "teacher_espnet": None, "beam": 5}
 
 
 def test_unreadable_options_file_is_a_one_line_error(tmp_path: Path, capsys):
