@@ -74,10 +74,10 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
                         drop_empty: bool = False, kind: str = "score") -> dict:
     """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics.
 
-    ``kind`` is the posterior the weights and the ``posterior`` confidence are (kdst.teacher.nbest:
-    score or logprob).  With ``min_confidence``, only the utterances whose ``confidence(.., measure, scale)`` is at
-    least that are written (and counted in the label statistics); with ``drop_empty``, only those
-    whose 1-best is not empty.
+    ``kind`` is the posterior of the weights and of the ``posterior`` confidence (kdst.teacher.nbest:
+    score or logprob).  With ``min_confidence``, only the utterances whose
+    ``confidence(.., measure, scale, kind)`` is at least that are written (and counted in the label
+    statistics); with ``drop_empty``, only those whose 1-best is not empty.
     """
     if measure not in CONFIDENCE_MEASURES:
         raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
@@ -167,8 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-confidence", type=float, metavar="X",
                         help="drop the utterances whose teacher confidence is below X (default: keep all)")
     parser.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default="posterior",
-                        help="posterior: the 1-best's posterior over the whole n-best (0..1, with --posterior and --scale); "
-                             "logprob: its log-probability per word (<= 0)")
+                        help="posterior: the 1-best's posterior over the whole n-best (0..1, with --posterior "
+                             "and --scale); logprob: its log-probability per word (<= 0)")
     parser.add_argument("--drop-empty", action="store_true",
                         help="drop the utterances whose 1-best is empty (they cannot be training targets)")
 
