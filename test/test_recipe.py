@@ -144,3 +144,27 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     train_log = (exp / "st_word" / "train.log").read_text()
     assert train_log.startswith("# kdst train") and "# Ended (code 0)" in train_log
     assert "word-level KD from the topk cache" in train_log
+
+    # ASR pre-training and seeds: stage 4 trains the ASR model (the teacher is done already), then every
+    # student twice per seed; seed 1's students from scratch are the ones trained above.
+    again = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--src-vocab-size", "60", "--tgt-vocab-size", "60",
+                       "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
+                       "--kd-modes", "none word", "--topk", "4", "--finetune", "no", "--beam", "3",
+                       "--decode-nj", "2", "--stage", "4", "--pretrain", "both", "--seeds", "1 2")
+    assert again.returncode == 0, again.stderr
+    pretrain_config = yaml.safe_load((exp / "asr_pretrain" / "config.yaml").read_text())
+    assert pretrain_config["data"]["text"] == "text.en" and pretrain_config["data"]["tokenizer"].endswith("en_bpe60")
+    pretrained = {"st_pt", "st_pt_word", "st_pt_s2", "st_pt_word_s2"}
+    seeded = pretrained | {"st_none", "st_word", "st_none_s2", "st_word_s2"}
+    assert set(json.loads((exp / "results.json").read_text())) == seeded | {"mt_teacher"}
+    for name in seeded:
+        config = yaml.safe_load((exp / name / "config.yaml").read_text())
+        assert config["train"]["seed"] == (2 if name.endswith("_s2") else 1)
+        if name in pretrained:
+            assert config["train"]["init"] == "exp/asr_pretrain/avg_best2.pt"
+            assert config["train"]["init_modules"] == ["encoder", "ctc"]
+        else:
+            assert config["train"]["init"] is None
+    manifest = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
+    assert manifest["asr_pretrain"]["role"] == "pretrained" and manifest["st_pt_word_s2"]["seed"] == 2
+    assert manifest["st_pt_word"]["init"] == "exp/asr_pretrain/avg_best2.pt"

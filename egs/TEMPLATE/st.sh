@@ -7,7 +7,8 @@
 #
 #   0 corpus (mini: synthesise it)      1 data prep -> data/{train,dev,tst-COMMON}
 #   2 features + global CMVN            3 tokenizers
-#   4 MT teacher training               5 teacher evaluation (decode + score)
+#   4 MT teacher training, and the ASR pre-training of the students' encoder (--pretrain)
+#                                       5 teacher evaluation (decode + score)
 #   6 teacher top-k cache on train      7 teacher n-best on train
 #   8 rescoring -> Seq-KD / Seq-Inter targets (data/<train>/text.seqkd, text.seqinter)
 #   9 student training per --kd-modes   10 fine-tuning of the word-KD students on gold references
@@ -26,6 +27,13 @@
 # share one vocabulary), stage 4 trains nothing, and kdst runs it through
 # kdst.models.espnet_bridge.  --teacher-espnet PATH is the older spelling of --teacher espnet:PATH.
 #
+# ASR pre-training (--pretrain yes|both; Gaido et al. 2020, ESPnet's ST recipes): stage 4 also trains
+# one ASR model (CTC + attention on the transcript, the students' encoder shape: --asr-config),
+# beside the MT teacher, and every pre-trained student starts with its encoder and CTC head
+# (train.init_modules). Systems: st_none (scratch) and st_pt (pre-trained), st_<mode> and
+# st_pt_<mode>. --seeds "1 2 3" trains every student once per seed; a seed other than 1
+# adds _s<seed> to the system name, so one-seed runs and seed 1 of a study share their students.
+#
 # Each training stage registers what it trained in exp/systems.json (kdst systems add: task,
 # role, KD mode, teacher, init), where the reports find what a system is.
 set -euo pipefail
@@ -34,7 +42,7 @@ template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh cd-s into its recipe dir
 usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
 
-Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher,
+Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizers, 4 MT teacher (+ ASR pre-training),
 5 teacher evaluation, 6 teacher top-k cache, 7 teacher n-best, 8 rescoring,
 9 students (--kd-modes), 10 fine-tuning of word-KD students, 11 decoding, 12 scoring."
 . "$template/utils/options.sh"
@@ -63,6 +71,9 @@ opt tgt_vocab_size 1000 "target vocabulary (bpe/unigram)" count
 opt mt_config conf/train_mt.yaml "training config of the MT teacher"
 opt mt_extra_sets "" "extra parallel text for the MT teacher: data dirs with text.<src> and text (space separated)"
 opt st_config conf/train_st.yaml "training config of the ST students"
+opt pretrain no "ASR pre-training of the students' encoder: no, yes (every student starts from it) or both (each student both ways)"
+opt asr_config conf/train_asr.yaml "training config of the ASR pre-training model (the students' encoder shape)"
+opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt kd_modes "none word seqkd seqinter" "students: none word seqkd seqinter seqkd+word seqinter+word"
 opt word_kd_source cache "word KD teacher: cache (stage 6 top-k) or online (the MT teacher in every step)"
@@ -95,6 +106,15 @@ for mode in $kd_modes; do
   esac
 done
 case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must be cache or online" >&2; exit 2 ;; esac
+case $pretrain in
+  no) pretrain_variants=no ;; yes) pretrain_variants=yes ;; both) pretrain_variants="no yes" ;;
+  *) echo "$prog: --pretrain must be no, yes or both" >&2; exit 2 ;;
+esac
+for seed in $seeds; do
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "$prog: --seeds '$seeds': seeds are whole numbers" >&2; exit 2; }
+done
+first_seed=$(echo $seeds | cut -d' ' -f1)  # unquoted: the first word
+[ -n "$first_seed" ] || { echo "$prog: --seeds is empty" >&2; exit 2; }
 if [ -n "$teacher_espnet" ]; then
   if [ -n "$teacher" ] && [ "$teacher" != "espnet:$teacher_espnet" ]; then
     echo "$prog: --teacher $teacher and --teacher-espnet $teacher_espnet name two teachers: give one" >&2
@@ -172,7 +192,7 @@ register() {
   shift 3
   kdst systems add --name "$name" --task "$(task_of "$name")" --role "$role" --mode "$mode" "$@"
 }
-task_of() { if [ "$1" = mt_teacher ]; then echo mt; else echo st; fi; }
+task_of() { case $1 in mt_teacher) echo mt ;; asr_pretrain) echo asr ;; *) echo st ;; esac; }
 
 train_teacher() {
   if [[ $teacher == espnet:* ]]; then
@@ -185,6 +205,25 @@ train_teacher() {
     train_model exp/mt_teacher "$mt_config" "$mt_data"
   fi
   register mt_teacher teacher none --arch mt --model "$teacher"
+}
+
+pretrained=exp/asr_pretrain/avg_best$n_average.pt
+asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.text=text.$src_lang
+  --set data.tokenizer=$src_tokens --set data.cmvn=data/$train_sp/cmvn.ark"
+
+train_asr_pretrain() {
+  OMP_NUM_THREADS=$model_threads train_model exp/asr_pretrain "$asr_config" "$asr_data"
+  register asr_pretrain pretrained none --arch st --model "$pretrained"
+}
+
+# Stage 4: the teacher and the ASR pre-training model are independent: side by side, each on its share
+# of the cores (--student-jobs at a time).
+train_stage4_model() { if [ "$1" = teacher ]; then train_teacher; else train_asr_pretrain; fi; }
+train_stage4() {
+  local models=teacher
+  [ "$pretrain" = no ] || models="teacher asr"
+  # shellcheck disable=SC2086
+  model_threads=$(threads_for $(echo $models | wc -w)) in_parallel "$student_jobs" train_stage4_model $models
 }
 
 evaluate_teacher() {
@@ -227,11 +266,28 @@ rescore_nbest() {
     --nbest-size "$nbest_size" --out "data/$train_sp/text.seqinter" --stats-json "$nbest_dir/seqinter_stats.json"
 }
 
-system_of() { echo "st_${1//+/_}"; }  # seqkd+word -> st_seqkd_word
+# A student is a spec MODE@PRETRAIN@SEED (seqkd+word@yes@2); its system name: st_seqkd_word, st_pt_seqkd_word_s2
+student_specs() {
+  local seed pt mode
+  for seed in $seeds; do for pt in $pretrain_variants; do for mode in $kd_modes; do
+    echo "$mode@$pt@$seed"
+  done; done; done
+}
+system_of() {
+  local mode=${1%%@*} rest=${1#*@} name=st
+  local pt=${rest%@*} seed=${rest#*@}
+  [ "$pt" = yes ] && name=st_pt
+  if [ "$mode" != none ] || [ "$pt" != yes ]; then name="${name}_${mode//+/_}"; fi
+  [ "$seed" = 1 ] || name="${name}_s$seed"
+  echo "$name"
+}
 
-# The kdst train options of a student mode.
+# The kdst train options of a student spec.
 mode_opts() {
-  local mode=$1
+  local mode=${1%%@*} rest=${1#*@}
+  local pt=${rest%@*} seed=${rest#*@}
+  echo "--set train.seed=$seed"
+  [ "$pt" = yes ] && echo "--set train.init=$pretrained --set train.init_modules=[encoder,ctc]"
   case $mode in
     seqkd*) echo "--set data.text=text.seqkd --set data.valid_text=text" ;;
     seqinter*) echo "--set data.text=text.seqinter --set data.valid_text=text" ;;
@@ -251,53 +307,55 @@ mode_opts() {
 }
 
 train_student() {
-  local system learnt_from=()
+  local system mode=${1%%@*} rest=${1#*@} learnt_from=() init=()
   system=$(system_of "$1")
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" "$st_data $(mode_opts "$1")"
-  [ "$1" = none ] || learnt_from=(--teacher "$teacher")
-  register "$system" student "$1" --arch st --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}"
+  [ "$mode" = none ] || learnt_from=(--teacher "$teacher")
+  [ "${rest%@*}" = yes ] && init=(--init "$pretrained")
+  register "$system" student "$mode" --arch st --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}" \
+    "${init[@]}"
 }
 
 train_students() {
-  # shellcheck disable=SC2086
-  student_threads=$(threads_for $(echo $kd_modes | wc -w)) in_parallel "$student_jobs" train_student $kd_modes
+  # shellcheck disable=SC2046
+  student_threads=$(threads_for $(student_specs | wc -l)) in_parallel "$student_jobs" train_student $(student_specs)
 }
 
-finetuned_modes() {
+finetuned_specs() {
   [ "$finetune" = yes ] || return 0
-  local mode
-  for mode in $kd_modes; do
-    [[ $mode == *word* ]] && echo "$mode"
+  local spec
+  for spec in $(student_specs); do
+    [[ ${spec%%@*} == *word* ]] && echo "$spec"
   done
   return 0
 }
 
 finetuned_systems() {
-  local mode
-  for mode in $(finetuned_modes); do echo "$(system_of "$mode")_ft"; done
+  local spec
+  for spec in $(finetuned_specs); do echo "$(system_of "$spec")_ft"; done
 }
 
-# finetune_student MODE
+# finetune_student SPEC
 finetune_student() {
   local from system
   from=$(system_of "$1")
   system=${from}_ft
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" \
-    "$st_data --set train.init=exp/$from/avg_best$n_average.pt $finetune_opts"
-  register "$system" student "$1" --arch st --model "exp/$system/avg_best$n_average.pt" --teacher "$teacher" \
+    "$st_data --set train.init=exp/$from/avg_best$n_average.pt --set train.seed=${1##*@} $finetune_opts"
+  register "$system" student "${1%%@*}" --arch st --model "exp/$system/avg_best$n_average.pt" --teacher "$teacher" \
     --init "exp/$from/avg_best$n_average.pt"
 }
 
 finetune_word_kd() {
   # shellcheck disable=SC2046
-  student_threads=$(threads_for $(finetuned_modes | wc -l)) in_parallel "$student_jobs" finetune_student $(finetuned_modes)
+  student_threads=$(threads_for $(finetuned_specs | wc -l)) in_parallel "$student_jobs" finetune_student $(finetuned_specs)
 }
 
 student_systems() {
-  local mode
-  for mode in $kd_modes; do system_of "$mode"; done
+  local spec
+  for spec in $(student_specs); do system_of "$spec"; done
   finetuned_systems
 }
 
@@ -311,7 +369,8 @@ decode_students() {
 
 score_all() {
   local baseline=()
-  [[ " $kd_modes " == *" none "* ]] && baseline=(--baseline st_none)
+  # the baseline: the student of the references, from scratch (or pre-trained, when every student is)
+  [[ " $kd_modes " == *" none "* ]] && baseline=(--baseline "$(system_of "none@${pretrain_variants%% *}@$first_seed")")
   kdst results --systems "mt_teacher $(student_systems | tr '\n' ' ')" --sets "$test_sets" "${baseline[@]}"
 }
 
@@ -320,13 +379,13 @@ run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $espnet_model" train_tokenizers
-run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $espnet_model" train_teacher
+run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $espnet_model $pretrain $([ "$pretrain" = no ] || stage_opts "$asr_config")" train_stage4
 run_stage 5 "$beam $mt_max_len_ratio $test_sets $espnet_model" evaluate_teacher
 run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $espnet_model" teacher_topk_cache
 run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $espnet_model" teacher_nbest
 run_stage 8 "$kd_modes $rescore_metric $nbest_size $espnet_model" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model" train_students
-run_stage 10 "$kd_modes $finetune $finetune_opts" finetune_word_kd
-run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune" decode_students
-run_stage 12 "$kd_modes $finetune $test_sets" score_all
+run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model $pretrain $seeds" train_students
+run_stage 10 "$kd_modes $finetune $finetune_opts $pretrain $seeds" finetune_word_kd
+run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune $pretrain $seeds" decode_students
+run_stage 12 "$kd_modes $finetune $test_sets $pretrain $seeds" score_all
 log "done: stages $stage-$stop_stage"

@@ -31,7 +31,8 @@ MANIFEST = "systems.json"
 VERSION = 1
 TASKS = ("mt", "st", "asr", "rnnt")
 # noisy-student: a student trained on its predecessor's pseudo labels, and the teacher of the next one
-ROLES = ("teacher", "student", "noisy-student")
+# pretrained: a model whose weights start other systems (the ST recipe's ASR encoder)
+ROLES = ("teacher", "student", "noisy-student", "pretrained")
 
 
 @dataclasses.dataclass

@@ -5,6 +5,8 @@
 # Seq-Inter chooses among the MT teacher's 35 best, as Kim & Rush (2016) did (--nbest-beam 35
 # --nbest-size 35; st.sh's default is 5).  The n-best stage costs about 7x a beam-5 decoding, and
 # Seq-KD then trains on the beam-35 1-best (theirs was beam 5): --nbest-beam 5 --nbest-size 5 for both.
+# Every student starts from an ASR-pre-trained encoder (--pretrain yes, conf/train_asr.yaml), as
+# ESPnet's MuST-C recipes do; --pretrain both adds the students from scratch for the comparison.
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../TEMPLATE/st.sh \
@@ -13,4 +15,5 @@ exec ../../TEMPLATE/st.sh \
   --src-token-type bpe --src-vocab-size 8000 \
   --tgt-token-type bpe --tgt-vocab-size 8000 \
   --decode-nj 32 --nbest-beam 35 --nbest-size 35 \
+  --pretrain yes \
   "$@"
