@@ -199,15 +199,43 @@ def score(ref_path, hyp_path, metrics: Sequence[str] = ("bleu",), *, alignment_p
     ids, refs, hyps = read_pairs(ref_path, hyp_path)
     if not ids:
         raise DataError(ref_path, "no utterances to score")
+    result, _ = score_pairs(refs, hyps, names, tokenize=tokenize)
+    if alignment_path is not None:
+        tokens = chars if "cer" in names and "wer" not in names else str.split
+        write_alignment(alignment_path, ids, refs, hyps, tokens)
+    return result
+
+
+def sacrebleu_metric(name: str, tokenize: str = "13a"):
+    """The sacrebleu metric object of ``name`` (bleu, chrf or ter) as kdst scores with it."""
+    try:
+        return BLEU(tokenize=tokenize) if name == "bleu" else CHRF() if name == "chrf" else TER()
+    except Exception as e:  # an unknown tokenizer, or one whose extra is not installed
+        raise KdstError(f"BLEU tokenizer '{tokenize}' unavailable: {e!r}") from None
+
+
+def score_pairs(refs: Sequence[str], hyps: Sequence[str], metrics: Sequence[str] = ("bleu",), *,
+                tokenize: str = "13a") -> tuple[dict, dict[str, np.ndarray]]:
+    """(the result of :func:`score`, minus the alignment; ``{metric: per-utterance statistics}``).
+
+    The statistics of an utterance are a row of numbers whose sum over any set of utterances
+    gives that set's corpus score (:func:`score_from_stats`): sacrebleu's sentence statistics
+    for BLEU, chrF and TER (n-gram matches and totals, lengths; edits and reference length),
+    and (substitutions, deletions, insertions, reference length) for WER and CER.  The corpus
+    scores here are computed from them, the way sacrebleu's ``corpus_score`` does.
+    """
+    names = parse_metrics(metrics)
+    if not refs:
+        raise KdstError("no utterances to score")
     result: dict = {}
     signature: dict[str, str] = {}
+    stats: dict[str, np.ndarray] = {}
     for name in names:
         if name in ("bleu", "chrf", "ter"):
-            try:
-                metric = BLEU(tokenize=tokenize) if name == "bleu" else CHRF() if name == "chrf" else TER()
-            except Exception as e:  # an unknown tokenizer, or one whose extra is not installed
-                raise KdstError(f"BLEU tokenizer '{tokenize}' unavailable: {e!r}") from None
-            corpus = metric.corpus_score(hyps, [refs])
+            metric = sacrebleu_metric(name, tokenize)
+            rows = metric._extract_corpus_statistics(list(hyps), [list(refs)])
+            corpus = metric._aggregate_and_compute(rows)
+            stats[name] = np.array(rows, dtype=np.float64).reshape(len(refs), -1)
             result[name] = round(corpus.score, 2)
             signature[name] = str(metric.get_signature())
             # Word-level KD tends to shorten outputs: the BP alone hides by how much.  Only empty
@@ -215,16 +243,100 @@ def score(ref_path, hyp_path, metrics: Sequence[str] = ("bleu",), *, alignment_p
             if name == "bleu" and corpus.ref_len > 0:
                 result["len_ratio"] = round(corpus.sys_len / corpus.ref_len, 4)
         else:
-            counts = (wer if name == "wer" else cer)(refs, hyps)
+            tokens = str.split if name == "wer" else chars
+            rows = [align(tokens(ref), tokens(hyp))[0] for ref, hyp in zip(refs, hyps, strict=True)]
+            counts = sum(rows, ErrorCounts(0, 0, 0, 0))
+            stats[name] = np.array([astuple(r) for r in rows], dtype=np.float64).reshape(len(refs), 4)
             result[name] = round(counts.rate, 2)
             result[f"{name}_counts"] = {"sub": counts.substitutions, "del": counts.deletions,
                                         "ins": counts.insertions, LENGTH_KEYS[name]: counts.ref_length}
-    result["n"] = len(ids)
+    result["n"] = len(refs)
     result["signature"] = signature
-    if alignment_path is not None:
-        tokens = chars if "cer" in names and "wer" not in names else str.split
-        write_alignment(alignment_path, ids, refs, hyps, tokens)
-    return result
+    return result, stats
+
+
+# --- bootstrap resampling over utterances ----------------------------------------------------
+#
+# The resamples are sacrebleu's own: numpy's default_rng(seed).choice(n, (samples, n)), seed
+# 12345 unless told (sacrebleu's SACREBLEU_SEED default), so that BLEU, chrF and TER come out as
+# ``sacrebleu --paired-bs`` gives them, and WER/CER are resampled the same way.  A resampled
+# corpus score is the sum of the drawn utterances' statistics, i.e. the matrix product of how
+# often each utterance is drawn with the statistics: one product per system and metric.
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 12345
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_TESTS = ("centred", "sacrebleu")  # paired_p_value's
+
+
+def resample_counts(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(samples, n) floats: how often each of ``n`` utterances is drawn, with replacement, in each resample."""
+    if n < 1 or samples < 1:
+        raise KdstError(f"bootstrap: {samples} resamples of {n} utterances (both must be at least 1)")
+    drawn = np.random.default_rng(seed).choice(n, size=(samples, n), replace=True)
+    flat = drawn + n * np.arange(samples)[:, None]
+    return np.bincount(flat.ravel(), minlength=samples * n).reshape(samples, n).astype(np.float64)
+
+
+def score_from_stats(name: str, sums: np.ndarray, *, tokenize: str = "13a") -> np.ndarray:
+    """The corpus score of ``name`` (percent, unrounded) for each row of summed statistics.
+
+    WER/CER is vectorised (the rate of :class:`ErrorCounts`, zero-length convention
+    included); BLEU, chrF and TER go through sacrebleu's own score function, a row at a
+    time, so that the numbers are sacrebleu's: float32 rows are handed over as they are (what
+    its paired bootstrap does; integer sums below 2**24 lose nothing), other rows as Python
+    floats (what its corpus_score does with its integer sums).
+    """
+    sums = np.atleast_2d(np.asarray(sums))
+    if name in LENGTH_KEYS:
+        sums = sums.astype(np.float64)
+        errors, length = sums[:, :3].sum(axis=1), sums[:, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(length > 0, 100.0 * errors / length, np.where(errors > 0, 100.0, 0.0))
+    metric = sacrebleu_metric(name, tokenize)
+    rows = sums if sums.dtype == np.float32 else sums.astype(np.float64).tolist()
+    return np.array([metric._compute_score_from_stats(row).score for row in rows], dtype=np.float64)
+
+
+def bootstrap_scores(name: str, stats: np.ndarray, counts: np.ndarray, *, tokenize: str = "13a") -> np.ndarray:
+    """The corpus score of ``name`` on every resample of :func:`resample_counts`, from per-utterance ``stats``."""
+    return score_from_stats(name, (counts @ stats).astype(np.float32), tokenize=tokenize)
+
+
+def confidence_interval(samples: np.ndarray) -> tuple[float, float]:
+    """95% bootstrap percentile interval: the order statistics sacrebleu takes, the ⌊S/40⌋-th from each end."""
+    ordered = np.sort(np.asarray(samples))
+    k = len(ordered) // 40
+    return float(ordered[k]), float(ordered[len(ordered) - k - 1])
+
+
+def paired_p_value(delta: float, deltas: np.ndarray, test: str = "centred") -> float:
+    """p-value of the paired bootstrap test of a difference ``delta`` between two systems on the test set,
+    given their difference ``deltas`` on each resample of it (the same resamples for both).  Two-sided.
+
+    ``centred`` (the default): the resampled differences, shifted to mean zero, stand for what chance
+    gives: p = (#{|Δ* − mean Δ*| >= |Δ|} + 1) / (S + 1).  Between two equally good systems p is
+    uniform (mean 0.5; p < 0.05 one time in twenty), between identical outputs 1.
+
+    ``sacrebleu``: sacrebleu's ``--paired-bs`` (2.x): it shifts the *absolute* differences instead,
+    p = (#{|Δ*| − mean |Δ*| > |Δ|} + 1) / (S + 1), which leaves p below about 0.5 and, between equally
+    good systems, under 0.05 about one time in ten (docs/RESULTS_FORMAT.md has the measurement).
+    One departure: outputs that differ on no resample get 1.0, where sacrebleu's strict ``>``
+    gives 1/(S+1), calling a system significantly different from itself.
+
+    Either is at least 1/(S+1): the smallest p that S resamples can show.
+    """
+    deltas = np.asarray(deltas, dtype=np.float64)
+    if test == "centred":
+        exceeding = int(np.count_nonzero(np.abs(deltas - deltas.mean()) >= abs(delta)))
+    elif test == "sacrebleu":
+        resampled = np.abs(deltas)
+        if delta == 0 and not resampled.any():
+            return 1.0
+        exceeding = int(np.count_nonzero(resampled - resampled.mean() > abs(delta)))
+    else:
+        raise KdstError(f"significance test '{test}': one of {', '.join(SIGNIFICANCE_TESTS)}")
+    return (exceeding + 1) / (len(deltas) + 1)
 
 
 def format_alignment(utt: str, pairs: list[Pair]) -> list[str]:

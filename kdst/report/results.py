@@ -20,9 +20,10 @@ from pathlib import Path
 
 from kdst import metrics
 from kdst.errors import KdstError
+from kdst.report import significance
 from kdst.report import systems as manifest
 from kdst.report.writer import (RESULTS_MD, chart_link, figure, markdown_table, merge_results_json, save_png,
-                                score_decode_dir, write_markdown)
+                                score_utterances, write_markdown)
 
 RESULTS_PNG = "results.png"
 CURVES_PNG = "training_curves.png"
@@ -36,32 +37,57 @@ TRAIN_LOSS_TAGS = ("train/loss", "train/nll")
 
 def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str], *, text: str = "text",
             metric_names: list[str] = ("bleu", "chrf", "ter"), baseline: str | None = None,
-            plots: bool = True) -> dict:
+            plots: bool = True, bootstrap: significance.Bootstrap = significance.Bootstrap()) -> dict:
     """Score every (system, set) pair; keys are the system name, or ``system/set`` with several sets.
 
-    ``baseline`` (one of ``systems``) adds a ΔBLEU column to RESULTS.md; ``plots``
-    writes the PNG charts beside it.
+    ``baseline`` (a system or group; default: the one ``significance.resolve_baseline`` finds in
+    exp/systems.json, if any) is what every row is tested against, and adds a Δ column of the
+    first metric to RESULTS.md; ``bootstrap`` says how (``samples`` 0: no intervals, no tests).
+    ``plots`` writes the PNG charts beside it.
     """
-    if baseline is not None and baseline not in systems:  # fail before the (slow) scoring
-        raise KdstError(f"--baseline {baseline}: not among the systems ({' '.join(systems)})")
+    registered = manifest.read_systems(exp_root)
+    # fail before the (slow) scoring
+    baseline = significance.resolve_baseline(baseline, systems, registered, exp_root)
+    grouped = significance.groups(systems, registered)
+    metric_names = list(metric_names)
     results: dict[str, dict] = {}
     signatures: dict[str, str] = {}
-    for system in systems:
-        for test_set in sets:
+    rows: list[dict] = []
+    for test_set in sets:
+        key = (lambda s: s) if len(sets) == 1 else (lambda s, t=test_set: f"{s}/{t}")
+        resamples = significance.Resamples(bootstrap)
+        for system in systems:
             decode_dir = exp_root / system / f"decode_{test_set}"
             if not (decode_dir / "hyp.txt").is_file():
                 raise KdstError(f"{decode_dir}/hyp.txt: missing (run the decoding stage first)")
-            score = score_decode_dir(decode_dir, data_root / test_set / text, list(metric_names))
-            stats = json.loads((decode_dir / "decode_stats.json").read_text())
+            score, stats = score_utterances(decode_dir, data_root / test_set / text, metric_names)
+            resamples.add(key(system), stats)
+            decode_stats = json.loads((decode_dir / "decode_stats.json").read_text())
             signatures.update(score["signature"])
             entry = {m: score[m] for m in metric_names}
             if "len_ratio" in score:
                 entry["len_ratio"] = score["len_ratio"]
-            entry.update(n=score["n"], params=stats["params"], sentences_per_s=stats["sentences_per_s"])
-            if "rtf" in stats:
-                entry["rtf"] = stats["rtf"]
-            results[system if len(sets) == 1 else f"{system}/{test_set}"] = entry
-    table = {"systems": results, "signatures": signatures, "sets": list(sets), "baseline": baseline}
+            entry.update(n=score["n"], params=decode_stats["params"], sentences_per_s=decode_stats["sentences_per_s"])
+            if "rtf" in decode_stats:
+                entry["rtf"] = decode_stats["rtf"]
+            results[key(system)] = entry
+        table_rows = significance.rows(grouped, registered, key, key)
+        base_row = next((r for r in table_rows if r.name == key(baseline)), None) if baseline else None
+        for row in table_rows:
+            for run, seed in zip(row.runs, row.seeds):
+                alone = significance.summarise(resamples, significance.Row(run, (run,), (seed,)), base_row,
+                                               metric_names)
+                results[run]["significance"] = significance.run_record(alone, bootstrap)
+            summary = significance.summarise(resamples, row, base_row, metric_names)
+            if len(row.runs) > 1:
+                for run in row.runs:
+                    results[run]["seeds"] = {"group": row.name, **summary}
+            rows.append({"name": row.name, "summary": summary, "entry": _row_entry([results[r] for r in row.runs])})
+    # results.json: a set's rows one after the other, like the table
+    rows = _interleave(rows, sets)
+    results = {run: results[run] for row in rows for run in row["summary"]["runs"]}
+    table = {"systems": results, "rows": rows, "signatures": signatures, "sets": list(sets),
+             "baseline": baseline, "bootstrap": bootstrap, "metrics": metric_names}
     merge_results_json(exp_root, results, systems)
     charts: list[str] = []
     if plots:
@@ -74,36 +100,63 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
     return results
 
 
+def _row_entry(entries: list[dict]) -> dict:
+    """The non-metric columns of a row: those of its first run, speeds and the length ratio averaged."""
+    row = dict(entries[0])
+    for k in ("len_ratio", "sentences_per_s", "rtf"):
+        if all(k in e for e in entries):
+            row[k] = sum(e[k] for e in entries) / len(entries)
+    return row
+
+
+def _by_set(rows: list[dict], sets: list[str]) -> list[list[dict]]:
+    per = len(rows) // len(sets)
+    return [rows[i * per:(i + 1) * per] for i in range(len(sets))]
+
+
+def _interleave(rows: list[dict], sets: list[str]) -> list[dict]:
+    """Rows system by system, each over the sets (the order of the table since it had several sets)."""
+    return [row for group in zip(*_by_set(rows, sets)) for row in group]
+
+
 def baseline_key(name: str, baseline: str, sets: list[str]) -> str:
     """The results key of ``baseline`` on the same evaluation set as the entry ``name``."""
     return baseline if len(sets) == 1 else f"{baseline}/{name.rpartition('/')[2]}"
 
 
 def markdown(table: dict) -> str:
-    results = table["systems"]
-    metric_names = [m for m in metrics.METRICS if any(m in r for r in results.values())]
-    baseline = table.get("baseline") if "bleu" in metric_names else None  # ΔBLEU needs BLEU
-    with_ratio = any("len_ratio" in r for r in results.values())
+    rows, bootstrap = table["rows"], table["bootstrap"]
+    metric_names = [m for m in metrics.METRICS if m in table["metrics"]]
+    baseline = table.get("baseline")
+    primary = "bleu" if "bleu" in metric_names else metric_names[0]  # the Δ and p columns
+    with_ratio = any("len_ratio" in r["entry"] for r in rows)
+    with_seeds = any(len(r["summary"]["runs"]) > 1 for r in rows)
     labels = [metrics.LABELS[m] for m in metric_names]
     if baseline is not None:
-        labels.insert(metric_names.index("bleu") + 1, "ΔBLEU")
-    # "len ratio" goes last so that the columns up to RTF keep their old order (parsed by scripts and tests).
-    header = ["system", *labels, "params", "sentences/s", "RTF", *(["len ratio"] if with_ratio else [])]
-    rows = []
-    for name, r in results.items():
-        scores = [f"{r[m]:.2f}" for m in metric_names]
+        at = metric_names.index(primary) + 1
+        labels[at:at] = [f"Δ{metrics.LABELS[primary]}", *(["p"] if bootstrap.enabled else [])]
+    # "len ratio" goes last so that the columns from params to RTF keep their order.
+    header = ["system", *(["seeds"] if with_seeds else []), *labels, "params", "sentences/s", "RTF",
+              *(["len ratio"] if with_ratio else [])]
+    lines_rows = []
+    for row in rows:
+        r, summary = row["entry"], row["summary"]
+        scores = [significance.value_cell(summary, m) for m in metric_names]
         if baseline is not None:
-            # + 0.0 turns a -0.0 into 0.0, so that equal scores read "+0.00".
-            delta = round(r["bleu"] - results[baseline_key(name, baseline, table["sets"])]["bleu"], 2) + 0.0
-            scores.insert(metric_names.index("bleu") + 1, f"{delta:+.2f}")
-        cells = [name, *scores, f"{r['params'] / 1e6:.2f}M",
-                 f"{r['sentences_per_s']:.1f}", f"{r['rtf']:.3f}" if "rtf" in r else "-"]
+            at = metric_names.index(primary) + 1
+            scores[at:at] = [significance.delta_cell(summary, primary),
+                             *([significance.p_cell(summary, primary)] if bootstrap.enabled else [])]
+        cells = [row["name"], *([significance.seeds_cell(summary)] if with_seeds else []), *scores,
+                 f"{r['params'] / 1e6:.2f}M", f"{r['sentences_per_s']:.1f}", f"{r['rtf']:.3f}" if "rtf" in r else "-"]
         if with_ratio:
             cells.append(f"{r['len_ratio']:.3f}" if "len_ratio" in r else "-")
-        rows.append(cells)
-    lines = [f"# Results ({', '.join(table['sets'])})", "", *markdown_table(header, rows)]
+        lines_rows.append(cells)
+    lines = [f"# Results ({', '.join(table['sets'])})", "", *markdown_table(header, lines_rows), ""]
+    lines += significance.footnote(bootstrap, baseline and f"{baseline} on the same set",
+                                   p_metric=primary if baseline else None, seeds=with_seeds)
     if baseline is not None:
-        lines += ["", f"ΔBLEU: BLEU minus that of {baseline} on the same set."]
+        lines += ["", f"Δ{metrics.LABELS[primary]}: {metrics.LABELS[primary]} minus that of {baseline} on the "
+                      "same set."]
     if with_ratio:
         lines += ["", "len ratio: hypothesis / reference length in BLEU tokens (below 1: outputs too short)."]
     lines += ["", "sacrebleu signatures:", ""]
@@ -116,29 +169,36 @@ def markdown(table: dict) -> str:
 # --- charts ----------------------------------------------------------------------------
 
 def plot_results(table: dict, path: Path) -> bool:
-    """Bar chart of BLEU and chrF (else the first metric) per entry; False, and no file, if nothing to plot."""
-    results = table["systems"]
-    present = [m for m in metrics.METRICS if any(m in r for r in results.values())]
+    """Bar chart of BLEU and chrF (else the first metric) per row, with its confidence interval as an error
+    bar; False, and no file, if nothing to plot."""
+    rows = table["rows"]
+    present = [m for m in metrics.METRICS if m in table["metrics"]]
     shown = [m for m in ("bleu", "chrf") if m in present] or present[:1]
     if not shown:
         path.unlink(missing_ok=True)  # a chart from an earlier run would not match RESULTS.md
         return False
-    names = list(results)
+    names = [r["name"] for r in rows]
     baseline = table.get("baseline")
-    # With several sets a key is "system/set"; the system part decides the colour.
+    # With several sets a name is "system/set"; the system part decides the colour.
     system_of = (lambda n: n) if len(table["sets"]) == 1 else (lambda n: n.rpartition("/")[0])
     colors = ["tab:orange" if baseline is not None and system_of(n) == baseline else "tab:blue" for n in names]
     slanted = len(names) > 4  # long names side by side would overlap
     fig, axes = figure(len(shown), max(4.0, 0.9 * len(names) + 2.0))
     for ax, metric in zip(axes, shown):
-        values = [results[n].get(metric, float("nan")) for n in names]
-        bars = ax.bar(range(len(names)), values, color=colors)
+        values = [r["summary"]["mean"][metric] for r in rows]
+        errors = None
+        if all("ci" in r["summary"] for r in rows):  # the interval need not be centred on the score
+            errors = [[max(0.0, v - r["summary"]["ci"][metric][0]) for v, r in zip(values, rows)],
+                      [max(0.0, r["summary"]["ci"][metric][1] - v) for v, r in zip(values, rows)]]
+        bars = ax.bar(range(len(names)), values, color=colors, yerr=errors, capsize=3, ecolor="dimgray")
         ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=30 if slanted else 0,
                       ha="right" if slanted else "center", fontsize=8)
         ax.set_ylabel(metrics.LABELS[metric])
         ax.margins(y=0.15)  # room for the labels above the highest bar
         title = f"{metrics.LABELS[metric]} ({', '.join(table['sets'])})"
+        if errors is not None:
+            title += ", 95% CI"
         ax.set_title(title + (f", baseline {baseline} in orange" if baseline is not None else ""), fontsize=10)
     save_png(fig, path)
     return True
@@ -210,7 +270,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default="text", help="reference file of each set's data dir")
     parser.add_argument("--metrics", default="bleu,chrf,ter")
     parser.add_argument("--baseline", metavar="SYSTEM",
-                        help="one of --systems: RESULTS.md gets a column of BLEU differences to it")
+                        help="one of --systems (or their group): every row is tested against it and RESULTS.md "
+                             f"gets a column of differences to it (default: the baseline of {manifest.MANIFEST}, "
+                             "else its one student group of mode none or gold, else none)")
+    significance.add_arguments(parser)
 
 
 def registered_systems(exp_root: Path, task: str | None = None) -> list[str]:
@@ -225,6 +288,7 @@ def registered_systems(exp_root: Path, task: str | None = None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     systems = args.systems.split() if args.systems else registered_systems(args.exp_dir, args.task)
     collect(args.exp_dir, args.data_dir, systems, args.sets.split(), text=args.text,
-            metric_names=metrics.parse_metrics(args.metrics), baseline=args.baseline)
+            metric_names=metrics.parse_metrics(args.metrics), baseline=args.baseline,
+            bootstrap=significance.from_args(args))
     print((args.exp_dir / "RESULTS.md").read_text(), end="")
     return 0

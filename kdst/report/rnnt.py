@@ -17,9 +17,14 @@ that ``kdst results`` wrote to ``exp/results.json`` out that way:
 
 ``results.json`` itself is left as it is (its contract: one entry per system).
 Which system fills a cell comes from ``exp/systems.json`` (kdst.report.systems): the
-rnnt student registered with that architecture and KD mode; the teacher is the rnnt
-teacher registered there, and the noisy-student generations its ``noisy-student``
-systems, in the order they trained.
+rnnt student registered with that architecture and KD mode (or the runs of one group,
+one per seed: the cell is their mean); the teacher is the rnnt teacher registered there,
+and the noisy-student generations its ``noisy-student`` systems, in the order they trained.
+
+Each cell has its bootstrap confidence interval and a paired test (kdst.report.significance)
+against the ``none`` student of its column, each generation one against the teacher: the
+report set's hypotheses (``exp/<system>/decode_<set>/hyp.txt``) are scored again against
+``data/<set>/text`` for it, and must give the WER that results.json holds.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import sys
 from pathlib import Path
 
 from kdst.errors import KdstError
+from kdst.report import significance
 from kdst.report import systems as manifest
 from kdst.report.writer import (RESULTS_JSON, RESULTS_MD, chart_link, figure, markdown_table, save_png,
-                                write_json, write_section)
+                                score_utterances, write_json, write_section)
 
 MATRIX_JSON = "rnnt_matrix.json"
 MATRIX_PNG = "rnnt_matrix.png"
@@ -42,14 +48,14 @@ MODE_LABELS = {"none": "none (references)", "hard": "hard (1-best)", "soft-full"
                "soft-collapsed": "soft, collapsed", "hard+soft": "hard + soft"}
 
 
-def student_of(registered: list[manifest.System], arch: str, mode: str, exp_root: Path) -> str:
-    """The name of the rnnt student registered with ``arch`` and ``mode``."""
-    found = [s.name for s in registered if s.task == "rnnt" and s.role == "student" and s.arch == arch
-             and s.mode == mode]
-    if len(found) != 1:
+def student_of(registered: list[manifest.System], arch: str, mode: str, exp_root: Path) -> list[str]:
+    """The rnnt student registered with ``arch`` and ``mode``: its name, or those of its group's runs."""
+    found = [s for s in registered if s.task == "rnnt" and s.role == "student" and s.arch == arch and s.mode == mode]
+    if not found or len({s.group_name for s in found}) != 1:
         raise KdstError(f"{manifest.manifest_path(exp_root)}: {len(found)} rnnt students of architecture {arch} "
-                        f"and mode {mode} ({' '.join(found) or 'none'}; its training stage registers each)")
-    return found[0]
+                        f"and mode {mode} ({' '.join(s.name for s in found) or 'none'}; its training stage "
+                        "registers each, and the seeds of one as one group)")
+    return [s.name for s in found]
 
 
 def layout(registered: list[manifest.System], archs: list[str] | None, modes: list[str] | None,
@@ -79,6 +85,19 @@ def _entry(results: dict, system: str, report_set: str) -> dict:
                     f"kdst results, with it first)")
 
 
+def _cell(results: dict, runs: list[str], report_set: str, registered: list[manifest.System]) -> dict:
+    """A cell: the entry of its one run, or of a group's runs (WER and CER their mean, named by the group)."""
+    entries = [_entry(results, run, report_set) for run in runs]
+    if len(entries) == 1:
+        return entries[0]
+    labels = manifest.by_name(registered)
+    cell = {**entries[0], "system": labels[runs[0]].group_name, "runs": list(runs)}
+    for k in ("wer", "cer"):
+        if all(k in e for e in entries):
+            cell[k] = round(sum(e[k] for e in entries) / len(entries), 2)
+    return cell
+
+
 def _relative(wer: float, base: float) -> float | None:
     """Relative WER change against ``base``, in percent (negative: better)."""
     return None if base == 0 else round(100.0 * (wer - base) / base, 1)
@@ -86,12 +105,14 @@ def _relative(wer: float, base: float) -> float | None:
 
 def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | None, report_set: str, *,
             teacher: str | None = None, ns_systems: list[str] | None = None, metric: str = "wer",
-            plots: bool = True) -> dict:
+            plots: bool = True, data_root: str | Path | None = None, text: str = "text",
+            bootstrap: significance.Bootstrap = significance.Bootstrap()) -> dict:
     """Build the matrix from ``exp_root/results.json`` and ``exp_root/systems.json``; writes
     rnnt_matrix.json, the PNG and the RESULTS.md section, and returns the matrix.
 
     ``archs``, ``modes``, ``teacher`` and ``ns_systems`` (None: from the manifest) choose the
-    rows, columns and generations."""
+    rows, columns and generations; the tests read ``data_root/<report_set>/<text>`` (default: the
+    recipe's data/ beside ``exp_root``)."""
     exp_root = Path(exp_root)
     registered = manifest.read_systems(exp_root)
     archs, modes, teacher, ns_systems = layout(registered, archs, modes, teacher, ns_systems)
@@ -113,8 +134,9 @@ def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | No
     top = _entry(results, teacher, report_set)
     if metric not in top:
         raise KdstError(f"results.json: {teacher} has no {metric} (score with --metrics wer,cer)")
-    cells = {mode: {arch: _entry(results, student_of(registered, arch, mode, exp_root), report_set)
-                    for arch in archs} for mode in modes}
+    runs = {(mode, arch): student_of(registered, arch, mode, exp_root) for mode in modes for arch in archs}
+    cells = {mode: {arch: _cell(results, runs[mode, arch], report_set, registered) for arch in archs}
+             for mode in modes}
     for mode in modes:
         for arch in archs:
             cell = cells[mode][arch]
@@ -140,10 +162,69 @@ def collect(exp_root: str | Path, archs: list[str] | None, modes: list[str] | No
     matrix = {"report_set": report_set, "metric": metric, "teacher": top, "archs": list(archs),
               "modes": list(modes), "cells": cells, "best": best,
               "noisy_student": generations if ns_systems else []}
+    if bootstrap.enabled:
+        data_root = exp_root.parent / "data" if data_root is None else Path(data_root)
+        attach_tests(matrix, runs, [teacher], ns_systems, results, registered, exp_root, data_root, text, bootstrap)
     write_json(exp_root / MATRIX_JSON, matrix)
     chart = plot_matrix(matrix, exp_root / MATRIX_PNG) if plots else False
     write_section(exp_root / RESULTS_MD, markdown(matrix, MATRIX_PNG if chart else None), BEGIN, END)
     return matrix
+
+
+def attach_tests(matrix: dict, runs: dict, teacher: list[str], ns_systems: list[str], results: dict,
+               registered: list[manifest.System], exp_root: Path, data_root: Path, text: str,
+               bootstrap: significance.Bootstrap) -> None:
+    """Add ``ci`` and ``p`` (``metric``, CER too if scored) to the teacher, every cell (against the ``none``
+    cell of its column) and every generation (against the teacher), and ``significance`` to the matrix."""
+    metric, report_set = matrix["metric"], matrix["report_set"]
+    scored = [m for m in ("wer", "cer") if m in matrix["teacher"]]
+    resamples = significance.Resamples(bootstrap)
+    for system in dict.fromkeys([*teacher, *(r for group in runs.values() for r in group), *ns_systems]):
+        decode_dir = exp_root / system / f"decode_{report_set}"
+        if not (decode_dir / "hyp.txt").is_file():
+            raise KdstError(f"{decode_dir / 'hyp.txt'}: missing, the tests need it (run the decoding stage, or "
+                            "--bootstrap-samples 0)")
+        score, stats = score_utterances(decode_dir, data_root / report_set / text, scored, write=False)
+        held = _entry(results, system, report_set)[metric]
+        if score[metric] != held:
+            raise KdstError(f"{decode_dir / 'hyp.txt'}: {metric.upper()} {score[metric]:.2f} against "
+                            f"{data_root / report_set / text}, results.json says {held:.2f} (run kdst results again)")
+        resamples.add(system, stats)
+    seeds = {s.name: s.seed for s in registered}
+
+    def row(systems: list[str]) -> significance.Row:
+        return significance.Row(" ".join(systems), tuple(systems), tuple(seeds.get(s) for s in systems))
+
+    def fill(cell: dict, systems: list[str], baseline: list[str] | None) -> None:
+        summary = significance.summarise(resamples, row(systems), row(baseline) if baseline else None, scored)
+        cell["ci"] = summary["ci"]
+        if len(systems) > 1:
+            cell["sd"] = summary["sd"]
+        if baseline is not None and baseline != systems:
+            cell.update(baseline=" ".join(baseline), p=summary["p"], p_sacrebleu=summary["p_sacrebleu"])
+
+    fill(matrix["teacher"], teacher, None)
+    for (mode, arch), systems in runs.items():
+        fill(matrix["cells"][mode][arch], systems, runs["none", arch] if ("none", arch) in runs else None)
+    for generation in matrix["noisy_student"][1:]:
+        fill(generation, [generation["system"]], teacher)
+    if matrix["noisy_student"]:
+        matrix["noisy_student"][0]["ci"] = matrix["teacher"]["ci"]
+    matrix["significance"] = bootstrap.record()
+
+
+def _with_ci(cell: dict, metric: str) -> str:
+    """``12.34``, ``± sd`` over seeds and ``[low, high]`` when tested."""
+    text = f"{cell[metric]:.2f}"
+    if "sd" in cell:
+        text += f" ± {cell['sd'][metric]:.2f}"
+    if "ci" in cell:
+        text += " [{:.2f}, {:.2f}]".format(*cell["ci"][metric])
+    return text
+
+
+def _mark(cell: dict, metric: str) -> str:
+    return significance.MARK if significance.significant(cell, metric) else ""
 
 
 def _params(value) -> str:
@@ -154,15 +235,17 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
     """The RESULTS.md section (markers included)."""
     metric, label = matrix["metric"], matrix["metric"].upper()
     archs, top = matrix["archs"], matrix["teacher"]
+    tested = "significance" in matrix
     params = {a: next(iter(matrix["cells"].values()))[a].get("params") for a in archs}
-    rows = [["*teacher*", *(f"*{top[metric]:.2f}*" for _ in archs)]]
+    rows = [["*teacher*", *(f"*{_with_ci(top, metric)}*" for _ in archs)]]
     for mode in matrix["modes"]:
         cells = []
         for arch in archs:
             cell = matrix["cells"][mode][arch]
-            text = f"{cell[metric]:.2f}"
+            text = _with_ci(cell, metric)
             if mode != "none" and cell.get("vs_none") is not None:
                 text += f" ({cell['vs_none']:+.1f}%)"
+            text += _mark(cell, metric)
             cells.append(f"**{text}**" if matrix["best"][arch] == mode else text)
         rows.append([MODE_LABELS[mode], *cells])
     lines = [BEGIN, f"## RNN-T distillation: {label} (%) on {matrix['report_set']}, KD modes x student "
@@ -173,21 +256,33 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
              *markdown_table(["mode", *(f"{a} ({_params(params[a])})" for a in archs)], rows)]
     systems = sorted({c["system"] for row in matrix["cells"].values() for c in row.values()})
     lines += ["", "Systems: " + ", ".join(f"`{s}`" for s in systems) + "."]
+    if tested and any(m != "none" for m in matrix["modes"]) and "none" in matrix["modes"]:
+        p_rows = [[MODE_LABELS[mode], *(f"{matrix['cells'][mode][arch]['p'][metric]:.3f}" for arch in archs)]
+                  for mode in matrix["modes"] if mode != "none"]
+        lines += ["", f"p-values of the {label} differences against the `none` student of the column:", "",
+                  *markdown_table(["mode", *archs], p_rows)]
     if matrix["noisy_student"]:
         rows = []
         for row in matrix["noisy_student"]:
             labels = row.get("pseudo_labels", {})
             rel = row.get("vs_teacher") if row["generation"] else None
             rows.append([f"{row['generation']}", f"`{row['system']}`",
-                         f"`{row['teacher']}`" if row["teacher"] else "-", f"{row[metric]:.2f}",
-                         f"{rel:+.1f}%" if rel is not None else "-",
+                         f"`{row['teacher']}`" if row["teacher"] else "-", _with_ci(row, metric),
+                         f"{rel:+.1f}%{_mark(row, metric)}" if rel is not None else "-",
+                         *([f"{row['p'][metric]:.3f}" if "p" in row else "-"] if tested else []),
                          f"{labels['wer_1best']:.2f}" if "wer_1best" in labels else "-",
                          f"{labels['dropped']}" if "dropped" in labels else "-"])
         lines += ["", f"### Noisy-student generations ({label} on {matrix['report_set']})", "",
-                  *markdown_table(["generation", "system", "teacher", label, "vs teacher", "pseudo-label WER",
-                                   "dropped"], rows)]
+                  *markdown_table(["generation", "system", "teacher", label, "vs teacher", *(["p"] if tested else []),
+                                   "pseudo-label WER", "dropped"], rows)]
         lines += ["", "Pseudo-label WER: the 1-best of the generation's teacher on the labelled part of "
                   "the pool, against the references; dropped: utterances under the confidence threshold."]
+    if tested:
+        record = matrix["significance"]
+        seeds = any("sd" in c for row in matrix["cells"].values() for c in row.values())
+        lines += ["", *significance.footnote(
+            significance.Bootstrap(record["samples"], record["seed"]),
+            "the `none` student of its column (a generation: the teacher)", p_metric=metric, seeds=seeds)]
     if chart:
         lines += ["", chart_link(chart, "KD modes x architectures")]
     lines.append(END)
@@ -201,7 +296,13 @@ def plot_matrix(matrix: dict, path: Path) -> bool:
     width = 0.8 / len(archs)
     for i, arch in enumerate(archs):
         xs = [m + (i - (len(archs) - 1) / 2) * width for m in range(len(modes))]
-        bars = ax.bar(xs, [matrix["cells"][mode][arch][metric] for mode in modes], width, label=arch)
+        cells = [matrix["cells"][mode][arch] for mode in modes]
+        values = [c[metric] for c in cells]
+        errors = None
+        if all("ci" in c for c in cells):  # an interval need not be centred on the score
+            errors = [[max(0.0, v - c["ci"][metric][0]) for v, c in zip(values, cells)],
+                      [max(0.0, c["ci"][metric][1] - v) for v, c in zip(values, cells)]]
+        bars = ax.bar(xs, values, width, label=arch, yerr=errors, capsize=2, ecolor="dimgray")
         ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
     ax.axhline(matrix["teacher"][metric], color="black", linestyle="--", linewidth=1,
                label=f"teacher ({matrix['teacher']['system']})")
@@ -227,6 +328,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              f"noisy students of {manifest.MANIFEST}; '': none)")
     parser.add_argument("--metric", default="wer", choices=("wer", "cer"))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--data-dir", type=Path,
+                        help="where the report set's references are, for the tests (default: data/ beside --exp-dir)")
+    parser.add_argument("--text", default="text", help="reference file of the report set's data dir")
+    significance.add_arguments(parser)
 
 
 def _words(option: str | None) -> list[str] | None:
@@ -237,7 +342,8 @@ def _words(option: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     matrix = collect(args.exp_dir, _words(args.archs), _words(args.modes), args.report_set,
                      teacher=args.teacher, ns_systems=_words(args.ns_systems), metric=args.metric,
-                     plots=not args.no_plot)
+                     plots=not args.no_plot, data_root=args.data_dir, text=args.text,
+                     bootstrap=significance.from_args(args))
     print(markdown(matrix, None), end="")
     return 0
 

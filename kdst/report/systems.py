@@ -7,7 +7,13 @@ name its systems as it likes.
 
     {"version": 1, "systems": [{"name": "st_word", "task": "st", "role": "student",
       "mode": "word", "arch": "st", "seed": 1, "teacher": "exp/mt_teacher/avg_best5.pt",
-      "exp_dir": "exp/st_word", "model": "exp/st_word/avg_best5.pt", "init": null}, ...]}
+      "exp_dir": "exp/st_word", "model": "exp/st_word/avg_best5.pt", "init": null,
+      "group": null, "baseline": false}, ...]}
+
+``group`` names the system of which this is one training run: the runs of one system under
+several seeds share it (and differ in ``seed``), and the reports give one row per group,
+mean ± sd over its seeds.  Without it a system is a group of its own.  ``baseline`` marks
+what the reports test the others against (``kdst results --baseline`` overrides it).
 
 Systems keep the order of their first registration; registering a name again replaces
 its entry in place (a stage that runs again).  Student jobs trained side by side register
@@ -33,6 +39,9 @@ TASKS = ("mt", "st", "asr", "rnnt")
 # noisy-student: a student trained on its predecessor's pseudo labels, and the teacher of the next one
 # pretrained: a model whose weights start other systems (the ST recipe's ASR encoder)
 ROLES = ("teacher", "student", "noisy-student", "pretrained")
+# The modes of students that learnt from the references alone (ST/RNN-T: none, ASR: gold): the
+# baselines that KD is tested against when no --baseline or registered one says otherwise.
+REFERENCE_MODES = ("none", "gold")
 
 
 @dataclasses.dataclass
@@ -47,6 +56,8 @@ class System:
     exp_dir: str = ""
     model: str | None = None  # what decoding loads: a checkpoint, or espnet:PATH for an ESPnet teacher
     init: str | None = None  # the checkpoint a fine-tuned system started from
+    group: str | None = None  # the system this is one seed's run of (None: a group of its own)
+    baseline: bool = False  # what the reports compare the others with
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
@@ -55,6 +66,12 @@ class System:
             raise KdstError(f"system {self.name}: task '{self.task}' is none of {', '.join(TASKS)}")
         if self.role not in ROLES:
             raise KdstError(f"system {self.name}: role '{self.role}' is none of {', '.join(ROLES)}")
+        if self.group is not None and (not self.group or "/" in self.group):
+            raise KdstError(f"system {self.name}: group '{self.group}': a system name, not empty nor a path")
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
 
 
 def manifest_path(exp_root: str | Path) -> Path:
@@ -138,6 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--dir", dest="system_dir", help="its experiment dir (default: EXP_DIR/NAME)")
     add.add_argument("--model", help="what decoding loads (a checkpoint, espnet:PATH)")
     add.add_argument("--init", help="the checkpoint it was fine-tuned from")
+    add.add_argument("--group", help="the system of which this is one seed's run (the reports average the "
+                                     "runs of a group; default: its own name)")
+    add.add_argument("--baseline", action="store_true",
+                     help="what the reports test the other systems against")
     listing = actions.add_parser("list", help="the registered systems, one a line")
     listing.add_argument("--task", choices=TASKS)
     listing.add_argument("--role", choices=ROLES)
@@ -152,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else seed_of(system_dir)
         system = System(name=args.name, task=args.task, role=args.role, mode=args.mode, arch=args.arch,
                         seed=seed, teacher=args.teacher or None, exp_dir=str(system_dir),
-                        model=args.model or None, init=args.init or None)
+                        model=args.model or None, init=args.init or None, group=args.group or None,
+                        baseline=args.baseline)
         register(args.exp_dir, system)
         return 0
     systems = select(read_systems(args.exp_dir), task=args.task, role=args.role)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kdst import metrics
 from kdst.data.files import atomic_path, atomic_write_text
+from kdst.errors import DataError
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "RESULTS.md"
@@ -18,9 +19,21 @@ RESULTS_MD = "RESULTS.md"
 
 def score_decode_dir(decode_dir: Path, reference: Path, metric_names: list[str]) -> dict:
     """Score ``decode_dir/hyp.txt`` against ``reference``; the scores also go to ``decode_dir/score.json``."""
-    result = metrics.score(reference, decode_dir / "hyp.txt", metric_names)
-    write_json(decode_dir / "score.json", result)
-    return result
+    return score_utterances(decode_dir, reference, metric_names)[0]
+
+
+def score_utterances(decode_dir: Path, reference: Path, metric_names: list[str], *,
+                     write: bool = True) -> tuple[dict, dict]:
+    """(scores, per-utterance statistics) of ``decode_dir/hyp.txt`` against ``reference``
+    (``metrics.score_pairs``); the scores also go to ``decode_dir/score.json`` if ``write``."""
+    hyp = decode_dir / "hyp.txt"
+    ids, refs, hyps = metrics.read_pairs(reference, hyp)
+    if not ids:
+        raise DataError(reference, "no utterances to score")
+    result, stats = metrics.score_pairs(refs, hyps, metric_names)
+    if write:
+        write_json(decode_dir / "score.json", result)
+    return result, stats
 
 
 def merge_results_json(exp_root: Path, entries: dict[str, dict], systems: list[str]) -> dict:

@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kdst.errors import KdstError
 from kdst.report import compression
 from kdst.report.compression import COMPRESSION_PNG, collect_compression, student_modes
+from kdst.report.significance import Bootstrap
 from kdst.report.systems import System, read_systems, register
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -104,18 +106,23 @@ def test_ratios_against_the_teacher(layout, monkeypatch):
 
     markdown = (exp / "RESULTS.md").read_text()
     header, rows = table(markdown)
-    assert header == ["system", "params", "× smaller", "size MB", "WER", "ΔWER abs", "ΔWER rel %", "CER",
+    assert header == ["system", "params", "× smaller", "size MB", "WER", "ΔWER abs", "ΔWER rel %", "p", "vs", "CER",
                       "sentences/s", "RTF", "speed-up"]
     assert list(rows) == ["asr_teacher", *STUDENTS]
+
+    def with_ci(system: str, metric: str) -> str:
+        r = results[system]
+        return "{:.2f} [{:.2f}, {:.2f}]".format(r[metric], *r["significance"]["ci"][metric])
+
     assert rows["asr_teacher"] == {
-        "system": "asr_teacher", "params": "40.00M", "× smaller": "1.00×", "size MB": "2.00", "WER": "10.00",
-        "ΔWER abs": "+0.00", "ΔWER rel %": "+0.0", "CER": f"{teacher['cer']:.2f}", "sentences/s": "5.0",
-        "RTF": "0.050", "speed-up": "1.00×"}
+        "system": "asr_teacher", "params": "40.00M", "× smaller": "1.00×", "size MB": "2.00",
+        "WER": with_ci("asr_teacher", "wer"), "ΔWER abs": "+0.00", "ΔWER rel %": "+0.0", "p": "-", "vs": "-",
+        "CER": with_ci("asr_teacher", "cer"), "sentences/s": "5.0", "RTF": "0.050", "speed-up": "1.00×"}
     for system, row in rows.items():  # the table says what results.json says
         r = results[system]
         assert row["params"] == f"{r['params'] / 1e6:.2f}M" and row["× smaller"] == f"{r['param_reduction']:.2f}×"
         assert row["size MB"] == ("~" if r["size_estimated"] else "") + f"{r['size_mb']:.2f}"
-        assert (row["WER"], row["CER"]) == (f"{r['wer']:.2f}", f"{r['cer']:.2f}")
+        assert (row["WER"], row["CER"]) == (with_ci(system, "wer"), with_ci(system, "cer"))  # 2 utterances: no mark
         assert row["ΔWER abs"] == f"{r['wer_abs_change']:+.2f}" and row["ΔWER rel %"] == f"{r['wer_rel_change']:+.1f}"
         assert row["sentences/s"] == f"{r['sentences_per_s']:.1f}" and row["speed-up"] == f"{r['speedup']:.2f}×"
     assert rows["asr_tiny_gold"]["size MB"] == "~10.00" and rows["asr_tiny_gold"]["ΔWER rel %"] == "+300.0"
@@ -229,8 +236,80 @@ TABLE_BEFORE_THE_MANIFEST = """\
 
 
 def test_the_same_table_as_before_the_manifest(layout):
+    """Without the bootstrap (no intervals, no tests) the table is what it was."""
     exp, data = layout
-    collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False)
+    collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False,
+                        bootstrap=Bootstrap(samples=0))
     lines = (exp / "RESULTS.md").read_text().splitlines()
     assert lines[0] == "# Compression (test, teacher asr_teacher)"
     assert "".join(f"{line}\n" for line in lines if line.startswith("|")) == TABLE_BEFORE_THE_MANIFEST
+
+
+def brute_force_p(errors: list[int], base_errors: list[int], lengths: list[int], seed: int = 12345) -> float:
+    """Centred paired bootstrap p of WER from per-utterance error counts, 1000 resamples in a plain loop with
+    the draws of numpy's default_rng(seed)."""
+    errors, base_errors, lengths = (np.array(x) for x in (errors, base_errors, lengths))
+    deltas = [100 * (errors[i].sum() - base_errors[i].sum()) / lengths[i].sum()
+              for i in np.random.default_rng(seed).choice(len(lengths), size=(1000, len(lengths)))]
+    delta = 100 * (errors.sum() - base_errors.sum()) / lengths.sum()
+    return round((np.count_nonzero(np.abs(np.array(deltas) - np.mean(deltas)) >= abs(delta)) + 1) / 1001, 4)
+
+
+# word errors per utterance (utt1, utt2) of HYPS, against references of 6 and 4 words
+ERRORS = {"asr_teacher": [1, 0], "asr_small_gold": [1, 1], "asr_tiny_gold": [1, 3], "asr_tiny_1best": [1, 1]}
+LENGTHS = [6, 4]
+
+
+def test_each_student_is_tested_against_the_gold_student_of_its_size(layout):
+    exp, data = layout
+    results = collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False)
+    against = {s: r["significance"]["baseline"] for s, r in results.items()}
+    # a gold student's baseline, and that of a size without one, is the teacher
+    assert against == {"asr_teacher": None, "asr_tiny_gold": "asr_teacher", "asr_small_gold": "asr_teacher",
+                       "asr_tiny_1best": "asr_tiny_gold"}
+    for system, baseline in against.items():
+        if baseline is not None:
+            assert results[system]["significance"]["p"]["wer"] == \
+                brute_force_p(ERRORS[system], ERRORS[baseline], LENGTHS)
+    assert results["asr_tiny_1best"]["significance"]["samples"] == 1000
+    assert table((exp / "RESULTS.md").read_text())[1]["asr_tiny_1best"]["vs"] == "asr_tiny_gold"
+
+    # --baseline: one for every system; or the one exp/systems.json marks
+    results = collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False,
+                                  baseline="asr_small_gold", bootstrap=Bootstrap(seed=3))
+    assert {s: r["significance"]["baseline"] for s, r in results.items()} == {
+        "asr_teacher": "asr_small_gold", "asr_tiny_gold": "asr_small_gold", "asr_small_gold": None,
+        "asr_tiny_1best": "asr_small_gold"}
+    assert results["asr_teacher"]["significance"]["p"]["wer"] == \
+        brute_force_p(ERRORS["asr_teacher"], ERRORS["asr_small_gold"], LENGTHS, seed=3)
+    register(exp, System("asr_tiny_gold", "asr", "student", mode="gold", arch="tiny", baseline=True))
+    results = collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", plots=False)
+    assert results["asr_small_gold"]["significance"]["baseline"] == "asr_tiny_gold"
+    with pytest.raises(KdstError, match="--baseline asr_big: not among the systems"):
+        collect_compression(exp, data, ["asr_teacher", *STUDENTS], "asr_teacher", "test", baseline="asr_big")
+
+
+def test_seeds_of_a_student_are_one_row(layout):
+    """Two runs of asr_tiny_1best (seeds 1 and 2, one group): one row, mean ± sd, each run's own test."""
+    exp, data = layout
+    second = exp / "asr_tiny_1best_seed2" / "decode_test"
+    second.mkdir(parents=True)
+    (second / "hyp.txt").write_text("utt1 the cat sat on the mat\nutt2 it is raining today\n")  # no error
+    (second / "decode_stats.json").write_text((exp / "asr_tiny_1best" / "decode_test" / "decode_stats.json").read_text())
+    register(exp, System("asr_tiny_1best", "asr", "student", mode="1best", arch="tiny", seed=1, group="tiny_1best"))
+    register(exp, System("asr_tiny_1best_seed2", "asr", "student", mode="1best", arch="tiny", seed=2,
+                         group="tiny_1best"))
+    results = collect_compression(exp, data, ["asr_teacher", *STUDENTS, "asr_tiny_1best_seed2"], "asr_teacher",
+                                  "test", plots=True)
+    header, rows = table((exp / "RESULTS.md").read_text())
+    assert list(rows) == ["asr_teacher", "asr_tiny_gold", "asr_small_gold", "tiny_1best"] and header[1] == "seeds"
+    group = results["asr_tiny_1best_seed2"]["seeds"]
+    assert group == results["asr_tiny_1best"]["seeds"] and group["group"] == "tiny_1best"
+    assert group["mean"]["wer"] == 10.0 and group["sd"]["wer"] == round(float(np.std([20.0, 0.0], ddof=1)), 2)
+    assert rows["tiny_1best"]["seeds"] == "1 2" and rows["tiny_1best"]["WER"].startswith("10.00 ± 14.14 [")
+    assert rows["tiny_1best"]["ΔWER abs"] == "+0.00" and rows["tiny_1best"]["vs"] == "asr_tiny_gold"
+    # the gold baseline was trained once: both seeds are paired with it
+    assert group["pairs"] == [["asr_tiny_1best", "asr_tiny_gold"], ["asr_tiny_1best_seed2", "asr_tiny_gold"]]
+    assert results["asr_tiny_1best_seed2"]["significance"]["p"]["wer"] == \
+        brute_force_p([0, 0], ERRORS["asr_tiny_gold"], LENGTHS)
+    assert (exp / COMPRESSION_PNG).read_bytes().startswith(PNG_MAGIC)

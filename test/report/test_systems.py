@@ -28,8 +28,23 @@ def test_register_read_and_replace_in_place(tmp_path: Path):
     content = json.loads((exp / MANIFEST).read_text())
     assert content["version"] == 1 and content["systems"][0] == {
         "name": "mt_teacher", "task": "mt", "role": "teacher", "mode": "none", "arch": "", "seed": None,
-        "teacher": None, "exp_dir": "", "model": "espnet:/models/mt", "init": None}
+        "teacher": None, "exp_dir": "", "model": "espnet:/models/mt", "init": None, "group": None,
+        "baseline": False}
     assert not list(exp.glob(f".{MANIFEST}.*.tmp"))  # written under a temporary name, then renamed
+
+
+def test_a_manifest_without_groups_reads_and_seeds_share_a_group(tmp_path: Path):
+    """A manifest written before ``group`` and ``baseline`` existed reads as systems of their own."""
+    old = {"name": "st_none", "task": "st", "role": "student", "mode": "none", "arch": "st", "seed": 1,
+           "teacher": None, "exp_dir": "exp/st_none", "model": "exp/st_none/avg.pt", "init": None}
+    (tmp_path / MANIFEST).write_text(json.dumps({"version": 1, "systems": [old]}))
+    (system,) = read_systems(tmp_path)
+    assert (system.group, system.group_name, system.baseline) == (None, "st_none", False)
+    register(tmp_path, System("st_word_s2", "st", "student", mode="word", seed=2, group="st_word"))
+    assert [s.group_name for s in read_systems(tmp_path)] == ["st_none", "st_word"]
+    for bad in ("", "exp/st_word"):
+        with pytest.raises(KdstError, match=f"group '{bad}': a system name"):
+            System("st_word_s3", "st", "student", group=bad)
 
 
 def register_several(exp: Path, job: int) -> None:
@@ -75,10 +90,16 @@ def test_command_line_add_and_list(tmp_path: Path, capsys):
     assert (word.seed, word.teacher, word.init, word.exp_dir) == (7, None, "exp/st_word/avg_best5.pt",
                                                                    str(exp / "st_word_ft"))
     assert read_systems(exp)[0].seed is None  # no config.yaml: not trained by kdst train
+    assert (word.group, word.baseline) == (None, False)
+    assert main(["systems", "add", "--exp-dir", str(exp), "--name", "st_none_seed2", "--task", "st",
+                 "--role", "student", "--seed", "2", "--group", "st_none", "--baseline"]) == 0
+    none2 = read_systems(exp)[2]
+    assert (none2.seed, none2.group, none2.baseline) == (2, "st_none", True)
     capsys.readouterr()
     assert main(["systems", "list", "--exp-dir", str(exp), "--task", "st", "--names"]) == 0
-    assert capsys.readouterr().out == "st_word_ft\n"
+    assert capsys.readouterr().out == "st_word_ft st_none_seed2\n"
     assert main(["systems", "list", "--exp-dir", str(exp)]) == 0
-    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["mt_teacher", "st_word_ft"]
+    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == \
+        ["mt_teacher", "st_word_ft", "st_none_seed2"]
     assert main(["systems", "add", "--exp-dir", str(exp), "--name", "a/b", "--task", "st", "--role", "student"]) == 1
     assert "not a path" in capsys.readouterr().err
