@@ -4,7 +4,9 @@ An attention encoder-decoder takes the beam search of kdst.decode.search; a tran
 the searches of kdst.decode.transducer_search: beam > 1 is modified beam search (``beam``,
 ``nbest``), ``greedy`` or beam 1 is greedy search with at most ``max_symbols_per_frame``
 labels per frame.  The length options (penalty, max/min length) apply to encoder-decoders
-only; a transducer's score is its log-probability.
+only; a transducer's score is its log-probability.  ``--ctc-weight`` > 0 is joint CTC/attention
+beam search (docs/DECODING.md), for an encoder-decoder whose CTC branch predicts its output
+vocabulary; the n-best scores are then the joint ones.
 
 Outputs in ``out_dir`` (see docs/FORMATS.md):
 
@@ -33,7 +35,7 @@ from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
 from kdst.errors import KdstError
 from kdst.models import Transducer
-from kdst.models.ensemble import load_teachers, model_files
+from kdst.models.ensemble import EnsembleTeacher, load_teachers, model_files
 
 log = logging.getLogger("kdst.decode")
 FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
@@ -56,6 +58,8 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
     loaded = load_teachers(model, device, weights, src_text=src_text)
     tokenizer = loaded.tokenizer
     model = loaded.model
+    if options.ctc_weight > 0:
+        check_joint_decoding(loaded, greedy)
     if isinstance(model, Transducer):
         greedy = greedy or options.beam == 1
     dataset = make_dataset(loaded.data, data_dir, with_targets=False)
@@ -92,6 +96,7 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
              "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 2),
              "params": sum(p.numel() for p in model.parameters()), "device": str(device),
              "beam": 1 if greedy else options.beam, "jobs": 1, "threads": torch.get_num_threads(),
+             "ctc_weight": options.ctc_weight,
              "checkpoint": " + ".join(str(Path(f).resolve()) for f in model_files(loaded))}
     if loaded.data.input == "speech":
         audio_s = sum(dataset.src_lengths.values()) * FRAME_SHIFT_S
@@ -99,6 +104,23 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
     atomic_write_text(out / "decode_stats.json", json.dumps(stats, indent=1) + "\n")
     log.info("%s: %d utterances in %.1f s (%.1f sentences/s)", out, len(hyps), seconds, stats["sentences_per_s"])
     return stats
+
+
+def check_joint_decoding(loaded, greedy: bool) -> None:
+    """KdstError unless ``loaded`` (a kdst.models.teacher.Teacher) can be decoded with a CTC weight."""
+    what = f"--ctc-weight: {loaded.reference}"
+    if isinstance(loaded.model, Transducer):
+        raise KdstError(f"{what} is a transducer (joint CTC/attention decoding is for encoder-decoders)")
+    if greedy:
+        raise KdstError("--ctc-weight needs beam search: use --beam 1 instead of --greedy")
+    if isinstance(loaded, EnsembleTeacher):
+        raise KdstError("--ctc-weight: an ensemble has no CTC branch (joint CTC/attention decoding takes one model)")
+    if getattr(loaded.model, "ctc", None) is None:
+        raise KdstError(f"{what} has no CTC branch (it was trained with model.ctc_weight 0)")
+    data = loaded.data
+    if data.ctc_text and (data.ctc_text, data.ctc_tokenizer) != (data.text, data.tokenizer):
+        raise KdstError(f"{what}: its CTC branch predicts {data.ctc_text} (data.ctc_text), "
+                        f"not the output vocabulary")
 
 
 def merge_job_outputs(job_dirs: list[Path], out_dir: Path, seconds: float) -> dict:

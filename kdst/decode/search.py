@@ -44,6 +44,35 @@ the hypothesis as a token before it, as in ESPnet's output).  Ranking and the ex
 unchanged: ``length_penalty`` 0 is ESPnet's raw score (``penalty: 0``), 1 its
 ``normalize_length``, and ESPnet keeps searching to the max length only to find
 hypotheses that cannot enter the n-best.
+
+``hf_rule``: Hugging Face ``generate(num_beams=K, num_return_sequences=N)`` instead, for an
+``hf:`` model, which gives its rules (kdst.models.hf_bridge.GenerateRule).  The candidates
+and the finishing of <eos> among the first K are the rule above; the log-probabilities go
+through the model's logits processors instead of kdst's masks (blank is not banned unless
+the generation config bans it); the max length counts the last token (``max_len_ratio 0,
+max_len_bias M`` is generate's ``max_new_tokens=M``), and at it every one of the first K
+candidates ends, with its token kept when it is not <eos>; an utterance stops by generate's
+``early_stopping`` rule (its default, False: when the best live beam's score at the current
+length does not beat the worst of the K finished), not the exact bound.
+
+``ctc_weight`` w > 0: joint CTC/attention decoding (Watanabe et al. 2017; docs/DECODING.md) for
+a model whose CTC branch predicts the output vocabulary.  A hypothesis scores
+``(1 - w) * log P_att + w * log psi``, with psi its CTC prefix probability
+(kdst.decode.ctc_prefix); an <eos> extension scores the CTC probability of the whole
+hypothesis, so a finished one scores ``(1 - w) * log P_att(y) + w * log P_ctc(y)``: its
+``logprob``, which ``score`` normalises by length as above.  CTC scores, per live beam, the
+``max(2, int(ctc_pre_beam * beam))`` tokens the attention decoder ranks best (ESPnet's
+pre-beam) and <eos> (not ESPnet's: without it a beam whose decoder ranks <eos> low could
+never end, while CTC, which allows no more labels than frames, kills it), or every token with
+``ctc_pre_beam = 0`` or ``w = 1`` (the decoder then only says which tokens are allowed, as
+ESPnet's ``ctc_weight: 1.0`` does); the others are dropped.  The
+rest of the search is unchanged: the 2K rule, the slots (the CTC state moves with its beam),
+finished utterances leaving every tensor.  The stopping rule stays exact for the joint score:
+an extension never raises psi (nor does <eos>: P_ctc(y) <= psi(y)), so every step adds a
+non-positive joint score, like a log-probability; psi is clamped at its parent's against
+rounding.  What it bounds is the joint score of every completion of a live beam that the
+(pre-beam pruned) search could still produce, so stopping changes nothing that running to
+the max length would give.  ``w = 0`` is the attention-only search above, the same code.
 """
 
 from __future__ import annotations
@@ -54,6 +83,7 @@ from dataclasses import dataclass
 import torch
 
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
+from kdst.decode import ctc_prefix
 from kdst.errors import KdstError
 from kdst.models.encoders import lengths_to_mask
 
@@ -77,16 +107,24 @@ class SearchOptions:
     max_len: int = 512
     length_penalty: float = 1.0  # score = logprob / len ** length_penalty (len counts <eos>); 0 = raw sum
     espnet_rule: bool = False  # ESPnet BeamSearch's pruning and length rules (module docstring)
+    hf_rule: bool = False  # Hugging Face generate()'s rules, for hf: models (module docstring)
+    ctc_weight: float = 0.0  # joint CTC/attention: (1 - w) * attention + w * CTC prefix score (docs/DECODING.md)
+    ctc_pre_beam: float = 1.5  # CTC scores the max(2, int(this * beam)) best attention tokens of a beam; 0: all
 
     def __post_init__(self):
         if self.beam < 1:
             raise SearchOptionError(f"--beam must be >= 1, not {self.beam}")
         if not 1 <= self.nbest <= self.beam:
             raise SearchOptionError(f"--nbest must be between 1 and --beam ({self.beam}), not {self.nbest}")
+        if self.hf_rule and (self.espnet_rule or self.min_len_ratio):
+            raise SearchOptionError("--hf-rule follows generate(): not with --espnet-rule or --min-len-ratio "
+                                    "(the model's generation config sets min_length)")
         # The stopping rule's bound holds for a non-negative penalty only (module docstring).
-        for name in ("length_penalty", "max_len", "max_len_ratio", "min_len_ratio"):
+        for name in ("length_penalty", "max_len", "max_len_ratio", "min_len_ratio", "ctc_pre_beam"):
             if not getattr(self, name) >= 0:  # not >=: NaN fails too
                 raise SearchOptionError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if not 0 <= self.ctc_weight <= 1:
+            raise SearchOptionError(f"--ctc-weight must be between 0 and 1, not {self.ctc_weight}")
 
 
 @dataclass(frozen=True)
@@ -165,6 +203,10 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
     memory, mask, max_lens, min_lens = _encode(model, src, src_lengths, opt.max_len_ratio, opt.max_len_bias,
                                                opt.max_len, opt.min_len_ratio, opt.espnet_rule)
     device, k, lp, b = memory.device, opt.beam, opt.length_penalty, memory.shape[0]
+    rule = _generate_rule(model) if opt.hf_rule else None
+    if rule is not None:  # generate() takes at least one step; its max length counts the last token
+        max_lens = [max(1, m) for m in max_lens]
+    ctc = _ctc_state(model, memory, mask, k) if opt.ctc_weight > 0 else None
     results: list[list[Hypothesis]] = [[] for _ in range(b)]
     cap = max(max_lens) + 1  # token columns; the last one is only written by dead beams
     earlier = torch.ones(k, k, dtype=torch.bool, device=device).tril(-1)  # [j, i]: i ranks before j
@@ -180,6 +222,8 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
                fin_len=torch.zeros(b, k, dtype=torch.long, device=device),
                fin_tok=torch.zeros(b, k, cap, dtype=torch.long, device=device))
     utt["scores"][:, 0] = 0.0  # only beam 0 is live at the first step
+    if ctc is not None:  # the two parts of the joint score, per live beam
+        utt["att"], utt["psi"] = utt["scores"].clone(), ctc.psi.view(b, k)
     max_rows, min_rows = utt["max_rows"].repeat_interleave(k), utt["min_rows"].repeat_interleave(k)
     seqs = torch.zeros(b * k, cap, dtype=torch.long, device=device)
     last = torch.full((b * k,), EOS_ID, dtype=torch.long, device=device)  # <sos>
@@ -189,10 +233,16 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
         logits, state = model.decoder.step(last, state)
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         vocab = logp.shape[1]
-        _mask_lengths(logp, t, min_rows, max_rows, min(max_lens), max(min_lens), opt.espnet_rule)
-        cand = logp.add_(utt["scores"].view(-1, 1)).view(a, k * vocab)
-        top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K), best first
-        parent, tok = idx.div(vocab, rounding_mode="floor"), idx.remainder(vocab)
+        if rule is None:
+            _mask_lengths(logp, t, min_rows, max_rows, min(max_lens), max(min_lens), opt.espnet_rule)
+        else:  # generate()'s logits processors instead
+            rule.process(logp, t, t == max_rows - 1)
+        if ctc is None:
+            cand = logp.add_(utt["scores"].view(-1, 1)).view(a, k * vocab)
+            top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K), best first
+            parent, tok = idx.div(vocab, rounding_mode="floor"), idx.remainder(vocab)
+        else:
+            top, parent, tok, att, psi = _joint_candidates(logp, utt["att"], ctc, t >= max_rows, opt)
         is_eos = tok == EOS_ID
 
         # <eos> among the first K candidates: finished; merged with the kept ones by one topk for all.
@@ -202,28 +252,46 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
             # <eos> chosen at that step is kept as a token (and counted in the length), not an ending.
             last_step = (t == utt["max_rows"] - 1)[:, None]
             ended &= (t >= utt["min_rows"][:, None]) & ~last_step
+        if rule is not None:  # at its max length generate() ends each of the first K, <eos> or not
+            ended = ended | ((t == utt["max_rows"] - 1)[:, None] & (top[:, :k] > NEG_INF))
         if bool(ended.any()):
             new_norm = torch.where(ended, top[:, :k] / float((t + 1) ** lp), NEG_INF)
             new_tok = seqs.view(a, k, cap).gather(1, parent[:, :k, None].expand(a, k, cap))
+            new_len = torch.full_like(utt["fin_len"], t)
+            if rule is not None:  # a hypothesis cut at the max length keeps its last token
+                new_tok[:, :, t] = tok[:, :k]
+                new_len += ~is_eos[:, :k]
             utt["fin_norm"], pick = torch.cat([utt["fin_norm"], new_norm], 1).topk(k, dim=1)
             utt["fin_raw"] = torch.cat([utt["fin_raw"], top[:, :k]], 1).gather(1, pick)
-            utt["fin_len"] = torch.cat([utt["fin_len"], torch.full_like(utt["fin_len"], t)], 1).gather(1, pick)
+            utt["fin_len"] = torch.cat([utt["fin_len"], new_len], 1).gather(1, pick)
             utt["fin_tok"] = torch.cat([utt["fin_tok"], new_tok], 1).gather(1, pick[:, :, None].expand(a, k, cap))
 
         # The best K candidates that are not <eos> live on, each placed by _slots.  ESPnet's rule: the
         # best K candidates, an <eos> among them leaving its slot dead (-inf) for this step.
         if opt.espnet_rule:
             scores, tok, parent = top[:, :k].masked_fill(is_eos[:, :k] & ~last_step, NEG_INF), tok[:, :k], parent[:, :k]
+            if ctc is not None:
+                att, psi = att[:, :k], psi[:, :k]
         else:
             live = torch.argsort(is_eos.to(torch.uint8), dim=1, stable=True)[:, :k]
             scores, tok, parent = top.gather(1, live), tok.gather(1, live), parent.gather(1, live)
+            if ctc is not None:
+                att, psi = att.gather(1, live), psi.gather(1, live)
         slot = _slots(parent, earlier)
         scores, tok, parent = (torch.empty_like(x).scatter_(1, slot, x) for x in (scores, tok, parent))
         utt["scores"] = scores
+        if ctc is not None:  # a dead beam (-inf) must stay dead whatever its parts say
+            att, psi = (torch.empty_like(x).scatter_(1, slot, x) for x in (att, psi))
+            utt["att"], utt["psi"] = att.masked_fill(scores == NEG_INF, NEG_INF), psi
 
         # Done: `beam` finished and the best live beam's bound cannot beat the worst of them.
-        done = scores.max(dim=1).values / utt["bound_div"] <= utt["fin_norm"][:, -1]
+        if rule is None:
+            done = scores.max(dim=1).values / utt["bound_div"] <= utt["fin_norm"][:, -1]
+        else:  # generate()'s early stopping; nothing goes on past the max length
+            done = rule.done(scores.max(dim=1).values, utt["fin_norm"][:, -1], t, utt["max_rows"], lp)
+            done |= t >= utt["max_rows"] - 1
         rows = (parent + torch.arange(a, device=device)[:, None] * k).view(-1)
+        keep = None
         if bool(done.any()):
             _collect(results, {n: x[done] for n, x in utt.items()}, opt.nbest)
             keep = (~done).nonzero().squeeze(1)
@@ -239,9 +307,55 @@ def _beam_search(model, src, src_lengths, opt: SearchOptions) -> list[list[Hypot
         else:
             state.reorder_(rows)
             seqs = seqs.index_select(0, rows)
+        if ctc is not None:
+            ctc = ctc_prefix.extend(ctc, rows, tok.reshape(-1), utt["psi"].reshape(-1), keep)
         last = tok.reshape(-1)
         seqs[:, t] = last
     return results
+
+
+def _ctc_state(model, memory: torch.Tensor, mask: torch.Tensor, group: int) -> ctc_prefix.CTCPrefixState:
+    """The empty prefix of every utterance, from the model's CTC branch over the encoder output."""
+    head = getattr(model, "ctc", None)
+    if head is None:
+        raise SearchOptionError("--ctc-weight > 0 needs a model with a CTC branch (trained with model.ctc_weight > 0)")
+    log_probs = head(memory).float().log_softmax(-1)
+    if log_probs.shape[-1] != model.vocab_size:
+        raise SearchOptionError(f"--ctc-weight > 0: the model's CTC branch has {log_probs.shape[-1]} outputs, "
+                                f"its decoder {model.vocab_size}: CTC is not over the output vocabulary")
+    return ctc_prefix.initial_state(log_probs, mask.sum(1), group)
+
+
+def _joint_candidates(logp: torch.Tensor, att_scores: torch.Tensor, ctc: ctc_prefix.CTCPrefixState,
+                      at_max: torch.Tensor, opt: SearchOptions):
+    """The 2K best joint-scored extensions of each utterance (module docstring): their joint score,
+    parent beam and token, (A, 2K) each, best first, and the attention and CTC parts of the score."""
+    (n, vocab), (a, k), w = logp.shape, att_scores.shape, opt.ctc_weight
+    width = vocab if opt.ctc_pre_beam == 0 or w == 1 else min(vocab, max(2, int(opt.ctc_pre_beam * k)))
+    if width < vocab:  # the decoder's best, and <eos>, whose CTC score costs nothing: a beam can always end
+        tokens = logp.clone().index_fill_(1, torch.tensor([EOS_ID], device=logp.device), math.inf)
+        width = min(vocab, width + 1)
+        tokens = tokens.topk(width, dim=1).indices
+    else:
+        tokens = torch.arange(vocab, device=logp.device).expand(n, vocab)
+    att = logp.gather(1, tokens).add_(att_scores.view(-1, 1))
+    psi = torch.minimum(ctc_prefix.prefix_scores(ctc, tokens), ctc.psi[:, None])
+    if opt.espnet_rule:  # the <eos> forced at the max length costs nothing, its CTC part included
+        psi = torch.where((tokens == EOS_ID) & at_max[:, None], ctc.psi[:, None], psi)
+    # w = 1: 0 * -inf would be NaN, and the decoder's -inf (blank, length limits, dead beams) must hold.
+    joint = psi.masked_fill(att == NEG_INF, NEG_INF) if w == 1 else att * (1 - w) + psi * w
+    top, idx = joint.view(a, k * width).topk(min(2 * k, k * width), dim=1)
+    parent = idx.div(width, rounding_mode="floor")
+    tok, att, psi = (x.reshape(a, k * width).gather(1, idx) for x in (tokens, att, psi))
+    return top, parent, tok, att, psi
+
+
+def _generate_rule(model):
+    """An hf: model's generate() rules (kdst.models.hf_bridge.GenerateRule), for --hf-rule."""
+    rule = getattr(model, "generate_rule", None)
+    if rule is None:
+        raise SearchOptionError("--hf-rule is for Hugging Face models (hf:PATH)")
+    return rule()
 
 
 def _collect(results, utt: dict, nbest: int) -> None:
