@@ -174,6 +174,10 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len-ratio", type=float, default=1.0, help="of the encoder output length")
     p.add_argument("--max-len-bias", type=int, default=5, help="tokens added to the maximum length")
     p.add_argument("--min-len-ratio", type=float, default=0.0, help="of the encoder output length: no <eos> before")
+    p.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="joint CTC/attention: (1-w) attention + w CTC prefix score (docs/DECODING.md); 0: off")
+    p.add_argument("--ctc-pre-beam", type=float, default=1.5,
+                   help="with --ctc-weight: CTC scores this x --beam best attention tokens per beam (0: all)")
     p.add_argument("--max-symbols-per-frame", type=int, default=3,
                    help="transducer greedy search (--greedy or --beam 1): most labels emitted on one frame")
     p.add_argument("--batch-units", type=int, default=20000, help="padded frames (or tokens) per batch")
@@ -190,7 +194,8 @@ def run_decode(args: argparse.Namespace) -> int:
     model = model_reference(args, "--model")
     options = SearchOptions(beam=args.beam, nbest=args.nbest, max_len_ratio=args.max_len_ratio,
                             max_len_bias=args.max_len_bias, min_len_ratio=args.min_len_ratio,
-                            length_penalty=args.length_penalty, espnet_rule=args.espnet_rule)
+                            length_penalty=args.length_penalty, espnet_rule=args.espnet_rule,
+                            ctc_weight=args.ctc_weight, ctc_pre_beam=args.ctc_pre_beam)
     require_directory(args.output_dir, "output directory")
     nj = jobs_for(args.data_dir, args.nj)
     if nj <= 1:
