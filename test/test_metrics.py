@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import random
+from dataclasses import astuple
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.significance import PairedTest
 
 from kdst.errors import DataError, KdstError
-from kdst.metrics import ErrorCounts, add_arguments, align, cer, format_table, read_pairs, run, score, wer
+from kdst.metrics import (METRICS, SIGNIFICANCE_TESTS, ErrorCounts, add_arguments, align, bootstrap_scores, cer,
+                          confidence_interval, format_table, paired_p_value, read_pairs, resample_counts, run, score,
+                          score_from_stats, score_pairs, wer)
 
 REFS = {
     "utt1": "the cat sat on the mat .",
@@ -325,3 +331,120 @@ def test_run_table(files, capsys):
     assert parse(["--ref", "r", "--hyp", "h"]).metrics == "bleu"
     with pytest.raises(SystemExit):
         parse(["--ref", "r", "--hyp", "h", "--tokenize", "nope"])
+
+
+# --- per-utterance statistics and the bootstrap ------------------------------------------------
+
+def corpus(n: int, seed: int, error_rate: float = 0.3) -> tuple[list[str], list[str]]:
+    """n random references and a hypothesis of each with about ``error_rate`` of its words replaced."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    refs = [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(n)]
+    hyps = [" ".join(w if rng.random() > error_rate else rng.choice(words) for w in r.split()) for r in refs]
+    return refs, hyps
+
+
+def test_statistics_sum_to_the_corpus_scores(files):
+    ref, hyp = files
+    ids, refs, hyps = read_pairs(ref, hyp)
+    result, stats = score_pairs(refs, hyps, list(METRICS))
+    assert result == {k: v for k, v in score(ref, hyp, list(METRICS)).items()}
+    for name, function in (("bleu", sacrebleu.corpus_bleu), ("chrf", sacrebleu.corpus_chrf),
+                           ("ter", sacrebleu.corpus_ter)):
+        assert stats[name].shape[0] == len(ids)
+        assert score_from_stats(name, stats[name].sum(axis=0))[0] == function(hyps, [refs]).score  # exactly
+    for name, counts in (("wer", wer(refs, hyps)), ("cer", cer(refs, hyps))):
+        assert stats[name].sum(axis=0).tolist() == [counts.substitutions, counts.deletions, counts.insertions,
+                                                    counts.ref_length]
+        assert score_from_stats(name, stats[name].sum(axis=0))[0] == counts.rate
+        # an utterance's row is its own alignment's counts
+        assert stats[name][0].tolist() == list(astuple((wer if name == "wer" else cer)([refs[0]], [hyps[0]])))
+    assert score_from_stats("wer", np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 4]])).tolist() == [0.0, 100.0, 50.0]
+    with pytest.raises(KdstError, match="no utterances"):
+        score_pairs([], [], ["wer"])
+
+
+def test_resamples_are_numpys_draws_with_replacement():
+    counts = resample_counts(7, samples=50, seed=3)
+    drawn = np.random.default_rng(3).choice(7, size=(50, 7), replace=True)  # what sacrebleu draws
+    assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
+    assert counts.tolist() == [np.bincount(row, minlength=7).tolist() for row in drawn]
+    assert not np.array_equal(counts, resample_counts(7, samples=50, seed=4))
+    with pytest.raises(KdstError, match="0 resamples of 7 utterances"):
+        resample_counts(7, samples=0)
+
+
+def test_resampled_wer_against_a_plain_loop():
+    """Each resample's WER equals kdst's WER of the drawn utterances, scored from their texts."""
+    refs, hyps = corpus(12, seed=1)
+    _, stats = score_pairs(refs, hyps, ["wer"])
+    scores = bootstrap_scores("wer", stats["wer"], resample_counts(12, samples=40, seed=5))
+    drawn = np.random.default_rng(5).choice(12, size=(40, 12), replace=True)
+    expected = [wer([refs[i] for i in row], [hyps[i] for i in row]).rate for row in drawn]
+    assert scores == pytest.approx(expected, abs=1e-9)
+
+
+def test_resampled_wer_against_exact_enumeration():
+    """With 4 utterances every resample is one of 4^4 equally likely draws: the bootstrap's distribution of
+    the resampled WER is that exact one, up to sampling noise."""
+    errors, lengths = np.array([0, 1, 3, 6]), np.array([5, 4, 6, 8])
+    stats = np.stack([errors, 0 * errors, 0 * errors, lengths], axis=1).astype(float)
+    exact = np.array([100 * errors[list(d)].sum() / lengths[list(d)].sum()
+                      for d in itertools.product(range(4), repeat=4)])
+    scores = bootstrap_scores("wer", stats, resample_counts(4, samples=20_000, seed=0))
+    for value in np.unique(exact):
+        assert np.mean(scores <= value + 1e-9) == pytest.approx(np.mean(exact <= value + 1e-9), abs=0.015)
+    low, high = confidence_interval(scores)
+    assert (low, high) == (np.sort(scores)[500], np.sort(scores)[19_499])  # sacrebleu's order statistics
+    assert np.mean(exact < low) < 0.05 and np.mean(exact > high) < 0.05
+
+
+def test_bleu_chrf_ter_as_sacrebleus_paired_bootstrap(monkeypatch):
+    """The same resamples, scores, intervals and (its formula's) p-values as sacrebleu's own API."""
+    refs, base = corpus(60, seed=2, error_rate=0.4)
+    _, system = corpus(60, seed=2, error_rate=0.33)
+    for seed in (12345, 7):
+        monkeypatch.setenv("SACREBLEU_SEED", str(seed))
+        _, expected = PairedTest([("base", base), ("system", system)], {"BLEU": BLEU(), "chrF": CHRF(), "TER": TER()},
+                                 [refs], test_type="bs", n_samples=1000)()
+        counts = resample_counts(60, seed=seed)
+        _, base_stats = score_pairs(refs, base, ["bleu", "chrf", "ter"])
+        _, stats = score_pairs(refs, system, ["bleu", "chrf", "ter"])
+        for name, label in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):  # sacrebleu names chrF2
+            sacre_base, sacre = expected[label]
+            resampled = bootstrap_scores(name, stats[name], counts)
+            base_resampled = bootstrap_scores(name, base_stats[name], counts)
+            delta = score_from_stats(name, stats[name].sum(0))[0] - score_from_stats(name, base_stats[name].sum(0))[0]
+            assert delta == sacre.score - sacre_base.score
+            assert paired_p_value(delta, resampled - base_resampled, "sacrebleu") == sacre.p_value
+            low, high = confidence_interval(resampled)
+            assert (resampled.mean(), (high - low) / 2) == pytest.approx((sacre.mean, sacre.ci), rel=1e-6)
+            assert 0 < paired_p_value(delta, resampled - base_resampled) <= 1
+
+
+def wer_stats(errors) -> np.ndarray:
+    errors = np.asarray(errors, dtype=float)
+    return np.stack([errors, 0 * errors, 0 * errors, np.full_like(errors, 10)], axis=1)
+
+
+def wer_p_value(errors, base_errors, test: str, seed: int = 0) -> float:
+    system, base = wer_stats(errors), wer_stats(base_errors)
+    counts = resample_counts(len(errors), seed=seed)
+    delta = score_from_stats("wer", system.sum(0))[0] - score_from_stats("wer", base.sum(0))[0]
+    return paired_p_value(delta, bootstrap_scores("wer", system, counts) - bootstrap_scores("wer", base, counts), test)
+
+
+def test_p_values_of_clearly_better_identical_and_equally_good_systems():
+    rng = np.random.default_rng(11)
+    better, worse = rng.binomial(10, 0.1, 100), rng.binomial(10, 0.3, 100)
+    for test in SIGNIFICANCE_TESTS:
+        assert wer_p_value(better, worse, test) == 1 / 1001  # the least p 1000 resamples can show
+        assert wer_p_value(worse, worse, test) == 1.0  # sacrebleu's own formula would say 1/1001
+    # Equally good systems (errors drawn alike): the centred test's p is uniform, sacrebleu's below 0.5.
+    pairs = [(rng.binomial(10, 0.2, 100), rng.binomial(10, 0.2, 100)) for _ in range(200)]
+    centred = np.array([wer_p_value(a, b, "centred", seed=i) for i, (a, b) in enumerate(pairs)])
+    sacre = np.array([wer_p_value(a, b, "sacrebleu", seed=i) for i, (a, b) in enumerate(pairs)])
+    assert 0.42 < centred.mean() < 0.58 and 0.3 < np.median(centred) < 0.7 and np.mean(centred < 0.05) < 0.09
+    assert sacre.mean() < 0.3 and sacre.max() < 0.6 and (sacre <= centred + 1e-12).mean() > 0.9
+    with pytest.raises(KdstError, match="significance test 'koehn'"):
+        paired_p_value(1.0, np.zeros(3), "koehn")

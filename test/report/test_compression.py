@@ -295,7 +295,8 @@ def test_seeds_of_a_student_are_one_row(layout):
     second = exp / "asr_tiny_1best_seed2" / "decode_test"
     second.mkdir(parents=True)
     (second / "hyp.txt").write_text("utt1 the cat sat on the mat\nutt2 it is raining today\n")  # no error
-    (second / "decode_stats.json").write_text((exp / "asr_tiny_1best" / "decode_test" / "decode_stats.json").read_text())
+    first = exp / "asr_tiny_1best" / "decode_test"
+    (second / "decode_stats.json").write_text((first / "decode_stats.json").read_text())
     register(exp, System("asr_tiny_1best", "asr", "student", mode="1best", arch="tiny", seed=1, group="tiny_1best"))
     register(exp, System("asr_tiny_1best_seed2", "asr", "student", mode="1best", arch="tiny", seed=2,
                          group="tiny_1best"))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.significance import PairedTest
 
 from kdst.cli import main
 from kdst.errors import KdstError
 from kdst.report.results import CURVES_PNG, RESULTS_PNG, collect, read_curves
+from kdst.report.significance import Bootstrap
 from kdst.report.systems import System, register
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -166,3 +170,123 @@ def test_results_json_keeps_the_other_systems(layout):
     assert list(json.loads((exp / "results.json").read_text())) == ["base", "kd/dev", "kd/tst"]
     collect(exp, data, ["kd"], ["tst"], plots=False)
     assert list(json.loads((exp / "results.json").read_text())) == ["base", "kd"]
+
+
+def random_corpus(n: int, seed: int) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """References and four systems' outputs: base (40% of words replaced), kd (15%), same (base's outputs)
+    and base2 (40%, other draws)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(60)]
+    refs = {f"utt{i:03d}": " ".join(rng.choices(words, k=rng.randint(4, 14))) for i in range(n)}
+
+    def noisy(rate: float) -> dict[str, str]:
+        return {k: " ".join(w if rng.random() > rate else rng.choice(words) for w in r.split()) for k, r in refs.items()}
+
+    hyps = {"base": noisy(0.4), "kd": noisy(0.15), "base2": noisy(0.4)}
+    hyps["same"] = dict(hyps["base"])
+    return refs, hyps
+
+
+def decoded(tmp_path: Path, refs: dict[str, str], hyps: dict[str, dict[str, str]]) -> tuple[Path, Path]:
+    exp, data = tmp_path / "exp", tmp_path / "data"
+    write_text(data / "tst" / "text", refs)
+    for system, texts in hyps.items():
+        write_text(exp / system / "decode_tst" / "hyp.txt", texts)
+        (exp / system / "decode_tst" / "decode_stats.json").write_text(
+            json.dumps({"params": 1_000_000, "sentences_per_s": 10.0}))
+    return exp, data
+
+
+def test_every_row_has_an_interval_and_a_test_against_the_baseline(tmp_path):
+    refs, hyps = random_corpus(40, seed=0)
+    exp, data = decoded(tmp_path, refs, hyps)
+    register(exp, System("base", "st", "student", mode="none"))  # the baseline, found in the manifest
+    for name in ("kd", "same", "base2"):
+        register(exp, System(name, "st", "student", mode="word"))
+    systems = ["base", "kd", "same", "base2"]
+    results = collect(exp, data, systems, ["tst"], plots=False)
+    ids = sorted(refs)
+    texts = {s: [hyps[s][k] for k in ids] for s in systems}
+    _, expected = PairedTest([(s, texts[s]) for s in systems], {"BLEU": BLEU(), "chrF2": CHRF()},
+                             [[refs[k] for k in ids]], test_type="bs", n_samples=1000)()
+    for i, system in enumerate(systems[1:], start=1):
+        record = results[system]["significance"]
+        assert (record["baseline"], record["paired_with"], record["samples"], record["seed"]) == \
+            ("base", "base", 1000, 12345)
+        if system != "same":  # sacrebleu calls identical outputs significantly different (p 1/1001)
+            assert record["p_sacrebleu"]["bleu"] == round(expected["BLEU"][i].p_value, 4)
+            assert record["p_sacrebleu"]["chrf"] == round(expected["chrF2"][i].p_value, 4)
+        low, high = record["ci"]["bleu"]
+        assert (high - low) / 2 == pytest.approx(expected["BLEU"][i].ci, abs=0.01)
+    assert results["kd"]["significance"]["p"]["bleu"] == round(1 / 1001, 4)  # the least 1000 resamples show
+    assert results["same"]["significance"]["p"] == {"bleu": 1.0, "chrf": 1.0, "ter": 1.0}
+    assert results["base"]["significance"]["p"] is None and results["base"]["significance"]["ci"]["bleu"][0] < \
+        results["base"]["bleu"] < results["base"]["significance"]["ci"]["bleu"][1]
+
+    markdown = (exp / "RESULTS.md").read_text()
+    assert markdown.splitlines()[2] == "| system | BLEU | ΔBLEU | p | chrF | TER | params | sentences/s | RTF | len ratio |"
+    bleu, p = table_column(markdown, "BLEU"), table_column(markdown, "p")
+    for system in systems:
+        r = results[system]
+        mark = "†" if r["significance"]["p"] and r["significance"]["p"]["bleu"] < 0.05 else ""
+        assert bleu[system] == "{:.2f} [{:.2f}, {:.2f}]{}".format(r["bleu"], *r["significance"]["ci"]["bleu"], mark)
+        assert p[system] == ("-" if system == "base" else f"{r['significance']['p']['bleu']:.3f}")
+    assert bleu["kd"].endswith("†") and not bleu["same"].endswith("†") and p["kd"] == "0.001"
+    assert table_column(markdown, "TER")["kd"].endswith("†")
+    assert "†: differs from base on the same set at p < 0.05; p: its p-value for BLEU." in markdown
+    assert "over 1000 resamples of the test utterances (seed 12345)" in markdown
+
+
+def test_the_centred_test_against_a_plain_loop_over_sacrebleu(tmp_path):
+    """The p-value and interval from resampled sentence statistics equal those of sacrebleu's corpus_score run
+    on each resample's sentences (200 resamples: a slow loop)."""
+    refs, hyps = random_corpus(30, seed=1)
+    exp, data = decoded(tmp_path, refs, hyps)
+    results = collect(exp, data, ["base", "base2"], ["tst"], baseline="base", plots=False,
+                      metric_names=["bleu"], bootstrap=Bootstrap(samples=200, seed=5))
+    ids = sorted(refs)
+    drawn = np.random.default_rng(5).choice(len(ids), size=(200, len(ids)), replace=True)
+
+    def bleu(system: str, rows) -> float:
+        return BLEU().corpus_score([hyps[system][ids[i]] for i in rows], [[refs[ids[i]] for i in rows]]).score
+
+    delta = bleu("base2", range(len(ids))) - bleu("base", range(len(ids)))
+    deltas = np.array([bleu("base2", row) - bleu("base", row) for row in drawn])
+    expected_p = (np.count_nonzero(np.abs(deltas - deltas.mean()) >= abs(delta)) + 1) / 201
+    record = results["base2"]["significance"]
+    assert record["p"]["bleu"] == round(expected_p, 4) and record["delta"]["bleu"] == round(delta, 2)
+    resampled = np.sort([bleu("base2", row) for row in drawn])
+    assert record["ci"]["bleu"] == [round(resampled[5], 2), round(resampled[194], 2)]  # 200 // 40 = 5
+    assert record["p"]["bleu"] > 0.05  # two systems of the same quality
+
+
+def test_seeds_are_one_row_paired_by_seed(tmp_path, capsys):
+    refs, hyps = random_corpus(30, seed=2)
+    runs = {"base_s2": hyps["base"], "base_s1": hyps["base2"], "kd_s1": hyps["kd"], "kd_s2": hyps["same"]}
+    exp, data = decoded(tmp_path, refs, runs)
+    for name in runs:  # base_s2 registered first: the pairing goes by seed, not by order
+        mode = "none" if name.startswith("base") else "word"
+        register(exp, System(name, "st", "student", mode=mode, seed=int(name[-1]), group=name[:-3]))
+    assert main(["results", "--exp-dir", str(exp), "--data-dir", str(data), "--sets", "tst", "--metrics", "bleu",
+                 "--bootstrap-samples", "300", "--bootstrap-seed", "3", "--significance-test", "sacrebleu"]) == 0
+    markdown = capsys.readouterr().out
+    results = json.loads((exp / "results.json").read_text())
+    assert list(results) == ["base_s2", "base_s1", "kd_s1", "kd_s2"]
+    group = results["kd_s2"]["seeds"]
+    assert group == results["kd_s1"]["seeds"] and group["group"] == "kd" and group["seeds"] == [1, 2]
+    assert group["pairs"] == [["kd_s1", "base_s1"], ["kd_s2", "base_s2"]]
+    assert results["kd_s2"]["significance"]["paired_with"] == "base_s2"
+    assert results["kd_s2"]["significance"]["p"]["bleu"] == 1.0  # kd_s2's outputs are base_s2's
+    bleus = [results["kd_s1"]["bleu"], results["kd_s2"]["bleu"]]
+    assert group["mean"]["bleu"] == pytest.approx(np.mean(bleus), abs=0.006)
+    assert group["delta"]["bleu"] == pytest.approx(
+        np.mean([bleus[0] - results["base_s1"]["bleu"], bleus[1] - results["base_s2"]["bleu"]]), abs=0.011)
+    record = results["kd_s1"]["significance"]
+    assert (record["samples"], record["seed"], record["test"]) == (300, 3, "sacrebleu")
+    assert record["p"] == record["p_sacrebleu"]
+    assert markdown.splitlines()[2] == "| system | seeds | BLEU | ΔBLEU | p | params | sentences/s | RTF | len ratio |"
+    kd_row = next(line for line in markdown.splitlines() if line.startswith("| kd |"))
+    assert kd_row.startswith("| kd | 1 2 | {:.2f} ± {:.2f} [{:.2f}, {:.2f}]".format(
+        group["mean"]["bleu"], group["sd"]["bleu"], *group["ci"]["bleu"]))
+    assert "mean ± sd: over the seeds of a system" in markdown and "over 300 resamples" in markdown
+    assert "sacrebleu 2" in markdown and "|Δ*| − mean |Δ*| > |Δ|" in markdown
