@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up kdst: system tools (espeak-ng, sox, flac; as root also Slurm for the cluster
-# tests), tools/venv with the pinned Python dependencies, and kdst itself in editable mode.
+# tests), tools/venv with the pinned Python dependencies, and kdst itself in editable mode with its
+# extras: test, espnet (ESPnet teachers) and hf (Hugging Face teachers, transformers).
 #
 # Idempotent: a second run with everything present only checks and returns in
 # seconds.  Delete tools/venv to start over.
@@ -79,7 +80,7 @@ install_python_packages() {
   # pip 26 refuses any PyPI package that declares a git URL, even under an extra nobody asks for:
   # espnet's dependency ci_sdr does (padertorch, extra "all"), so pip stays below 26.
   "$venv/bin/python" -m pip install -q 'pip>=23,<26'
-  "$venv/bin/python" -m pip install -q --progress-bar off -e "$root[test,espnet]"
+  "$venv/bin/python" -m pip install -q --progress-bar off -e "$root[test,espnet,hf]"
   echo "$want" >"$stamp"
 }
 

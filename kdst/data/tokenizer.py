@@ -19,6 +19,14 @@ writes it): ``tokens.txt`` holds ESPnet's list with its last entry, ``<sos/eos>`
 moved to id 2, and text maps to pieces of ESPnet's own BPE model (``sp.model``, or
 characters with ``<space>``, or words) and pieces to ids through the list, as ESPnet does;
 ESPnet's sentencepiece ids are never used.
+
+``type: hf`` is a Hugging Face tokenizer (kdst.models.hf_bridge writes it): the HF ids
+permuted so that its pad, unk and eos tokens take kdst's 0, 1 and 2 and the others keep
+their order (:func:`hf_order`), so id ``i`` here is HF id ``hf_order(...)[i]``.  Text maps
+to ids with the tokenizer's own ``tokenizer.json`` (the ``tokenizers`` library, from
+``kdst[hf]``) or, for sentencepiece tokenizers (Marian, M2M100), its ``sp.model`` and the
+token list, as the HF tokenizer does, without transformers.  ``prefix``/``suffix``: the
+special tokens the HF tokenizer adds to a source sentence (a language code, ``</s>``).
 """
 
 from __future__ import annotations
@@ -113,6 +121,73 @@ class EspnetTokenizer:
         if self.token_type == "word":
             return " ".join(pieces)
         return "".join(pieces).replace(ESPNET_SPACE, " ")
+
+
+def hf_order(vocab_size: int, pad: int, unk: int, eos: int) -> list[int]:
+    """``order[kdst_id] = hf_id``: HF's pad, unk and eos at kdst's 0, 1, 2, the other HF ids after them in order."""
+    first = (pad, unk, eos)
+    return [*first, *(i for i in range(vocab_size) if i not in first)]
+
+
+class HfTokenizer:
+    """A Hugging Face tokenizer exported by kdst.models.hf_bridge, in kdst ids (module docstring)."""
+
+    def __init__(self, directory: Path, config: dict):
+        self.tokens = read_token_list(directory / "tokens.txt")
+        special = config.get("hf_special") or {}
+        try:
+            self.to_hf = hf_order(len(self.tokens), special["pad"], special["unk"], special["eos"])
+        except (KeyError, TypeError):
+            raise DataError(directory / "tokenizer.yaml", "hf_special must give the HF ids of pad, unk and eos") from None
+        self.from_hf = {h: i for i, h in enumerate(self.to_hf)}
+        self.prefix, self.suffix = list(config.get("prefix") or []), list(config.get("suffix") or [])
+        self.skip = {BLANK_ID, SOS_EOS_ID, *(config.get("skip") or [])}
+        self.language_codes = bool(config.get("language_codes", False))
+        self.clean_up_spaces = bool(config.get("clean_up_spaces", False))
+        self.backend = config.get("backend")
+        if self.backend == "tokenizers":
+            try:
+                from tokenizers import Tokenizer as Backend
+            except ImportError:
+                raise KdstError(f"{directory}: a Hugging Face tokenizer needs the tokenizers package: "
+                                f"pip install 'kdst[hf]'") from None
+            self._backend = Backend.from_file(os.fspath(directory / "tokenizer.json"))
+        elif self.backend == "sentencepiece":
+            self._sp = spm.SentencePieceProcessor(model_file=os.fspath(directory / "sp.model"))
+            self._ids: dict[str, int] = {}
+            for i, t in enumerate(self.tokens):
+                self._ids.setdefault(t, i)
+        else:
+            raise DataError(directory / "tokenizer.yaml", f"unknown Hugging Face tokenizer backend '{self.backend}' "
+                                                          f"(tokenizers, sentencepiece)")
+
+    def encode(self, text: str) -> list[int]:
+        return [*self.prefix, *self._core(text), *self.suffix]
+
+    def _core(self, text: str) -> list[int]:
+        if self.backend == "tokenizers":
+            return [self.from_hf[i] for i in self._backend.encode(text, add_special_tokens=False).ids]
+        code = []
+        # Marian: a leading >>lang<< (multilingual targets) is one token, not sentencepiece input.
+        if self.language_codes and text.startswith(">>") and (end := text.find("<<")) != -1:
+            code, text = [text[:end + 2]], text[end + 2:]
+        return [self._ids.get(p, UNK_ID) for p in code + self._sp.encode(text, out_type=str)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [i for i in ids if i not in self.skip]
+        if self.backend == "tokenizers":
+            text = self._backend.decode([self.to_hf[i] for i in ids], skip_special_tokens=True)
+        else:
+            text = self._sp.decode_pieces([self.tokens[i] for i in ids]).replace(SPACE, " ").strip()
+        return _clean_up_spaces(text) if self.clean_up_spaces else text
+
+
+def _clean_up_spaces(text: str) -> str:
+    """What HF tokenizers with ``clean_up_tokenization_spaces`` do to decoded text."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
 
 
 def _symbol_pattern(symbols: Iterable[str]) -> re.Pattern | None:
@@ -246,13 +321,15 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return SentencePieceTokenizer(directory)
     if kind == "espnet":
         return EspnetTokenizer(directory, config.get("token_type", "bpe"))
+    if kind == "hf":
+        return HfTokenizer(directory, config)
     raise DataError(config_path, f"unknown tokenizer type '{kind}'")
 
 
 def tokenizer_fingerprint(directory: str | os.PathLike) -> str:
     """A digest of what defines the ids; teacher outputs record it to catch mismatches."""
     h = hashlib.sha256()
-    for name in ("tokenizer.yaml", "tokens.txt", "sp.model"):
+    for name in ("tokenizer.yaml", "tokens.txt", "sp.model", "tokenizer.json"):
         path = Path(directory) / name
         if path.is_file():
             h.update(name.encode() + b"\0" + path.read_bytes())

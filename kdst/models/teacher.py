@@ -2,6 +2,9 @@
 
     exp/mt_teacher/avg_best5.pt     a kdst checkpoint (any path without a known prefix)
     espnet:exp/mt_espnet            an ESPnet2 exp dir, packed zip or config.yaml (kdst.models.espnet_bridge)
+    hf:Helsinki-NLP/opus-mt-en-de   a Hugging Face seq2seq model: a save_pretrained dir or a hub name in the
+                                    local cache, with options (hf:PATH,src=eng_Latn,tgt=deu_Latn;
+                                    kdst.models.hf_bridge)
 
 Decoding (``kdst decode --model``), the top-k cache (``kdst topk --teacher``), n-best
 generation, online word-level KD and transducer KD (``kd.teacher``) all take such a
@@ -27,13 +30,13 @@ from kdst.data.tokenizer import Tokenizer, load_tokenizer
 from kdst.errors import KdstError
 from kdst.models.loading import load_model
 
-KINDS = ("kdst", "espnet")
-PLANNED = {"hf": "Hugging Face hub teachers are not supported yet"}
+KINDS = ("kdst", "espnet", "hf")
+PLANNED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
 class TeacherRef:
-    kind: str  # "kdst" or "espnet"
+    kind: str  # "kdst", "espnet" or "hf"
     path: Path
 
     def __str__(self) -> str:
@@ -41,13 +44,13 @@ class TeacherRef:
 
 
 def parse_reference(reference: str | os.PathLike) -> TeacherRef:
-    """``espnet:PATH`` or a kdst checkpoint path; a known-but-unsupported prefix is an error."""
+    """``espnet:PATH``, ``hf:PATH`` or a kdst checkpoint path; a known-but-unsupported prefix is an error."""
     text = os.fspath(reference)
     if not text:
-        raise KdstError("empty teacher reference (a checkpoint path or espnet:PATH)")
+        raise KdstError("empty teacher reference (a checkpoint path, espnet:PATH or hf:PATH)")
     prefix, sep, rest = text.partition(":")
     if sep and prefix in PLANNED:
-        raise KdstError(f"{text}: {PLANNED[prefix]} (teachers: a kdst checkpoint path or espnet:PATH)")
+        raise KdstError(f"{text}: {PLANNED[prefix]} (teachers: a kdst checkpoint path, espnet:PATH or hf:PATH)")
     if sep and prefix in KINDS and prefix != "kdst":
         if not rest:
             raise KdstError(f"{text}: no path after '{prefix}:'")
@@ -58,6 +61,10 @@ def parse_reference(reference: str | os.PathLike) -> TeacherRef:
 def absolute_reference(reference: str) -> str:
     """The same reference with an absolute path (for jobs that run in another directory)."""
     ref = parse_reference(reference)
+    if ref.kind == "hf":  # a hub name is not a path; a local directory is made absolute, its options kept
+        from kdst.models.hf_bridge import absolute_spec
+
+        return f"hf:{absolute_spec(str(ref.path))}"
     return str(replace(ref, path=ref.path.resolve()))
 
 
@@ -82,6 +89,8 @@ def load_teacher(reference: str | os.PathLike, device: str | torch.device = "cpu
     ref = parse_reference(reference)
     if ref.kind == "espnet":
         model, data, model_file = _load_espnet(ref.path, device)
+    elif ref.kind == "hf":
+        model, data, model_file = _load_hf(str(ref.path), device)
     else:
         model, config = load_model(ref.path, device)
         data, model_file = config.data, ref.path
@@ -99,6 +108,10 @@ def teacher_digest(reference: str | os.PathLike) -> str:
         from kdst.models.espnet_bridge import resolve
 
         return file_digest(resolve(ref.path).model_file)
+    if ref.kind == "hf":
+        from kdst.models.hf_bridge import teacher_digest as hf_digest
+
+        return hf_digest(str(ref.path))
     if not ref.path.is_file():
         raise KdstError(f"{ref.path}: teacher checkpoint not found")
     return file_digest(ref.path)
@@ -112,4 +125,15 @@ def _load_espnet(path: Path, device) -> tuple[nn.Module, DataConfig, Path]:
         data = build(DataConfig, config["data"], "data")
     except ConfigError as e:
         raise KdstError(f"{path}: {e}") from None
+    return model, data, Path(config["checkpoint"])
+
+
+def _load_hf(spec: str, device) -> tuple[nn.Module, DataConfig, Path]:
+    from kdst.models.hf_bridge import load_hf_teacher
+
+    model, config = load_hf_teacher(spec, device)
+    try:
+        data = build(DataConfig, config["data"], "data")
+    except ConfigError as e:
+        raise KdstError(f"hf:{spec}: {e}") from None
     return model, data, Path(config["checkpoint"])
