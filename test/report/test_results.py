@@ -180,7 +180,8 @@ def random_corpus(n: int, seed: int) -> tuple[dict[str, str], dict[str, dict[str
     refs = {f"utt{i:03d}": " ".join(rng.choices(words, k=rng.randint(4, 14))) for i in range(n)}
 
     def noisy(rate: float) -> dict[str, str]:
-        return {k: " ".join(w if rng.random() > rate else rng.choice(words) for w in r.split()) for k, r in refs.items()}
+        return {k: " ".join(w if rng.random() > rate else rng.choice(words) for w in r.split())
+                for k, r in refs.items()}
 
     hyps = {"base": noisy(0.4), "kd": noisy(0.15), "base2": noisy(0.4)}
     hyps["same"] = dict(hyps["base"])
@@ -224,7 +225,8 @@ def test_every_row_has_an_interval_and_a_test_against_the_baseline(tmp_path):
         results["base"]["bleu"] < results["base"]["significance"]["ci"]["bleu"][1]
 
     markdown = (exp / "RESULTS.md").read_text()
-    assert markdown.splitlines()[2] == "| system | BLEU | ΔBLEU | p | chrF | TER | params | sentences/s | RTF | len ratio |"
+    assert markdown.splitlines()[2] == \
+        "| system | BLEU | ΔBLEU | p | chrF | TER | params | sentences/s | RTF | len ratio |"
     bleu, p = table_column(markdown, "BLEU"), table_column(markdown, "p")
     for system in systems:
         r = results[system]
