@@ -222,22 +222,25 @@ def add_topk_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("topk", "sampled"), default="topk")
     p.add_argument("--text", help="target text file of the data dir (default: the teacher's, e.g. text.de)")
     p.add_argument("--seed", type=int, default=1, help="for --mode sampled")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the word-KD temperature: sampled draws from softmax(z/T); topk measures the mass outside "
+                        "the k at T (kd.topk_rest); training refuses a cache made at another T where it matters")
     p.add_argument("--batch-units", type=int, default=20000, help="padded tokens per batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     add_split_options(p)
 
 
 def run_topk(args: argparse.Namespace) -> int:
-    from kdst.data.teacher_cache import TeacherCache, merge_caches
+    from kdst.data.teacher_cache import merge_caches
     from kdst.launch.split import JOB, run_split
-    from kdst.teacher.topk import write_cache
+    from kdst.teacher.topk import summary, write_cache
 
     teacher = model_reference(args, "--teacher")
     nj = jobs_for(args.data_dir, args.nj)
     if nj <= 1:
         write_cache(teacher, args.data_dir, args.out, k=args.k, mode=args.mode, text=args.text,
                     batch_units=args.batch_units, device=args.device, seed=args.seed, src_text=args.src_text,
-                    weights=args.teacher_weights)
+                    weights=args.teacher_weights, temperature=args.temperature)
     else:
         jobs_dir = args.out.resolve().parent / f"{args.out.name}.split{nj}"
         status = run_split(for_jobs(args, teacher), args.data_dir, nj, cmd=args.cmd,
@@ -246,9 +249,7 @@ def run_topk(args: argparse.Namespace) -> int:
             return status
         merge_caches([jobs_dir / str(j) for j in range(1, nj + 1)], args.out)
         shutil.rmtree(jobs_dir)
-    cache = TeacherCache(args.out)
-    print(f"{args.out}: {len(cache)} utterances, k={cache.k} ({cache.mode}), {cache.bytes_per_token():.1f} bytes "
-          f"per target token")
+    print("\n".join(summary(args.out)))
     return 0
 
 

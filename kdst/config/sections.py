@@ -169,12 +169,16 @@ class OnlineWordKDConfig:
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
     temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False  # multiply the KD term by T^2 (Hinton et al.)
+    # of the gold CE term under word-KD, in place of model.label_smoothing: 0 as in FBK's word-KD
+    # (docs/KD_METHODS.md, "Word-level KD"); the teacher's distribution already smooths the target
+    label_smoothing: float = 0.0
     src_text: str | None = None  # the data dir's file the MT teacher reads (default: the teacher's own)
     frame: FrameKDConfig | None = None  # frame-level CTC/encoder KD beside word-level KD (kdst.train.frame_kd)
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
         _check_teachers(self.teacher, self.teacher_weights)
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), not {self.label_smoothing}")
 
 
 @dataclass(frozen=True)
@@ -188,11 +192,16 @@ class CachedWordKDConfig:
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
     temperature_schedule: ScheduleConfig | None = None
     t2_scale: bool = False
+    label_smoothing: float = 0.0  # of the gold CE term, as in OnlineWordKDConfig
+    # topk caches: KL over the k entries and one class for the teacher's remaining mass, instead of
+    # renormalising over the k (needs a cache made at this temperature by a kdst that stores rest.bin)
+    topk_rest: bool = False
     frame: FrameKDConfig | None = None  # frame-level CTC/encoder KD beside word-level KD (kdst.train.frame_kd)
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)
         _check_teachers(self.teacher, self.teacher_weights)
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), not {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,12 @@ entries are kept: either their indices and logits (mode ``topk``) or, for
 sampled KD, the sampled tokens and how often each was drawn (mode
 ``sampled``).  A cache is a directory::
 
-    meta.json     version, mode, k, vocab_size, dtypes, token and utterance counts, fingerprint
+    meta.json     version, mode, k, vocab_size, dtypes, token and utterance counts, fingerprint,
+                  and with rest.bin the mean mass the k entries keep (kept_mass)
     indices.bin   int16 (vocab_size <= 32767) or int32, little-endian, row-major (tokens, k)
     values.bin    float16 logits (topk) or uint16 counts (sampled), little-endian, (tokens, k)
+    rest.bin      (topk, optional) float32 per token: log of the teacher's probability mass
+                  outside the k entries at the cache's temperature (-inf when k = V)
     index.tsv     "<utt> <first token row> <num tokens>" per line, C-sorted by utterance id
 
 Utterances are concatenated in C order of their ids, but readers go through
@@ -16,8 +19,15 @@ through ``np.memmap``, so a training data loader touches only the utterances
 it needs.
 
 Compactness: a token costs ``k * (2 + 2)`` bytes with a vocabulary of up to
-32767 entries, 32 B for k=8, against 128 B for the format FBK published for
-their word-KD teacher outputs (float64 logits + int64 indices).
+32767 entries, 32 B for k=8 (36 B with rest.bin), against 128 B for the format FBK
+published for their word-KD teacher outputs (float64 logits + int64 indices).
+
+The rest (``rest.bin``) is what renormalising over the k entries throws away: with it
+word-level KD can use the teacher's true top-k probabilities and one more class for
+everything else (``kd.topk_rest``, kdst.losses.word_kd), and the cache can say how
+much of the teacher's mass its k entries keep (``kept_mass``; at T > 1 top-8 may keep
+a quarter of it, see ``low_kept_mass_warning``).  It depends on the temperature, which
+``kdst topk`` records in the fingerprint.  Caches made before it have no rest.bin.
 
 Logits are shift-invariant under softmax, so the writer stores each row minus
 its maximum: values are <= 0, the top entry is exactly 0, and float16 is most
@@ -71,7 +81,14 @@ _DTYPES = {"int16": np.dtype("<i2"), "int32": np.dtype("<i4"), "float16": np.dty
 META = "meta.json"
 INDICES = "indices.bin"
 VALUES = "values.bin"
+REST = "rest.bin"
 INDEX = "index.tsv"
+
+REST_DTYPE = np.dtype("<f4")
+
+# Below this mean share of the teacher's mass in the k entries, renormalised top-k KD trains on a
+# distribution far from the teacher's: say so when the cache is made and when training starts.
+KEPT_MASS_WARNING = 0.8
 
 # Fingerprint keys holding a content_digest over the cache's utterances; merge_caches combines them.
 CONTENT_KEYS = ("targets", "source")
@@ -117,9 +134,11 @@ class CacheWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, k: int, vocab_size: int, mode: str = "topk",
-                 fingerprint: dict):
+                 fingerprint: dict, rest: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        if rest and mode != "topk":
+            raise ValueError("the mass outside the k entries (rest) is stored for mode topk only")
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if int(vocab_size) < 1:
@@ -131,7 +150,8 @@ class CacheWriter:
         self.fingerprint = _normalized(fingerprint)
         self._index_dtype = _DTYPES[index_dtype_name(self.vocab_size)]
         self._value_dtype = _DTYPES[value_dtype_name(mode)]
-        self._entries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.rest = bool(rest)
+        self._entries: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._closed = False
 
     def __enter__(self) -> CacheWriter:
@@ -147,8 +167,9 @@ class CacheWriter:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, utt: str, indices: Any, values: Any) -> None:
-        """Add one utterance: ``indices`` (n, k) vocabulary ids, ``values`` (n, k) logits or counts."""
+    def add(self, utt: str, indices: Any, values: Any, rest: Any = None) -> None:
+        """Add one utterance: ``indices`` (n, k) vocabulary ids, ``values`` (n, k) logits or counts, and with
+        ``rest=True`` writers ``rest`` (n,): log of the teacher's mass outside the k entries per token."""
         if self._closed:
             raise RuntimeError(f"{self.path}: cache writer is already closed")
         if not isinstance(utt, str) or not utt or len(utt.split()) != 1 or utt.strip() != utt:
@@ -164,7 +185,23 @@ class CacheWriter:
         if values.shape != indices.shape:
             raise ValueError(f"utterance '{utt}': values have shape {tuple(values.shape)}, "
                              f"indices {tuple(indices.shape)}")
-        self._entries[utt] = (self._check_indices(utt, indices), self._convert_values(utt, values))
+        self._entries[utt] = (self._check_indices(utt, indices), self._convert_values(utt, values),
+                              self._check_rest(utt, rest, len(indices)))
+
+    def _check_rest(self, utt: str, rest: Any, n: int) -> np.ndarray | None:
+        if not self.rest:
+            if rest is not None:
+                raise ValueError(f"utterance '{utt}': rest given to a writer made without rest=True")
+            return None
+        if rest is None:
+            raise ValueError(f"utterance '{utt}': this writer stores the rest (log mass outside the k entries)")
+        rest = _to_numpy(rest).astype(np.float32)
+        if rest.shape != (n,):
+            raise ValueError(f"utterance '{utt}': rest must have shape ({n},), got {tuple(rest.shape)}")
+        # A log-probability: <= 0 up to rounding (clipped, so that 1 - exp(rest) stays a mass), -inf allowed.
+        if np.isnan(rest).any() or (rest > 1e-4).any():
+            raise ValueError(f"utterance '{utt}': rest must be log-probabilities (<= 0), got max {rest.max()}")
+        return np.ascontiguousarray(np.minimum(rest, 0.0), dtype=REST_DTYPE)
 
     def _check_indices(self, utt: str, indices: np.ndarray) -> np.ndarray:
         if indices.dtype.kind not in "iu":
@@ -210,15 +247,32 @@ class CacheWriter:
             return
         self._closed = True
         entries = [(utt, *self._entries[utt]) for utt in sorted(self._entries, key=c_sort_key)]
-        meta = _meta(self.mode, self.k, self.vocab_size, self.fingerprint)
+        meta = _meta(self.mode, self.k, self.vocab_size, self.fingerprint,
+                     kept_mass(r for *_, r in entries) if self.rest else None, rest=self.rest)
         try:
             _write_cache_dir(self.path, meta, entries)
         finally:
             self._entries.clear()
 
 
-def _meta(mode: str, k: int, vocab_size: int, fingerprint: dict) -> dict:
+def kept_mass(rests: Iterable[np.ndarray]) -> float | None:
+    """The mean over tokens of the teacher's mass in the k entries, 1 - exp(rest); None without tokens."""
+    total, count = 0.0, 0
+    for rest in rests:
+        total += float(np.sum(-np.expm1(rest.astype(np.float64))))
+        count += len(rest)
+    return total / count if count else None
+
+
+def _meta(mode: str, k: int, vocab_size: int, fingerprint: dict, mean_kept_mass: float | None = None,
+          rest: bool = False) -> dict:
+    extra = {}
+    if rest:
+        extra = {"rest": "float32 log of the teacher's mass outside the k entries, per token, at the "
+                         "fingerprint's temperature",
+                 "kept_mass": None if mean_kept_mass is None else round(mean_kept_mass, 6)}
     return {
+        **extra,
         "version": CACHE_VERSION,
         "mode": mode,
         "k": k,
@@ -231,8 +285,10 @@ def _meta(mode: str, k: int, vocab_size: int, fingerprint: dict) -> dict:
     }
 
 
-def _write_cache_dir(path: Path, meta: dict, entries: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
-    """Write a cache from ``(utt, indices, values)`` in C order, arrays already in the stored dtypes.
+def _write_cache_dir(path: Path, meta: dict,
+                     entries: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+    """Write a cache from ``(utt, indices, values, rest)`` in C order, arrays already in the stored dtypes
+    (``rest`` None unless ``meta`` has "rest").
 
     Everything goes into a temporary directory beside ``path`` that is renamed
     into place at the end, so readers never see a partial cache.
@@ -241,7 +297,7 @@ def _write_cache_dir(path: Path, meta: dict, entries: Sequence[tuple[str, np.nda
     value_dtype = _DTYPES[meta["value_dtype"]]
     lines = []
     row = 0
-    for utt, indices, _ in entries:
+    for utt, indices, *_ in entries:
         lines.append(f"{utt} {row} {len(indices)}\n")
         row += len(indices)
     meta = {**meta, "num_tokens": row, "num_utterances": len(entries)}
@@ -250,8 +306,10 @@ def _write_cache_dir(path: Path, meta: dict, entries: Sequence[tuple[str, np.nda
     remove_stale_temporaries(path.parent)  # of writers killed before they could clean up
     tmp_dir = temporary_dir(path)
     try:
-        _write_rows(tmp_dir / INDICES, (np.ascontiguousarray(i, dtype=index_dtype) for _, i, _ in entries))
-        _write_rows(tmp_dir / VALUES, (np.ascontiguousarray(v, dtype=value_dtype) for _, _, v in entries))
+        _write_rows(tmp_dir / INDICES, (np.ascontiguousarray(i, dtype=index_dtype) for _, i, _, _ in entries))
+        _write_rows(tmp_dir / VALUES, (np.ascontiguousarray(v, dtype=value_dtype) for _, _, v, _ in entries))
+        if "rest" in meta:
+            _write_rows(tmp_dir / REST, (np.ascontiguousarray(r, dtype=REST_DTYPE) for *_, r in entries))
         atomic_write_text(tmp_dir / INDEX, "".join(lines))
         atomic_write_text(tmp_dir / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp_dir, path)
@@ -305,6 +363,7 @@ class TeacherCache:
         self.vocab_size: int = self.meta["vocab_size"]
         self.fingerprint: dict = self.meta["fingerprint"]
         self.num_tokens: int = self.meta["num_tokens"]
+        self.has_rest: bool = "rest" in self.meta
         self._index_dtype = _DTYPES[self.meta["index_dtype"]]
         self._value_dtype = _DTYPES[self.meta["value_dtype"]]
         if fingerprint is not None:
@@ -318,21 +377,36 @@ class TeacherCache:
                             f"{self.meta['num_utterances']} (re-run stage 6)")
         for name, dtype in ((INDICES, self._index_dtype), (VALUES, self._value_dtype)):
             self._check_size(self.path / name, dtype)
+        if self.has_rest:
+            self._check_size(self.path / REST, REST_DTYPE, per_token=1)
         self._indices: np.ndarray | None = None
         self._values: np.ndarray | None = None
+        self._rest: np.ndarray | None = None
 
-    def _check_size(self, path: Path, dtype: np.dtype) -> None:
-        expected = self.num_tokens * self.k * dtype.itemsize
+    @property
+    def temperature(self) -> float | None:
+        """The temperature the cache was made at (sampled draws, rest, kept mass); None if not recorded."""
+        value = self.fingerprint.get("temperature")
+        return None if value is None else float(value)
+
+    @property
+    def kept_mass(self) -> float | None:
+        """The mean share of the teacher's mass in the k entries at ``temperature`` (caches with rest.bin)."""
+        return self.meta.get("kept_mass")
+
+    def _check_size(self, path: Path, dtype: np.dtype, per_token: int | None = None) -> None:
+        per_token = self.k if per_token is None else per_token
+        expected = self.num_tokens * per_token * dtype.itemsize
         if not path.is_file():
             raise KdstError(f"{path}: missing (re-run stage 6)")
         size = path.stat().st_size
         if size != expected:
-            raise KdstError(f"{path}: {size} bytes, meta.json says {self.num_tokens} tokens x {self.k} x "
+            raise KdstError(f"{path}: {size} bytes, meta.json says {self.num_tokens} tokens x {per_token} x "
                             f"{dtype.itemsize} B = {expected} (truncated or from another run; re-run stage 6)")
 
     def __getstate__(self) -> dict:
         # A pickled memmap would carry the whole array; workers reopen the files instead.
-        return {**self.__dict__, "_indices": None, "_values": None}
+        return {**self.__dict__, "_indices": None, "_values": None, "_rest": None}
 
     def _open(self) -> tuple[np.ndarray, np.ndarray]:
         if self._indices is None or self._values is None:
@@ -384,13 +458,25 @@ class TeacherCache:
         indices, values = self._raw(utt)
         return np.array(indices, dtype=np.int64), np.array(values, dtype=np.float32)
 
+    def get_rest(self, utt: str) -> np.ndarray:
+        """``utt``'s float32 (n,) log teacher mass outside the k entries (caches with rest.bin)."""
+        if not self.has_rest:
+            raise KdstError(f"{self.path}: no rest.bin (the teacher's mass outside the top k): made by an older "
+                            "kdst or in sampled mode; re-run the top-k stage (kdst topk --mode topk)")
+        first, n = self._lookup(utt)
+        if self._rest is None:
+            self._rest = (np.zeros(0, dtype=REST_DTYPE) if self.num_tokens == 0 else
+                          np.memmap(self.path / REST, dtype=REST_DTYPE, mode="r", shape=(self.num_tokens,)))
+        return np.array(self._rest[first:first + n], dtype=np.float32)
+
     def bytes_per_token(self) -> float:
-        """Bytes of indices.bin + values.bin per cached token."""
+        """Bytes of indices.bin + values.bin (+ rest.bin) per cached token."""
+        files = [INDICES, VALUES] + ([REST] if self.has_rest else [])
         per_token = self.k * (self._index_dtype.itemsize + self._value_dtype.itemsize)
+        per_token += REST_DTYPE.itemsize if self.has_rest else 0
         if self.num_tokens == 0:
             return float(per_token)
-        data = (self.path / INDICES).stat().st_size + (self.path / VALUES).stat().st_size
-        return data / self.num_tokens
+        return sum((self.path / name).stat().st_size for name in files) / self.num_tokens
 
 
 def _read_meta(path: Path) -> dict:
@@ -416,6 +502,12 @@ def _read_meta(path: Path) -> dict:
             raise DataError(path, f"'{key}' is {meta.get(key)!r}, expected '{value}'")
     if not isinstance(meta.get("fingerprint"), dict):
         raise DataError(path, "'fingerprint' must be an object")
+    if "rest" in meta:
+        if meta["mode"] != "topk":
+            raise DataError(path, "'rest' is stored for mode topk only")
+        kept = meta.get("kept_mass")
+        if kept is not None and (not isinstance(kept, (int, float)) or isinstance(kept, bool) or not 0 <= kept <= 1):
+            raise DataError(path, f"'kept_mass' must be a number in [0, 1] or null, got {kept!r}")
     return meta
 
 
@@ -471,6 +563,10 @@ def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     caches = [TeacherCache(part) for part in parts]
     first = caches[0]
     for cache in caches[1:]:
+        if cache.has_rest != first.has_rest:
+            raise KdstError(f"{cache.path / META}: {'has' if cache.has_rest else 'has no'} rest.bin and "
+                            f"{first.path / META} {'has' if first.has_rest else 'has not'}; the parts come from "
+                            "different runs (re-run stage 6)")
         for key in ("mode", "k", "vocab_size"):
             if cache.meta[key] != first.meta[key]:
                 raise KdstError(f"{cache.path / META}: {key} is {cache.meta[key]!r}, {first.path / META} has "
@@ -486,10 +582,13 @@ def merge_caches(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
             if utt in owner:
                 raise KdstError(f"utterance '{utt}' is in two job caches: {owner[utt].path} and {cache.path}")
             owner[utt] = cache
-    entries = [(utt, *owner[utt]._raw(utt)) for utt in sorted(owner, key=c_sort_key)]
+    entries = [(utt, *owner[utt]._raw(utt), owner[utt].get_rest(utt) if first.has_rest else None)
+               for utt in sorted(owner, key=c_sort_key)]
     fingerprint = {**first.fingerprint, **{key: combine_digests(cache.fingerprint[key] for cache in caches)
                                            for key in CONTENT_KEYS if key in first.fingerprint}}
-    _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, fingerprint), entries)
+    mean_kept = kept_mass(rest for *_, rest in entries) if first.has_rest else None
+    _write_cache_dir(Path(out), _meta(first.mode, first.k, first.vocab_size, fingerprint, mean_kept,
+                                      rest=first.has_rest), entries)
 
 
 def content_digest(items: Iterable[tuple[str, str]]) -> str:
@@ -521,10 +620,31 @@ def source_digest(sources: Mapping[str, str], ids: Iterable[str]) -> str:
 
 
 def cache_fingerprint(teacher_digest: str, tokenizer_dir: str | Path, *, k: int, mode: str, text: str,
-                      targets: str, source_text: str, source: str) -> dict:
+                      targets: str, source_text: str, source: str, temperature: float = 1.0,
+                      src_tokenizer: str | Path | None = None, seed: int | None = None) -> dict:
     """What a top-k cache depends on; stored in the cache and checked by its readers.  ``teacher_digest``:
     of the file holding the teacher's weights (kdst.models.teacher.Teacher.digest); ``text`` and
     ``source_text``: the data dir's target and source file names; ``targets`` and ``source``: the
-    ``targets_digest`` and ``source_digest`` of what the teacher was forced with and read."""
-    return {"teacher": teacher_digest, "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
-            "mode": mode, "text": text, "targets": targets, "source_text": source_text, "source": source}
+    ``targets_digest`` and ``source_digest`` of what the teacher was forced with and read;
+    ``temperature``: of the sampled draws and of the rest; ``src_tokenizer``: how the teacher turned
+    the source text into ids (the weights' digest does not cover that directory); ``seed``: of the
+    sampled draws."""
+    fingerprint = {"teacher": teacher_digest, "tokenizer": tokenizer_fingerprint(tokenizer_dir), "k": int(k),
+                   "mode": mode, "text": text, "targets": targets, "source_text": source_text, "source": source,
+                   "temperature": float(temperature)}
+    if src_tokenizer is not None:
+        fingerprint["src_tokenizer"] = tokenizer_fingerprint(src_tokenizer)
+    if seed is not None:
+        fingerprint["seed"] = int(seed)
+    return fingerprint
+
+
+def low_kept_mass_warning(cache: TeacherCache) -> str | None:
+    """One line when the cache's k entries keep less than KEPT_MASS_WARNING of the teacher's mass on average
+    (at the temperature the cache was made at), naming the remedies; None otherwise or when not measured."""
+    kept = cache.kept_mass
+    if kept is None or kept >= KEPT_MASS_WARNING:
+        return None
+    return (f"{cache.path}: the top {cache.k} entries keep {kept:.1%} of the teacher's probability mass on average "
+            f"at T = {cache.temperature:g} (below {KEPT_MASS_WARNING:.0%}): renormalised top-k KD trains on a much "
+            "sharper distribution than the teacher's; use a larger k (kdst topk --k) or kd.topk_rest: true")

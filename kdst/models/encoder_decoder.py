@@ -78,7 +78,9 @@ class EncoderDecoder(nn.Module):
         the stats report both parts."""
         logits, targets, memory, memory_lengths = self.decoder_logits(batch)
         weights = batch.get("tgt_weight")
-        loss, stats = self.attention_loss(logits, targets, weights)
+        # word-level KD sets the gold term's label smoothing itself (kd.label_smoothing)
+        loss, stats = self.attention_loss(logits, targets, weights,
+                                          label_smoothing=None if teacher is None else teacher.label_smoothing)
         if teacher is not None and (teacher.logits is not None or teacher.topk_indices is not None):  # word-level
             if weights is not None:
                 raise ValueError("word-level KD on weighted N-best targets is not supported")
@@ -117,7 +119,8 @@ class EncoderDecoder(nn.Module):
                 # Counts c_j of tokens drawn from the teacher: p_T = c_j / sum(c), which the loss gets
                 # as softmax(log(c) * T / T); empty slots (c = 0) get p_T = 0.
                 values = torch.log(values) * t
-            kd = word_kd_loss(logits[mask], topk_indices=indices, topk_logits=values, temperature=t)
+            rest = teacher.rest_log_mass[mask] if teacher.rest_log_mass is not None else None
+            kd = word_kd_loss(logits[mask], topk_indices=indices, topk_logits=values, rest_log_mass=rest, temperature=t)
         if teacher.t2_scale:
             kd = kd * t * t
         return kd
@@ -139,9 +142,10 @@ class EncoderDecoder(nn.Module):
             return kl / mask.sum().clamp_min(1)
         return kl / tgt_lengths.sum().clamp_min(1)
 
-    def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def attention_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                       label_smoothing: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Label-smoothed cross-entropy per counted token; stats hold the plain NLL and accuracy too.
+        ``label_smoothing``: instead of the model's own (word-level KD's gold term).
 
         With row ``weights`` every token of a row counts ``weight`` times, so the loss
         is sum_r w_r CE_r / sum_r w_r len_r: for an utterance with N-best targets whose
@@ -152,8 +156,8 @@ class EncoderDecoder(nn.Module):
         mask = targets != BLANK_ID
         flat_logits, flat_targets = logits[mask].float(), targets[mask]
         ntokens = mask.sum().clamp_min(1)  # a tensor: reading it would wait for the device
-        loss = F.cross_entropy(flat_logits, flat_targets, reduction="sum",
-                               label_smoothing=self.label_smoothing) / ntokens
+        smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
+        loss = F.cross_entropy(flat_logits, flat_targets, reduction="sum", label_smoothing=smoothing) / ntokens
         with torch.no_grad():
             nll = F.cross_entropy(flat_logits, flat_targets, reduction="sum") / ntokens
             acc = (flat_logits.argmax(-1) == flat_targets).float().sum() / ntokens

@@ -13,6 +13,8 @@ The teacher's distribution comes from one of two places (the ``kd`` config secti
                                            # reference, kdst.models.teacher: also espnet:PATH)
       src_text: text.en                    # (online) the transcript file it reads (default: its own)
       cache: exp/mt_teacher/topk_train     # offline: a `kdst topk` cache replaces the teacher
+      topk_rest: false                     # (cache) the k entries plus one rest class, not renormalised
+      label_smoothing: 0.0                 # of the gold CE term (replaces model.label_smoothing)
 
 The section's variant (kdst.config.sections) follows from the student and ``cache``.
 An ESPnet teacher (kdst.models.espnet_bridge) brings its own vocabulary: the student's
@@ -20,8 +22,21 @@ An ESPnet teacher (kdst.models.espnet_bridge) brings its own vocabulary: the stu
 
 With ``cache`` the teacher's forward pass was run once (stage 6) and its top-k (or
 sampled tokens with counts) are read per utterance id; with only ``teacher`` it runs
-in every step, frozen, in eval mode, under no_grad, and in bf16 on a GPU.  Both
-must share the student's target vocabulary: a mismatch is an error, not a warning.
+in every step, frozen, in eval mode, under no_grad.  Both must share the student's
+target vocabulary: a mismatch is an error, not a warning.
+
+The two are one experiment: the online teacher keeps its float32 weights and runs
+under the trainer's autocast like the student (on a GPU, bf16 matrix products with
+float32 accumulation, norms and softmaxes), and its logits are taken in float32, as
+the cache's are.  Casting its weights to bf16, as kdst once did, rounded every
+activation and moved the KD term by 1e-4 to 2e-3 nats per token
+(test/train/test_kd.py states the tolerance).
+
+A sampled cache is drawn at one temperature, and the rest of a top-k cache
+(``kd.topk_rest``) is measured at one: training at another T refuses such a cache
+with both temperatures named (a renormalised top-k cache stores logits and serves
+any T).  A top-k cache whose k entries keep little of the teacher's mass (at the
+cache's T) gets a warning when training starts.
 
 A transducer student distils over the RNN-T lattice: kdst.train.transducer_kd.
 """
@@ -30,18 +45,21 @@ A transducer student distils over the RNN-T lattice: kdst.train.transducer_kd.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from kdst.config import CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfig, ScheduleConfig
 from kdst.data.kaldi_dir import DataDir
-from kdst.data.teacher_cache import TeacherCache, source_digest, targets_digest
+from kdst.data.teacher_cache import TeacherCache, low_kept_mass_warning, source_digest, targets_digest
 from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdst.errors import KdstError
 from kdst.models import Transducer
+from kdst.models.decoder import TransformerDecoder
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.ensemble import load_teachers, teachers_digest
 from kdst.train.schedule import KDSchedule, with_schedule_stats
@@ -52,10 +70,13 @@ log = logging.getLogger("kdst.train")
 
 class TeacherInputs:
     """A training dataset whose examples also carry what the teacher needs, joined by utterance id:
-    the teacher's source tokens (online) or the cached top-k rows (offline)."""
+    the teacher's source tokens (online) or the cached top-k rows (offline), with ``rest`` the cache's
+    log mass outside the k entries as one more column of both (collate pads the pair alike; WordKD
+    splits it off again)."""
 
-    def __init__(self, base, *, teacher_src: dict[str, list[int]] | None = None, cache: TeacherCache | None = None):
-        self.base, self.teacher_src, self.cache = base, teacher_src, cache
+    def __init__(self, base, *, teacher_src: dict[str, list[int]] | None = None, cache: TeacherCache | None = None,
+                 rest: bool = False):
+        self.base, self.teacher_src, self.cache, self.rest = base, teacher_src, cache, rest
         self.ids, self.src_lengths = base.ids, base.src_lengths
 
     def __getitem__(self, utt: str):
@@ -63,7 +84,11 @@ class TeacherInputs:
         if self.teacher_src is not None:
             example = replace(example, teacher_src=self.teacher_src[utt])
         if self.cache is not None:  # one row per target token and one for <eos>
-            example = replace(example, teacher_topk=self.cache.get(utt, len(example.tgt) + 1))
+            indices, values = self.cache.get(utt, len(example.tgt) + 1)
+            if self.rest:
+                indices = np.concatenate([indices, np.zeros((len(indices), 1), dtype=indices.dtype)], axis=1)
+                values = np.concatenate([values, self.cache.get_rest(utt)[:, None]], axis=1)
+            example = replace(example, teacher_topk=(indices, values))
         return example
 
 
@@ -72,13 +97,16 @@ class WordKD(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, *, weight: float, temperature: float = 1.0,
                  t2_scale: bool = False, sampled: bool = False, weight_schedule: ScheduleConfig | None = None,
-                 temperature_schedule: ScheduleConfig | None = None):
+                 temperature_schedule: ScheduleConfig | None = None, topk_rest: bool = False,
+                 label_smoothing: float | None = None):
         super().__init__()
         if not 0.0 <= weight <= 1.0:
             raise KdstError(f"kd.weight must be in [0, 1], not {weight}")
         self.student, self.teacher = student, teacher
         self.schedule = KDSchedule(weight, temperature, weight_schedule, temperature_schedule)
         self.t2_scale, self.sampled = t2_scale, sampled
+        self.topk_rest = topk_rest  # the batch's cached rows carry the rest as their last column
+        self.label_smoothing = label_smoothing  # of the gold term; None: the student's own
         if teacher is not None:
             teacher.requires_grad_(False)
 
@@ -106,19 +134,47 @@ class WordKD(nn.Module):
     def teacher_outputs(self, batch: dict) -> TeacherOutputs:
         """The teacher's view of the batch at the student's decoder positions: the online teacher's logits,
         forced with the same target prefix from the transcript, or the cached top-k rows."""
-        common = dict(weight=self.weight, temperature=self.temperature, t2_scale=self.t2_scale)
+        common = dict(weight=self.weight, temperature=self.temperature, t2_scale=self.t2_scale,
+                      label_smoothing=self.label_smoothing)
         if self.teacher is None:
-            return TeacherOutputs(topk_indices=batch["teacher_topk_indices"],
-                                  topk_values=batch["teacher_topk_values"], sampled=self.sampled, **common)
+            indices, values = batch["teacher_topk_indices"], batch["teacher_topk_values"]
+            if self.topk_rest:
+                return TeacherOutputs(topk_indices=indices[..., :-1], topk_values=values[..., :-1],
+                                      rest_log_mass=values[..., -1], **common)
+            return TeacherOutputs(topk_indices=indices, topk_values=values, sampled=self.sampled, **common)
         with torch.no_grad():
             teacher_batch = {"src": batch["teacher_src"], "src_lengths": batch["teacher_src_lengths"],
                              "tgt": batch["tgt"], "tgt_lengths": batch["tgt_lengths"]}
-            return TeacherOutputs(logits=self.teacher.decoder_logits(teacher_batch)[0], **common)
+            return TeacherOutputs(logits=self.teacher.decoder_logits(teacher_batch)[0].float(), **common)
 
     def kd_term(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> tuple[torch.Tensor, float]:
         """The KD term alone for the student's ``logits``, and its weight (for tests and diagnostics)."""
         teacher = self.teacher_outputs(batch)
         return self.student.kd_loss(logits, targets, teacher), teacher.weight
+
+
+class Float32Projection(nn.Module):
+    """A linear layer that runs in float32 outside autocast: an online teacher's output projection."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.linear(x.float())
+
+
+def with_float32_logits(teacher: nn.Module) -> nn.Module:
+    """``teacher`` (float32 weights) with the output projection of each kdst decoder in it (one, or an
+    ensemble's members) made a Float32Projection.  The rest of it runs under the trainer's autocast (bf16
+    matrix products on a GPU), but logits out of autocast are bf16, rounded by up to 2^-9 of their size:
+    0.06 at a logit of 30, a probability off by 6%, where the cache's are float32.  Other decoders (ESPnet)
+    give their logits as they make them."""
+    for module in list(teacher.modules()):
+        if isinstance(module, TransformerDecoder) and isinstance(module.output, nn.Linear):
+            module.output = Float32Projection(module.output)
+    return teacher
 
 
 def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataConfig, device: torch.device):
@@ -130,14 +186,23 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
                         "weight, temperature and mode")
     student_vocab = tokenizer_fingerprint(data.tokenizer)
     common = dict(weight=kd.weight, temperature=kd.temperature, t2_scale=kd.t2_scale,
-                  weight_schedule=kd.weight_schedule, temperature_schedule=kd.temperature_schedule)
+                  weight_schedule=kd.weight_schedule, temperature_schedule=kd.temperature_schedule,
+                  label_smoothing=kd.label_smoothing)
     if isinstance(kd, CachedWordKDConfig):
         cache = TeacherCache(kd.cache)
         check_cache_matches(cache, kd, train_set, data)
-        log.info("word-level KD from the %s cache %s (k=%d, %.1f bytes/token)", cache.mode, kd.cache, cache.k,
-                 cache.bytes_per_token())
-        return (WordKD(student, None, sampled=cache.mode == "sampled", **common),
-                TeacherInputs(train_set, cache=cache))
+        check_cache_temperature(cache, kd)
+        log.info("word-level KD from the %s cache %s (k=%d%s, %.1f bytes/token)", cache.mode, kd.cache, cache.k,
+                 " plus the rest" if kd.topk_rest else "", cache.bytes_per_token())
+        if cache.kept_mass is not None:
+            log.info("the cache's k entries keep %.1f%% of the teacher's mass on average at T = %g%s",
+                     100 * cache.kept_mass, cache.temperature,
+                     " (the rest is its own class)" if kd.topk_rest else " (renormalised)")
+        warning = None if kd.topk_rest else low_kept_mass_warning(cache)
+        if warning:
+            log.warning("%s", warning)
+        return (WordKD(student, None, sampled=cache.mode == "sampled", topk_rest=kd.topk_rest, **common),
+                TeacherInputs(train_set, cache=cache, rest=kd.topk_rest))
 
     teacher = load_teachers(kd.teacher, device, kd.teacher_weights, src_text=kd.src_text)
     if teacher.data.input != "text":
@@ -146,7 +211,7 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
         raise KdstError(f"{kd.teacher}: the teacher's target tokenizer {teacher.data.tokenizer} is not the "
                         f"student's {data.tokenizer}: word-level KD needs one vocabulary (an ESPnet teacher's: "
                         f"kdst espnet-tokenizer)")
-    model = teacher.model.to(torch.bfloat16) if device.type == "cuda" else teacher.model
+    model = with_float32_logits(teacher.model)  # float32 weights, under the trainer's autocast
     src_tokenizer = load_tokenizer(teacher.data.src_tokenizer)
     sources = DataDir(data.train).require(teacher.data.src_text)
     missing = [u for u in train_set.ids if u not in sources]
@@ -156,6 +221,28 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
     teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
     log.info("word-level KD from the online teacher %s", kd.teacher)
     return WordKD(student, model, **common), TeacherInputs(train_set, teacher_src=teacher_src)
+
+
+def check_cache_temperature(cache: TeacherCache, kd: CachedWordKDConfig) -> None:
+    """A sampled cache (its draws) and the rest of a top-k cache hold the teacher at the temperature they were
+    made at; KD at another one would pair a teacher at one T with a student at another."""
+    if kd.topk_rest and cache.mode != "topk":
+        raise KdstError(f"{kd.cache}: kd.topk_rest needs a topk cache, this one is {cache.mode} "
+                        "(kdst topk --mode topk)")
+    if kd.topk_rest and not cache.has_rest:
+        raise KdstError(f"{kd.cache}: kd.topk_rest needs the teacher's mass outside the top k (rest.bin), which "
+                        "this cache, made by an older kdst, lacks: re-run the top-k stage")
+    if cache.mode != "sampled" and not kd.topk_rest:
+        return  # stored logits: any temperature is applied at training time
+    what = "its draws are from" if cache.mode == "sampled" else "its rest is the mass of"
+    made = cache.temperature if cache.temperature is not None else 1.0  # older kdst drew at T = 1 only
+    if kd.temperature_schedule is not None:
+        raise KdstError(f"{kd.cache}: made at temperature {made:g} ({what} the teacher at that T only), "
+                        "kd.temperature_schedule changes T: use a renormalised topk cache")
+    if not math.isclose(made, kd.temperature, rel_tol=1e-9):
+        raise KdstError(f"{kd.cache}: made at temperature {made:g}, kd.temperature is {kd.temperature:g} ({what} "
+                        f"the teacher at T = {made:g}): re-run the top-k stage with kdst topk --temperature "
+                        f"{kd.temperature:g}")
 
 
 def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, data: DataConfig) -> None:

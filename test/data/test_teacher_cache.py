@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdst.data.teacher_cache import (CacheWriter, TeacherCache, combine_digests, content_digest, merge_caches,
-                                     targets_digest)
+from kdst.data.teacher_cache import (CacheWriter, TeacherCache, combine_digests, content_digest,
+                                     low_kept_mass_warning, merge_caches, targets_digest)
 from kdst.errors import DataError, KdstError
 
 FINGERPRINT = {"teacher": "sha256:aaaa", "tokenizer": "sha256:bbbb", "k": 8, "text": "data/train/text"}
@@ -253,3 +253,107 @@ def test_pickled_cache_reopens_its_files(tmp_path: Path):
     copy = pickle.loads(pickle.dumps(cache))
     assert copy._indices is None
     np.testing.assert_array_equal(copy.get("spk1-utt001")[0], entries["spk1-utt001"][0])
+
+
+# ---------------------------------------------------------------- the rest: the teacher's mass outside the top k
+
+
+def with_rest(entries: dict, seed: int = 0) -> dict:
+    """Each utterance's outputs with a log rest mass per token: log(0.5), log(0.01), -inf (k = V), ..."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for utt, (indices, logits) in entries.items():
+        rest = np.log(rng.uniform(0.01, 0.6, size=len(indices))).astype(np.float32)
+        if len(rest):
+            rest[0] = -np.inf  # the top k hold everything
+        out[utt] = (indices, logits, rest)
+    return out
+
+
+def write_rest(path: Path, entries: dict, **kwargs) -> None:
+    options = {"k": 8, "vocab_size": 1000, "fingerprint": FINGERPRINT, "rest": True, **kwargs}
+    with CacheWriter(path, **options) as writer:
+        for utt, (indices, values, rest) in entries.items():
+            writer.add(utt, indices, values, rest)
+
+
+def test_rest_round_trip_and_kept_mass(tmp_path: Path):
+    entries = with_rest(utterances())
+    write_rest(tmp_path / "cache", entries, fingerprint={**FINGERPRINT, "temperature": 2.0})
+    cache = TeacherCache(tmp_path / "cache")
+    assert cache.has_rest and cache.temperature == 2.0
+    for utt, (_, _, rest) in entries.items():
+        got = cache.get_rest(utt)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, rest)
+    # the hand computation: the mean over all tokens of 1 - exp(rest)
+    kept = np.concatenate([1 - np.exp(r.astype(np.float64)) for _, _, r in entries.values()])
+    assert cache.kept_mass == pytest.approx(kept.mean(), abs=1e-6)
+    assert (tmp_path / "cache" / "rest.bin").stat().st_size == 4 * cache.num_tokens
+    assert cache.bytes_per_token() == 36.0  # 32 B of top-8 and a float32
+
+
+def test_cache_without_rest_says_how_to_get_one(tmp_path: Path):
+    write(tmp_path / "cache", utterances(2))
+    cache = TeacherCache(tmp_path / "cache")
+    assert not cache.has_rest and cache.kept_mass is None and cache.temperature is None
+    with pytest.raises(KdstError, match=r"cache: no rest.bin .* re-run the top-k stage"):
+        cache.get_rest("spk0-utt000")
+
+
+def test_merge_keeps_the_rest_and_the_token_weighted_kept_mass(tmp_path: Path):
+    entries = with_rest(utterances())
+    items = list(entries.items())
+    write_rest(tmp_path / "1", dict(items[:2]))
+    write_rest(tmp_path / "2", dict(items[2:]))
+    write_rest(tmp_path / "single", entries)
+    merge_caches([tmp_path / "1", tmp_path / "2"], tmp_path / "merged")
+    for name in ("indices.bin", "values.bin", "rest.bin", "index.tsv", "meta.json"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+    write(tmp_path / "plain", {u: v[:2] for u, v in items[2:]})
+    with pytest.raises(KdstError, match=r"plain/meta.json: has no rest.bin and .*1/meta.json has"):
+        merge_caches([tmp_path / "1", tmp_path / "plain"], tmp_path / "bad")
+
+
+def test_merge_refuses_parts_made_at_other_temperatures(tmp_path: Path):
+    items = list(utterances().items())
+    write(tmp_path / "1", dict(items[:3]), fingerprint={**FINGERPRINT, "temperature": 1.0})
+    write(tmp_path / "2", dict(items[3:]), fingerprint={**FINGERPRINT, "temperature": 2.0})
+    with pytest.raises(KdstError, match=r"2/meta.json: fingerprint differs .* in temperature"):
+        merge_caches([tmp_path / "1", tmp_path / "2"], tmp_path / "merged")
+
+
+def test_bad_rest_is_refused(tmp_path: Path):
+    indices, logits = fake_outputs(0, 3)
+    with pytest.raises(ValueError, match="mode topk only"):
+        CacheWriter(tmp_path / "s", k=8, vocab_size=1000, mode="sampled", fingerprint={}, rest=True)
+    writer = CacheWriter(tmp_path / "c", k=8, vocab_size=1000, fingerprint={}, rest=True)
+    with pytest.raises(ValueError, match="stores the rest"):
+        writer.add("u", indices, logits)
+    with pytest.raises(ValueError, match=r"rest must have shape \(3,\)"):
+        writer.add("u", indices, logits, np.zeros(2))
+    with pytest.raises(ValueError, match="log-probabilities"):
+        writer.add("u", indices, logits, np.array([0.0, 0.5, -1.0]))
+    writer.abort()
+    plain = CacheWriter(tmp_path / "p", k=8, vocab_size=1000, fingerprint={})
+    with pytest.raises(ValueError, match="without rest=True"):
+        plain.add("u", indices, logits, np.zeros(3))
+    plain.abort()
+    write_rest(tmp_path / "cache", with_rest(utterances(2)))
+    rest = tmp_path / "cache" / "rest.bin"
+    rest.write_bytes(rest.read_bytes()[:-4])
+    with pytest.raises(KdstError, match=r"rest.bin: \d+ bytes, meta.json says \d+ tokens x 1 x 4 B"):
+        TeacherCache(tmp_path / "cache")
+
+
+def test_low_kept_mass_warning_names_the_fixes(tmp_path: Path):
+    entries = {utt: (i, v, np.full(len(i), np.log(0.5), dtype=np.float32))
+               for utt, (i, v) in utterances(3).items()}
+    write_rest(tmp_path / "low", entries, fingerprint={**FINGERPRINT, "temperature": 4.0})
+    warning = low_kept_mass_warning(TeacherCache(tmp_path / "low"))
+    assert warning == (f"{tmp_path / 'low'}: the top 8 entries keep 50.0% of the teacher's probability mass on "
+                       "average at T = 4 (below 80%): renormalised top-k KD trains on a much sharper distribution "
+                       "than the teacher's; use a larger k (kdst topk --k) or kd.topk_rest: true")
+    entries = {utt: (i, v, np.full(len(i), np.log(0.1), dtype=np.float32)) for utt, (i, v, _) in entries.items()}
+    write_rest(tmp_path / "high", entries)
+    assert low_kept_mass_warning(TeacherCache(tmp_path / "high")) is None
