@@ -273,3 +273,25 @@ def test_cli(tmp_path, capsys):
     assert "| hard (1-best) |" in capsys.readouterr().out
     assert main(["--exp-dir", str(exp), "--archs", "big", "--report-set", "test", "--no-plot"]) == 1
     assert "0 rnnt students of architecture big and mode none" in capsys.readouterr().err
+
+
+def test_after_kdst_results_as_the_recipe_runs_them(tmp_path, monkeypatch, capsys):
+    """Stage 10 of the recipe: kdst results scores the decoded sets, kdst rnnt-report (run in the recipe dir,
+    data/ beside exp/) lays them out and tests them on the same hypotheses."""
+    from kdst.cli import main as kdst
+
+    exp = write_results(tmp_path / "exp")
+    (exp / "results.json").unlink()
+    systems = ["rnnt_teacher", *(student_system(a, m) for a, m in WER), "ns_gen1"]
+    for system in systems:
+        (exp / system / "decode_test" / "decode_stats.json").write_text(
+            json.dumps({"params": 1_000_000, "sentences_per_s": 10.0}))
+    monkeypatch.chdir(tmp_path)
+    assert kdst(["results", "--systems", " ".join(systems), "--sets", "test", "--metrics", "wer,cer"]) == 0
+    assert kdst(["rnnt-report", "--exp-dir", "exp", "--archs", "same streaming", "--modes", "none hard",
+                 "--ns-systems", "ns_gen1", "--report-set", "test", "--sets", "test", "--no-plot"]) == 0
+    matrix = json.loads((exp / MATRIX_JSON).read_text())
+    cell = matrix["cells"]["hard"]["streaming"]
+    assert cell["wer"] == 15.0 and cell["p"]["wer"] < 0.05
+    text = (exp / "RESULTS.md").read_text()
+    assert text.startswith("# Results (test)") and "| rnnt_streaming_hard | 15.00 [" in text and BEGIN in text
