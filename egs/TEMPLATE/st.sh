@@ -77,10 +77,13 @@ opt seeds 1 "training seeds of the students (space separated): each student is t
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt kd_modes "none word seqkd seqinter" "students: none word seqkd seqinter seqkd+word seqinter+word"
 opt word_kd_source cache "word KD teacher: cache (stage 6 top-k) or online (the MT teacher in every step)"
-opt kd_weight 0.5 "share of the KD term in the word-KD loss (lambda)" num
-opt kd_temperature 1.0 "softmax temperature of word KD" num
+# lambda = 1: word-KD alone, then stage 10 fine-tunes on gold references, Gaido et al. (2020)'s best
+# recipe (FBK's, as conf/kd_word.yaml says); kdst train's own default is Kim & Rush's 0.5 for MT
+opt kd_weight 1.0 "share of the KD term in the word-KD loss (lambda; 1: word-KD alone, then fine-tuning)" num
+opt kd_temperature 1.0 "softmax temperature of word KD (also of the stage-6 cache: its draws and rest)" num
 opt topk 8 "teacher entries per target token in the cache" count
 opt topk_mode topk "cache mode: topk (k best logits) or sampled (k draws with counts)"
+opt word_kd_config conf/kd_word.yaml "more kd.* settings of the word-KD students: flat 'key: value' lines (label_smoothing, t2_scale; topk_rest for the cached student)"
 opt nbest_beam 5 "teacher beam for the n-best on train (Seq-KD trains on its 1-best; Kim & Rush: beam 5)" count
 opt nbest_size 5 "teacher hypotheses per utterance that Seq-Inter chooses among (Kim & Rush: 35, as egs/mustc/st1)" count
 opt rescore_metric bleu "Seq-Inter choice: bleu (Kim & Rush), chrf, ter (closest to the reference) or mbr (reference-free: the one the n-best agrees with most)"
@@ -106,6 +109,10 @@ for mode in $kd_modes; do
   esac
 done
 case $word_kd_source in cache|online) ;; *) echo "$prog: --word-kd-source must be cache or online" >&2; exit 2 ;; esac
+if [ -n "$word_kd_config" ] && [ ! -f "$word_kd_config" ]; then
+  echo "$prog: --word-kd-config $word_kd_config not found" >&2
+  exit 2
+fi
 case $pretrain in
   no) pretrain_variants=no ;; yes) pretrain_variants=yes ;; both) pretrain_variants="no yes" ;;
   *) echo "$prog: --pretrain must be no, yes or both" >&2; exit 2 ;;
@@ -242,7 +249,7 @@ teacher_topk_cache() {
     return 0
   fi
   kdst topk --teacher "$teacher" --src-text "text.$src_lang" --data-dir "data/$train_sp" --out "$topk_cache" --k "$topk" \
-    --mode "$topk_mode" --nj "$decode_nj" --cmd "$decode_cmd"
+    --mode "$topk_mode" --temperature "$kd_temperature" --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
 teacher_nbest() {
@@ -301,7 +308,12 @@ mode_opts() {
         echo "--set kd.cache=$topk_cache"
       else
         echo "--set kd.src_text=text.$src_lang"
-      fi ;;
+      fi
+      # each 'key: value' line of --word-kd-config is one --set kd.key=value; topk_rest is the cache's
+      [ -z "$word_kd_config" ] || awk -v cached="$([ "$mode" = word ] && [ "$word_kd_source" = cache ] && echo 1)" '
+        !/^[[:space:]]*(#|$)/ { sub(/[[:space:]]*#.*/, ""); split($0, kv, /:[[:space:]]*/)
+                                if (kv[1] != "topk_rest" || cached) printf "--set kd.%s=%s\n", kv[1], kv[2] }' \
+        "$word_kd_config" ;;
   esac
   return 0
 }
@@ -381,10 +393,10 @@ run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_fea
 run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $espnet_model" train_tokenizers
 run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $espnet_model $pretrain $([ "$pretrain" = no ] || stage_opts "$asr_config")" train_stage4
 run_stage 5 "$beam $mt_max_len_ratio $test_sets $espnet_model" evaluate_teacher
-run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $espnet_model" teacher_topk_cache
+run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $kd_temperature $espnet_model" teacher_topk_cache
 run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $espnet_model" teacher_nbest
 run_stage 8 "$kd_modes $rescore_metric $nbest_size $espnet_model" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config") $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model $pretrain $seeds" train_students
+run_stage 9 "$(stage_opts "$st_config" $word_kd_config) $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model $pretrain $seeds" train_students
 run_stage 10 "$kd_modes $finetune $finetune_opts $pretrain $seeds" finetune_word_kd
 run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune $pretrain $seeds" decode_students
 run_stage 12 "$kd_modes $finetune $test_sets $pretrain $seeds" score_all
