@@ -24,6 +24,9 @@
 #   soft-full       references + KD on the whole output lattice from the online teacher
 #   soft-collapsed  the same, distributions collapsed to {label, blank, rest}
 #   hard+soft       the 1-best + KD (--hard-soft-mode full|collapsed)
+# Soft KD is (1 - w) RNN-T per token + w (lattice KL sum / its nodes): --kd-normalize nodes, the mean KL
+# per node, so w = 0.5 is alpha ~ 1 / (mean encoder frames) in the papers' RNN-T + alpha sum_{t,u} KL
+# (each recipe's conf/train_student_*.yaml states its mapping; docs/KD_METHODS.md, "Transducer KD").
 # System dirs spell the modes without '+' and '-': rnnt_<arch>_{none,hard,soft_full,soft_collapsed,hard_soft}.
 # The training stages register each system in exp/systems.json (kdst systems add: role, architecture,
 # mode as --kd-modes spells it, teacher): the matrix of stage 10 finds its cells there.
@@ -67,8 +70,10 @@ opt vocab_size 500 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher (a non-streaming transducer)"
 opt student_archs "same streaming" "student architectures: conf/train_student_<arch>.yaml each (same: the teacher's)"
 opt kd_modes "none hard soft-full soft-collapsed hard+soft" "student targets: none hard soft-full soft-collapsed hard+soft"
-opt kd_weight 0.5 "soft modes: loss = (1 - w) RNN-T + w KD" num
+opt kd_weight 0.5 "soft modes: loss = (1 - w) RNN-T + w KD (with --kd-normalize nodes: alpha ~ w / (1 - w) / mean encoder frames)" num
 opt kd_temperature 1.0 "soft modes: temperature of the teacher's and student's distributions" num
+opt kd_normalize nodes "soft modes: the lattice KL sum divided by its nodes, tokens or utterances (docs/KD_METHODS.md)"
+opt kd_node_weights uniform "soft modes: every node's KL counts 1 (uniform) or the teacher's alignment occupancy (occupancy)"
 opt hard_soft_mode full "KD of the hard+soft students and of the noisy students: full or collapsed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt student_opts "" "extra kdst train options for the students and noisy students only (after --train-opts)"
@@ -105,6 +110,8 @@ case $hard_soft_mode in full|collapsed) ;; *) fail "--hard-soft-mode $hard_soft_
 case $ns_mode in hard|soft|hard+soft) ;; *) fail "--ns-mode $ns_mode: hard, soft or hard+soft" ;; esac
 case $confidence in posterior|logprob) ;; *) fail "--confidence $confidence: posterior or logprob" ;; esac
 awk -v w="$kd_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }' || fail "--kd-weight $kd_weight: a number in [0, 1]"
+case $kd_normalize in nodes|tokens|utterances) ;; *) fail "--kd-normalize $kd_normalize: nodes, tokens or utterances" ;; esac
+case $kd_node_weights in uniform|occupancy) ;; *) fail "--kd-node-weights $kd_node_weights: uniform or occupancy" ;; esac
 if [ -z "$ns_config" ]; then
   ns_config=$teacher_config
   [ -f conf/train_student_same.yaml ] && ns_config=conf/train_student_same.yaml
@@ -237,7 +244,8 @@ mode_dir() { local m=${1//+/_}; echo "${m//-/_}"; }
 
 # kd_opts TEACHER_CHECKPOINT KD_MODE
 kd_opts() {
-  echo "--set kd.teacher=$1 --set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.mode=$2"
+  echo "--set kd.teacher=$1 --set kd.weight=$kd_weight --set kd.temperature=$kd_temperature --set kd.mode=$2" \
+    "--set kd.normalize=$kd_normalize --set kd.node_weights=$kd_node_weights"
 }
 
 # The kdst train options of a student mode.
@@ -381,7 +389,7 @@ run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
 run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
 run_stage 5 "$beam $test_sets" evaluate_teacher
 run_stage 6 "$kd_modes $nbest_beam $posterior_scale $min_confidence $confidence" hard_targets
-kd_settings="$kd_weight $kd_temperature $hard_soft_mode"
+kd_settings="$kd_weight $kd_temperature $hard_soft_mode $kd_normalize $kd_node_weights"
 # shellcheck disable=SC2046
 run_stage 7 "$(stage_opts $(student_confs)) $student_opts $student_archs $kd_modes $kd_settings" train_students
 ns_settings="$ns_iterations $ns_mode $ns_unlabelled_set $ns_min_confidence $confidence $nbest_beam $beam $report_set"

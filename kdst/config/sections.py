@@ -213,6 +213,14 @@ class LatticeKDConfig:
     weight_schedule: ScheduleConfig | None = None  # weight as a function of the step
     temperature_schedule: ScheduleConfig | None = None
     mode: Literal["full", "collapsed"] = "full"  # KL over V, or over {label, blank, rest}
+    # What the lattice KL sum is divided by (docs/KD_METHODS.md maps each to the papers' alpha):
+    # nodes: the lattice nodes (a mean KL per node; alpha ~ weight / (1 - weight) / mean encoder frames);
+    # tokens: the target tokens, as the RNN-T term (alpha = weight / (1 - weight); before: the only one);
+    # utterances: the utterances (alpha = weight / (1 - weight) x mean target tokens)
+    normalize: Literal["nodes", "tokens", "utterances"] = "nodes"
+    # uniform: every node's KL counts 1 (the papers); occupancy: weighted by the teacher's alignment
+    # occupancy alpha(t,u) beta(t,u) / P(y|x) for the targets (kdst.losses.rnnt.lattice_occupancy)
+    node_weights: Literal["uniform", "occupancy"] = "uniform"
 
     def __post_init__(self):
         _check_kd(self.weight, self.temperature, self.weight_schedule, self.temperature_schedule)

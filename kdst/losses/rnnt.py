@@ -25,7 +25,10 @@ RNN-T KD.  At every valid node, ``p_S = softmax(z_S / T)`` and
     collapsed:  kl(t, u) = sum_c q_T(c) (log q_T(c) - log q_S(c))
                 c in {y_{u+1}, blank, rest} for u < U_b,  {blank, rest} for u = U_b,
                 q(y_{u+1}) = p(y_{u+1}),  q(blank) = p(blank),  q(rest) = 1 - q(y_{u+1}) - q(blank)
-    loss_b    = sum over the valid nodes (t, u) of kl(t, u)
+    loss_b    = sum over the valid nodes (t, u) of w(t, u) kl(t, u)
+
+with node weights ``w = 1`` (the uniform sum of the papers) unless ``node_weights`` are given:
+constants (no gradient), e.g. the teacher's alignment occupancy below.
 
 The collapsed form is Panchapagesan et al. (2021), "Efficient knowledge
 distillation for RNN-Transducer models".  ``log q(rest)`` is a log-sum-exp
@@ -39,6 +42,24 @@ respect to the student logits of one node is ``(p_S - p_T) / T`` (full) and
 
 Reductions (both losses): "none" gives the (B,) per-utterance losses, "sum"
 their sum, "mean" their mean over the batch (not over nodes or labels).
+
+Node occupancy.  ``lattice_occupancy`` gives, for one model's logits and the
+targets, the posterior probability that an alignment passes through node (t, u)::
+
+    gamma(t, u) = alpha(t, u) beta(t, u) / P(y | x)
+
+with beta(t, u) the probability of finishing from (t, u), the emission at (t, u)
+included.  Every alignment leaves each node it visits by exactly one edge (blank,
+label, or the final blank), so gamma is also the posterior of the node's blank edge
+plus that of its label edge, and sum_{t,u} gamma(t, u) = T_b + U_b (the nodes of one
+alignment).  ``rnnt_kd_loss(..., node_weights=lattice_occupancy(teacher_logits, ...))``
+weighs each node's KL by how likely the teacher's alignments pass there.
+
+Normalisers.  A training loss divides the batch's KD sum by one of (``kd_normalizer``)::
+
+    nodes       sum_b sum_{t,u} w(t, u): the lattice nodes, sum_b T_b (U_b + 1) for w = 1
+    tokens      sum_b U_b, the target tokens (the RNN-T term's own normaliser)
+    utterances  B
 
 Memory.  The references never hold a (B, T, U+1, V) float32 intermediate:
 they walk the valid nodes one utterance and at most ``_CHUNK_ELEMENTS``
@@ -61,6 +82,7 @@ from kdst.losses.dispatch import use_triton
 from kdst.losses.word_kd import REDUCTIONS, _compute_dtype
 
 MODES = ("full", "collapsed")
+NORMALIZERS = ("nodes", "tokens", "utterances")
 
 # Upper bound on the logits one block of the reference touches at once, in elements
 # (16 MiB in float32); every block-sized temporary is at most this big.
@@ -317,10 +339,10 @@ def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.
 
 def _full_kd(lp_s: torch.Tensor, lp_t: torch.Tensor, temperature: float,
              want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """KL(p_T || p_S) summed over a block's nodes, and its gradient w.r.t. the (unscaled) student logits."""
+    """KL(p_T || p_S) at each of a block's nodes, and its gradient w.r.t. the (unscaled) student logits."""
     p_t = lp_t.exp()
     # p_T = 0 must add exactly 0, even where log p_S = -inf.
-    kl = torch.where(p_t > 0, p_t * (lp_t - lp_s), 0.0).sum()
+    kl = torch.where(p_t > 0, p_t * (lp_t - lp_s), 0.0).sum(-1)
     grad = lp_s.exp().sub_(p_t).div_(temperature) if want_grad else None
     return kl, grad
 
@@ -344,11 +366,11 @@ def _class_log_probs(lp: torch.Tensor, y: torch.Tensor, has_label: torch.Tensor,
 
 def _collapsed_kd(lp_s: torch.Tensor, lp_t: torch.Tensor, y: torch.Tensor, has_label: torch.Tensor, blank: int,
                   temperature: float, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """KL(q_T || q_S) over (label, blank, rest) summed over a block's nodes, and its student gradient."""
+    """KL(q_T || q_S) over (label, blank, rest) at each of a block's nodes, and its student gradient."""
     lq_s = _class_log_probs(lp_s, y, has_label, blank)
     lq_t = _class_log_probs(lp_t, y, has_label, blank)
     q_t = lq_t.exp()
-    kl = torch.where(q_t > 0, q_t * (lq_t - lq_s), 0.0).sum()
+    kl = torch.where(q_t > 0, q_t * (lq_t - lq_s), 0.0).sum(-1)
     if not want_grad:
         return kl, None
     # d kl / dz_v = (p_S(v) - q_T(c) p_S(v) / q_S(c)) / T with c the class of v; the second
@@ -364,7 +386,7 @@ def _collapsed_kd(lp_s: torch.Tensor, lp_t: torch.Tensor, y: torch.Tensor, has_l
 
 def _check_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
               logit_lengths: torch.Tensor, target_lengths: torch.Tensor, mode: str, temperature: float, blank: int,
-              reduction: str, *, min_frames: int) -> tuple[list[int], list[int]]:
+              reduction: str, *, min_frames: int, node_weights: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
@@ -376,6 +398,12 @@ def _check_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
                          f"student_logits shape {tuple(student_logits.shape)}")
     if not teacher_logits.is_floating_point():
         raise ValueError(f"teacher_logits must be floating point, got {teacher_logits.dtype}")
+    if node_weights is not None:
+        if node_weights.shape != student_logits.shape[:3]:
+            raise ValueError(f"node_weights must be (B, T, U+1) = {tuple(student_logits.shape[:3])}, "
+                             f"got shape {tuple(node_weights.shape)}")
+        if not node_weights.is_floating_point():
+            raise ValueError(f"node_weights must be floating point, got {node_weights.dtype}")
     return lengths
 
 
@@ -384,7 +412,8 @@ class _RnntKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, t_len: list[int],
-                u_len: list[int], mode: str, temperature: float, blank: int, dtype: torch.dtype) -> torch.Tensor:
+                u_len: list[int], mode: str, temperature: float, blank: int, dtype: torch.dtype,
+                node_weights: torch.Tensor | None) -> torch.Tensor:
         want_grad = ctx.needs_input_grad[0]
         losses = [student.new_zeros((), dtype=dtype) for _ in t_len]
         grad = torch.zeros_like(student) if want_grad else None
@@ -397,7 +426,12 @@ class _RnntKD(torch.autograd.Function):
                 y = _node_labels(targets, b, labels, blank)
                 has_label = torch.arange(labels + 1, device=y.device) < labels
                 kl, g = _collapsed_kd(lp_s, lp_t, y, has_label, blank, temperature, want_grad)
-            losses[b] = losses[b] + kl
+            if node_weights is not None:
+                w = node_weights[b, t0:t1, :labels + 1].to(dtype)
+                kl = torch.where(w != 0, kl * w, 0.0)  # a zero weight drops the node, even an infinite KL
+                if g is not None:
+                    g.mul_(w[..., None])
+            losses[b] = losses[b] + kl.sum()
             if grad is not None:
                 grad[b, t0:t1, :labels + 1] = g
         ctx.save_for_backward(grad)
@@ -407,13 +441,14 @@ class _RnntKD(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return (None,) * 9
-        return (grad * grad_out.to(grad.dtype).view(-1, 1, 1, 1),) + (None,) * 8
+            return (None,) * 10
+        return (grad * grad_out.to(grad.dtype).view(-1, 1, 1, 1),) + (None,) * 9
 
 
 def rnnt_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
                  logit_lengths: torch.Tensor, target_lengths: torch.Tensor, *, mode: str = "full",
-                 temperature: float = 1.0, blank: int = 0, reduction: str = "mean") -> torch.Tensor:
+                 temperature: float = 1.0, blank: int = 0, reduction: str = "mean",
+                 node_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Node-wise KL(teacher || student) over the RNN-T lattice (see the module docstring).
 
     Args:
@@ -429,6 +464,9 @@ def rnnt_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
         blank: the blank index in [0, V).
         reduction: "mean" (over the batch), "sum", or "none" for the (B,) per-utterance
             sums over valid nodes.
+        node_weights: (B, T, U+1) non-negative weights of each node's KL (e.g.
+            :func:`lattice_occupancy` of the teacher), constants (no gradient flows into
+            them); padded entries are never read.  None: every node weighs 1.
 
     Returns:
         The loss in float32 (float64 if an input is float64); half-precision inputs are
@@ -441,15 +479,18 @@ def rnnt_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
             temperature that is not > 0.
     """
     t_len, u_len = _check_kd(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode,
-                             temperature, blank, reduction, min_frames=0)
+                             temperature, blank, reduction, min_frames=0, node_weights=node_weights)
+    weights = node_weights.detach() if node_weights is not None else None
     if use_triton(student_logits, teacher_logits):
         from kdst.losses.triton.rnnt import fused_lattice_losses
         _, kd = fused_lattice_losses(student_logits, teacher_logits, targets, logit_lengths, target_lengths,
-                                     with_rnnt=False, kd_mode=mode, temperature=temperature, blank=blank)
+                                     with_rnnt=False, kd_mode=mode, temperature=temperature, blank=blank,
+                                     node_weights=weights)
         return _reduce(kd, reduction)
     dtype = _compute_dtype(student_logits, teacher_logits)
     per_utterance = _RnntKD.apply(student_logits, teacher_logits.detach(), targets.to(student_logits.device),
-                                  t_len, u_len, mode, float(temperature), int(blank), dtype)
+                                  t_len, u_len, mode, float(temperature), int(blank), dtype,
+                                  weights.to(student_logits.device) if weights is not None else None)
     return _reduce(per_utterance, reduction)
 
 
@@ -458,8 +499,8 @@ def rnnt_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
 
 def rnnt_loss_and_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
                      logit_lengths: torch.Tensor, target_lengths: torch.Tensor, *, mode: str = "full",
-                     temperature: float = 1.0, blank: int = 0,
-                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+                     temperature: float = 1.0, blank: int = 0, reduction: str = "mean",
+                     node_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rnnt_loss(student_logits, ...), rnnt_kd_loss(student_logits, teacher_logits, ...))`` in one go.
 
     Same arguments as :func:`rnnt_kd_loss`, except that every utterance needs a frame
@@ -468,12 +509,86 @@ def rnnt_loss_and_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     elsewhere it calls the two functions.
     """
     _check_kd(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode, temperature, blank,
-              reduction, min_frames=1)
+              reduction, min_frames=1, node_weights=node_weights)
     if use_triton(student_logits, teacher_logits):
         from kdst.losses.triton.rnnt import fused_lattice_losses
         nll, kd = fused_lattice_losses(student_logits, teacher_logits, targets, logit_lengths, target_lengths,
-                                       with_rnnt=True, kd_mode=mode, temperature=temperature, blank=blank)
+                                       with_rnnt=True, kd_mode=mode, temperature=temperature, blank=blank,
+                                       node_weights=node_weights.detach() if node_weights is not None else None)
         return _reduce(nll, reduction), _reduce(kd, reduction)
     return (rnnt_loss(student_logits, targets, logit_lengths, target_lengths, blank=blank, reduction=reduction),
             rnnt_kd_loss(student_logits, teacher_logits, targets, logit_lengths, target_lengths, mode=mode,
-                         temperature=temperature, blank=blank, reduction=reduction))
+                         temperature=temperature, blank=blank, reduction=reduction, node_weights=node_weights))
+
+
+# ---------------------------------------------------------------- node occupancy and normalisers
+
+
+def _valid_nodes(logit_lengths: torch.Tensor, target_lengths: torch.Tensor, frames: int, u1: int) -> torch.Tensor:
+    """(B, T, U+1) bool: the nodes inside each utterance's T_b x (U_b + 1) rectangle."""
+    device = logit_lengths.device
+    t_ok = torch.arange(frames, device=device)[None, :, None] < logit_lengths[:, None, None]
+    u_ok = torch.arange(u1, device=device)[None, None, :] <= target_lengths.to(device)[:, None, None]
+    return t_ok & u_ok
+
+
+def lattice_occupancy(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,
+                      target_lengths: torch.Tensor, *, blank: int = 0) -> torch.Tensor:
+    """gamma(t, u) = alpha(t, u) beta(t, u) / P(y | x): how likely an alignment passes through each node.
+
+    Args are those of :func:`rnnt_loss` (``logits`` at temperature 1: the model's own
+    alignment distribution).  Returns (B, T, U+1) float32 (float64 for float64 logits),
+    0 on padded nodes; each utterance's entries sum to T_b + U_b.  No gradient: the
+    result is a constant, e.g. the node weights of :func:`rnnt_kd_loss`.
+
+    On CUDA the fused kernels compute it (one pass over the logits, the alpha/beta scans);
+    elsewhere the gradient of log P(y | x) with respect to the blank and label
+    log-probabilities (the edge posteriors), summed per node.
+    """
+    t_len, u_len = _check_lattice(logits, targets, logit_lengths, target_lengths, blank, "none",
+                                  name="logits", min_frames=1)
+    logits = logits.detach()
+    if use_triton(logits):
+        from kdst.losses.triton.rnnt import fused_lattice_occupancy
+        return fused_lattice_occupancy(logits, targets, logit_lengths, target_lengths, blank=blank)
+    dtype = _compute_dtype(logits)
+    b, frames, u1, _ = logits.shape
+    occupancy = logits.new_zeros((b, frames, u1), dtype=dtype)
+    if b == 0:
+        return occupancy
+    last_t, last_u = max(t_len), max(u_len)
+    device = logits.device
+    with torch.enable_grad():
+        phi, psi = _LatticeLogProbs.apply(logits, targets.to(device), t_len, u_len, blank, dtype)
+        phi = phi[:, :last_t, :last_u + 1].detach().requires_grad_()
+        psi = psi[:, :last_t, :last_u + 1].detach().requires_grad_()
+        log_like = _log_likelihood(phi, psi, torch.tensor(t_len, dtype=torch.long, device=device),
+                                   torch.tensor(u_len, dtype=torch.long, device=device))
+        d_phi, d_psi = torch.autograd.grad(log_like.sum(), (phi, psi))
+    # d log P / d phi(t, u) is the posterior of the blank edge leaving (t, u), d psi that of its label edge.
+    occupancy[:, :last_t, :last_u + 1] = d_phi + d_psi
+    return occupancy
+
+
+def kd_normalizer(normalize: str, logit_lengths: torch.Tensor, target_lengths: torch.Tensor,
+                  node_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The denominator of a batch's lattice KD sum (``rnnt_kd_loss(..., reduction="sum")``), a 0-dim tensor.
+
+    nodes: the total node weight over the valid nodes, sum_b T_b (U_b + 1) with uniform
+    weights (``node_weights`` None), so the KD term is the mean KL per node; tokens: the
+    target tokens sum_b U_b (the RNN-T term's normaliser); utterances: B, the mean
+    per-utterance KL sum.  Computed on the device (no host synchronisation); at least 1
+    for counts, and a positive floor for weights.
+    """
+    if normalize not in NORMALIZERS:
+        raise ValueError(f"normalize must be one of {NORMALIZERS}, got {normalize!r}")
+    if normalize == "tokens":
+        return target_lengths.sum().float().clamp_min(1)
+    if normalize == "utterances":
+        return target_lengths.new_tensor(max(target_lengths.shape[0], 1), dtype=torch.float32)
+    t_len = logit_lengths.to(target_lengths.device)
+    if node_weights is None:
+        return (t_len * (target_lengths + 1)).sum().float().clamp_min(1)
+    valid = _valid_nodes(t_len, target_lengths, node_weights.shape[1], node_weights.shape[2])
+    total = torch.where(valid, node_weights.detach().to(valid.device), 0.0).sum()
+    return total.clamp_min(torch.finfo(total.dtype).tiny)

@@ -12,10 +12,12 @@ just an addition, a tanh and the output layer.
 
 ``forward(batch)`` returns ``(loss, stats)`` with the RNN-T loss per target token and
 the stats as 0-dim tensors (see kdst.models.protocol).
-``forward(batch, teacher=TeacherOutputs(...))`` mixes in lattice KD (kdst.train.kd):
+``forward(batch, teacher=TeacherOutputs(...))`` mixes in lattice KD (kdst.train.transducer_kd):
 given the teacher's joint logits on the student's lattice, the KL at every node is
 computed here from the student's own joint logits, and the loss is
-``(1 - w) * RNNT + w * KD``, both per target token.
+``(1 - w) * RNNT + w * KD``: RNNT per target token, KD the (weighted) KL sum over the
+lattice divided by ``teacher.normalize``'s count (nodes, tokens or utterances;
+kdst.losses.rnnt.kd_normalizer).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from kdst.config import LstmPredictorConfig, StreamingEncoderConfig, TransducerC
 from kdst.data.tokenizer import BLANK_ID
 from kdst.errors import KdstError
 from kdst.losses import rnnt_loss, rnnt_loss_and_kd
+from kdst.losses.rnnt import kd_normalizer
 from kdst.models.encoders import speech_encoder
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.streaming import StreamingConformerEncoder
@@ -149,8 +152,8 @@ class Transducer(nn.Module):
     def forward(self, batch: dict, teacher: TeacherOutputs | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """With a ``teacher`` (its joint logits on this lattice) the transducer loss becomes
-        ``(1 - teacher.weight) * RNNT + teacher.weight * KD``, both per target token; the stats
-        report both parts."""
+        ``(1 - teacher.weight) * RNNT + teacher.weight * KD``, RNNT per target token and KD per
+        ``teacher.normalize`` unit; the stats report both parts."""
         logits, logit_lengths, enc, enc_lengths = self._joint(batch)
         tgt, tgt_lengths, weights = batch["tgt"], batch["tgt_lengths"], batch.get("tgt_weight")
         ntokens = tgt_lengths.sum()  # a tensor: reading it would wait for the device
@@ -162,8 +165,11 @@ class Transducer(nn.Module):
                                  f"vocabulary")
             # One call for both terms: on a GPU one fused pass over the lattice serves both.
             loss, kd = rnnt_loss_and_kd(logits, teacher.logits, tgt, logit_lengths, tgt_lengths, mode=teacher.mode,
-                                        temperature=teacher.temperature, blank=BLANK_ID, reduction="sum")
-            loss, kd = loss / ntokens.clamp_min(1), kd / ntokens.clamp_min(1)
+                                        temperature=teacher.temperature, blank=BLANK_ID, reduction="sum",
+                                        node_weights=teacher.node_weights)
+            loss = loss / ntokens.clamp_min(1)
+            denominator = kd_normalizer(teacher.normalize, logit_lengths, tgt_lengths, teacher.node_weights)
+            kd = kd / denominator
         elif weights is None:
             loss = rnnt_loss(logits, tgt, logit_lengths, tgt_lengths, blank=BLANK_ID, reduction="sum")
             loss = loss / ntokens.clamp_min(1)
@@ -176,6 +182,11 @@ class Transducer(nn.Module):
         if kd is not None:
             loss = (1 - teacher.weight) * loss + teacher.weight * kd
             stats["kd"] = kd.detach()
+            # The papers' alpha this batch amounts to: the loss is proportional to
+            # sum_b RNNT_b + alpha sum_b sum_{t,u} w(t,u) KL(t,u) (docs/KD_METHODS.md); inf at weight 1 (no
+            # RNN-T term).  Always present: a scheduled weight may reach 1 within a log line.
+            ratio = teacher.weight / (1 - teacher.weight) if teacher.weight < 1 else float("inf")
+            stats["kd_alpha"] = (ratio * ntokens.clamp_min(1) / denominator).detach().float()
         if self.ctc is not None:
             log_probs = self.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
             if "tgt_utt" in batch:

@@ -9,13 +9,25 @@ A transducer student distils from an online transducer teacher over the RNN-T la
       weight: 0.5                             # loss = (1 - weight) * RNNT + weight * KD
       temperature: 1.0                        # on both sides; no T^2 factor
       mode: full                              # full: KL over V at every node; collapsed: over {y, blank, rest}
+      normalize: nodes                        # KD = the KL sum / the lattice nodes (or: tokens, utterances)
+      node_weights: uniform                   # or occupancy: each node's KL x the teacher's occupancy
 
 The teacher hears the features before SpecAugment (``batch["clean_src"]``, noisy student)
 and its joint logits on the same lattice (same targets, same encoder frames) are the soft
 targets.  The KD term is ``rnnt_kd_loss(..., reduction="sum")`` (computed together with the
-RNN-T term by ``rnnt_loss_and_kd``) divided by the number of target tokens, the same
-normaliser as the student's RNN-T term, so ``weight`` mixes two
-per-token quantities (the KD sum still runs over all T x (U+1) nodes of each lattice).
+RNN-T term by ``rnnt_loss_and_kd``) divided by ``kd_normalizer``'s count.  The RNN-T term is
+per target token, so the papers' L = RNNT + alpha * sum_{t,u} KL (per utterance) is
+``weight / (1 - weight) = alpha`` with ``normalize: tokens``, and about ``alpha x`` the mean
+encoder frames per utterance with ``nodes`` (docs/KD_METHODS.md, "Transducer KD").
+
+``node_weights: occupancy`` weighs each node by the teacher's posterior of passing there
+(alpha(t,u) beta(t,u) / P(y|x) on the teacher's own lattice for the same targets, at
+temperature 1): the KL is then taken where the teacher's alignments run, and nodes no
+plausible alignment visits (a label emitted at the first frame of a long utterance) stop
+counting.  The weights are the teacher's, not the student's: they are constants of the
+batch (no gradient, nothing the student can move by putting its own mass elsewhere), good
+from the first step (an untrained student's occupancy is spread over the whole lattice),
+and they ask the student to match the teacher where the teacher puts its alignments.
 """
 
 from __future__ import annotations
@@ -29,7 +41,9 @@ from torch import nn
 from kdst.config import DataConfig, LatticeKDConfig, ScheduleConfig
 from kdst.data.files import file_digest
 from kdst.data.tokenizer import tokenizer_fingerprint
+from kdst.data.tokenizer import BLANK_ID
 from kdst.errors import KdstError
+from kdst.losses.rnnt import lattice_occupancy
 from kdst.models import Transducer
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.teacher import load_teacher
@@ -50,11 +64,13 @@ class TransducerKD(nn.Module):
 
     def __init__(self, student: Transducer, teacher: Transducer, *, weight: float, temperature: float = 1.0,
                  mode: str = "full", teacher_input_dim: int = 80, weight_schedule: ScheduleConfig | None = None,
-                 temperature_schedule: ScheduleConfig | None = None):
+                 temperature_schedule: ScheduleConfig | None = None, normalize: str = "nodes",
+                 node_weights: str = "uniform"):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.schedule = KDSchedule(weight, temperature, weight_schedule, temperature_schedule)
         self.mode = mode
+        self.normalize, self.node_weights = normalize, node_weights
         self.teacher_input_dim = teacher_input_dim
         teacher.requires_grad_(False)
 
@@ -96,10 +112,14 @@ class TransducerKD(nn.Module):
                             f"{src.shape[-1]}")
         cuda = src.device.type == "cuda"
         with torch.no_grad(), torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=cuda):
-            teacher_logits = self.teacher.joint_logits({**batch, "src": src})[0]
+            teacher_logits, frames, tgt, tgt_lengths = self.teacher.joint_logits({**batch, "src": src})
+        occupancy = None
+        if self.node_weights == "occupancy":  # at temperature 1: the teacher's own alignment posterior
+            occupancy = lattice_occupancy(teacher_logits, tgt, frames, tgt_lengths, blank=BLANK_ID)
         # Same frame lengths as the student's lattice: setup_transducer_distillation compared the two frame
         # rates once, so no batch waits for the device to compare lengths; the student's forward compares shapes.
-        return TeacherOutputs(logits=teacher_logits, mode=self.mode, temperature=self.temperature, weight=self.weight)
+        return TeacherOutputs(logits=teacher_logits, mode=self.mode, temperature=self.temperature, weight=self.weight,
+                              normalize=self.normalize, node_weights=occupancy)
 
 
 def setup_transducer_distillation(kd: LatticeKDConfig, student: nn.Module, data: DataConfig,
@@ -127,11 +147,12 @@ def setup_transducer_distillation(kd: LatticeKDConfig, student: nn.Module, data:
     if len(differ):
         raise KdstError(f"{name}: the teacher's encoder has another frame rate than the student's (e.g. "
                         f"{int(probe[differ[0]])} input frames): transducer KD compares their lattices node by node")
-    log.info("transducer KD (%s, weight %g, T=%g) from the online teacher %s", kd.mode, kd.weight, kd.temperature,
-             name)
+    log.info("transducer KD (%s, weight %g, T=%g, KL sum per %s, %s node weights) from the online teacher %s",
+             kd.mode, kd.weight, kd.temperature, kd.normalize.rstrip("s"), kd.node_weights, name)
     return TransducerKD(student, teacher.model, weight=kd.weight, temperature=kd.temperature, mode=kd.mode,
                         teacher_input_dim=teacher.model.encoder.subsampling.input_dim,
-                        weight_schedule=kd.weight_schedule, temperature_schedule=kd.temperature_schedule)
+                        weight_schedule=kd.weight_schedule, temperature_schedule=kd.temperature_schedule,
+                        normalize=kd.normalize, node_weights=kd.node_weights)
 
 
 def _same_file(a: str | None, b: str | None) -> bool:

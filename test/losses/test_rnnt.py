@@ -1,4 +1,5 @@
-"""RNN-T loss against a brute-force sum over alignments and torchaudio; RNN-T KD against a per-node loop."""
+"""RNN-T loss against a brute-force sum over alignments and torchaudio; RNN-T KD against a per-node loop;
+node occupancy against a brute-force sum over alignments; the KD normalisers against hand-computed values."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 import kdst.losses.rnnt as rnnt_module
 from kdst.losses import rnnt_kd_loss, rnnt_loss, rnnt_loss_reference
+from kdst.losses.rnnt import kd_normalizer, lattice_occupancy
 
 try:
     import torchaudio.functional as torchaudio_functional
@@ -87,8 +89,9 @@ def reduce(per: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def oracle_kd(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, t_len: list[int],
               u_len: list[int], mode: str, temperature: float = 1.0, blank: int = 0,
-              reduction: str = "none") -> torch.Tensor:
-    """The KD loss node by node in float64 torch ops (so autograd gives the oracle gradient)."""
+              reduction: str = "none", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The KD loss node by node in float64 torch ops (so autograd gives the oracle gradient);
+    each node's KL times ``weights[b, t, u]`` when given."""
     v = student.shape[-1]
     per = []
     for b, (frames, labels) in enumerate(zip(t_len, u_len)):
@@ -102,12 +105,14 @@ def oracle_kd(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tenso
                 else:
                     named = [int(targets[b, u]), blank] if u < labels else [blank]
                     groups = [[j] for j in named] + [[j for j in range(v) if j not in named]]
+                node = student.new_zeros((), dtype=torch.float64)
                 for group in groups:
                     if not group:  # an empty "rest" class (V <= 2)
                         continue
                     lq_s, lq_t = lp_s[group].logsumexp(0), lp_t[group].logsumexp(0)
                     if lq_t.exp() > 0:
-                        total = total + lq_t.exp() * (lq_t - lq_s)
+                        node = node + lq_t.exp() * (lq_t - lq_s)
+                total = total + (node if weights is None else float(weights[b, t, u]) * node)
         per.append(total)
     return reduce(torch.stack(per), reduction)
 
@@ -514,6 +519,150 @@ def test_kd_chunking(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     torch.testing.assert_close(rows.grad, whole.grad, rtol=1e-12, atol=1e-14)
 
 
+# ---------------------------------------------------------------- node weights, occupancy, normalisers
+
+
+def brute_occupancy(logits: torch.Tensor, targets: torch.Tensor, t_len: list[int], u_len: list[int],
+                    blank: int = 0) -> torch.Tensor:
+    """gamma[b, t, u] = sum over every alignment of P(alignment | y, x) x [it passes through (t, u)], by
+    enumerating the alignments (T_b - 1 blanks and U_b labels in any order, then the final blank)."""
+    out = torch.zeros(logits.shape[:3], dtype=torch.float64)
+    for b, (frames, labels) in enumerate(zip(t_len, u_len)):
+        lp = [[ref_log_softmax(node) for node in row] for row in logits[b].double().tolist()]
+        y = targets[b].tolist()
+        paths = []
+        for label_slots in itertools.combinations(range(frames - 1 + labels), labels):
+            t = u = 0
+            score, visited = 0.0, [(0, 0)]
+            for step in range(frames - 1 + labels):
+                if step in label_slots:
+                    score += lp[t][u][y[u]]
+                    u += 1
+                else:
+                    score += lp[t][u][blank]
+                    t += 1
+                visited.append((t, u))
+            paths.append((score + lp[frames - 1][labels][blank], visited))
+        log_total = ref_logsumexp([score for score, _ in paths])
+        for score, visited in paths:
+            for t, u in visited:
+                out[b, t, u] += math.exp(score - log_total)
+    return out
+
+
+def node_kl(student: list[float], teacher: list[float], label: int | None, mode: str, blank: int = 0) -> float:
+    """One node's KL(teacher || student) in plain Python: over the vocabulary, or over {label, blank, rest}."""
+    ps, pt = ([math.exp(x) for x in ref_log_softmax(row)] for row in (student, teacher))
+    if mode == "full":
+        groups = [[j] for j in range(len(ps))]
+    else:
+        named = [blank] if label is None else [label, blank]
+        groups = [[j] for j in named] + [[j for j in range(len(ps)) if j not in named]]
+    qs, qt = ([sum(p[j] for j in group) for group in groups] for p in (ps, pt))
+    return sum(b * math.log(b / a) for a, b in zip(qs, qt) if b > 0)
+
+
+TINY_T, TINY_U = [3, 2, 3, 1], [2, 1, 0, 2]  # T <= 3, U <= 2: at most 10 alignments per utterance
+
+
+@pytest.mark.parametrize("blank", (0, V - 1))
+def test_occupancy_matches_brute_force(blank: int) -> None:
+    logits, y = lattice(120, b=4, t=3, u=2, blank=blank, scale=3.0)
+    tl, ul = lengths(TINY_T, TINY_U)
+    expected = brute_occupancy(logits, y, TINY_T, TINY_U, blank=blank)
+    for x, tol in ((logits, 1e-12), (logits.float(), 1e-5)):
+        gamma = lattice_occupancy(garbage_padding(x, TINY_T, TINY_U, 121), y, tl, ul, blank=blank)
+        assert gamma.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
+        torch.testing.assert_close(gamma.double(), expected, rtol=tol, atol=tol)
+    # every alignment visits T_b + U_b nodes; the start and the end node are on all of them
+    torch.testing.assert_close(expected.sum((1, 2)), (tl + ul).double())
+    for b, (frames, labels) in enumerate(zip(TINY_T, TINY_U)):
+        assert expected[b, 0, 0] == pytest.approx(1.0) and expected[b, frames - 1, labels] == pytest.approx(1.0)
+    assert 0 < expected[0, 1, 1] < 1  # a node that some alignments avoid
+    assert (expected[padded(TINY_T, TINY_U, expected.shape)] == 0).all()
+
+
+def test_occupancy_is_a_constant() -> None:
+    logits, y = lattice(122, b=4, t=3, u=2)
+    logits.requires_grad_(True)
+    gamma = lattice_occupancy(logits, y, *lengths(TINY_T, TINY_U))
+    assert not gamma.requires_grad and logits.grad is None
+    with torch.no_grad():  # the trainer calls it under no_grad
+        torch.testing.assert_close(lattice_occupancy(logits, y, *lengths(TINY_T, TINY_U)), gamma)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kd_with_occupancy_weights_equals_the_hand_sum(mode: str) -> None:
+    """KD with the teacher's occupancy as node weights = sum over (t, u) of gamma_T(t, u) x KL(t, u), with
+    gamma from the alignment enumeration and each KL by hand; the gradient has no term through gamma."""
+    s, y = lattice(123, b=4, t=3, u=2)
+    t, _ = lattice(124, b=4, t=3, u=2)
+    tl, ul = lengths(TINY_T, TINY_U)
+    gamma = brute_occupancy(t, y, TINY_T, TINY_U)
+    sg = s.clone().requires_grad_(True)
+    out = rnnt_kd_loss(sg, t, y, tl, ul, mode=mode, reduction="none", node_weights=lattice_occupancy(t, y, tl, ul))
+    by_hand = []
+    for b, (frames, labels) in enumerate(zip(TINY_T, TINY_U)):
+        total = 0.0
+        for ti in range(frames):
+            for u in range(labels + 1):
+                label = int(y[b, u]) if u < labels else None
+                total += float(gamma[b, ti, u]) * node_kl(s[b, ti, u].tolist(), t[b, ti, u].tolist(), label, mode)
+        by_hand.append(total)
+    check(out, torch.tensor(by_hand, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    # uniform weights (None) give the plain node sum, and every node's KL is weighted in the gradient
+    check(rnnt_kd_loss(s, t, y, tl, ul, mode=mode, reduction="none", node_weights=torch.ones(4, 3, 3)),
+          oracle_kd(s, t, y, TINY_T, TINY_U, mode), rtol=1e-10, atol=1e-12)
+    s64 = s.clone().requires_grad_(True)
+    expected = oracle_kd(s64, t, y, TINY_T, TINY_U, mode, weights=gamma)
+    out.sum().backward()
+    (expected_grad,) = torch.autograd.grad(expected.sum(), s64)
+    torch.testing.assert_close(sg.grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_kd_node_weights_match_oracle(mode: str, reduction: str) -> None:
+    s, y = lattice(125)
+    t, _ = lattice(126)
+    tl, ul = lengths()
+    g = torch.Generator().manual_seed(127)
+    weights = torch.rand(B, T, U + 1, generator=g, dtype=torch.float64) * 2
+    weights[0, 1, 2] = 0.0  # a node that drops out
+    junk = torch.where(padded(T_LEN, U_LEN, weights.shape), math.nan, weights)  # padding is never read
+    sg = s.clone().requires_grad_(True)
+    out = rnnt_kd_loss(sg, t, y, tl, ul, mode=mode, temperature=2.0, reduction=reduction, node_weights=junk)
+    s64 = s.clone().requires_grad_(True)
+    expected = oracle_kd(s64, t, y, T_LEN, U_LEN, mode, 2.0, reduction=reduction, weights=weights)
+    check(out, expected, rtol=1e-10, atol=1e-12)
+    (out.sum() if reduction == "none" else out).backward()
+    (expected_grad,) = torch.autograd.grad(expected.sum(), s64)
+    torch.testing.assert_close(sg.grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert not sg.grad[0, 1, 2].any() and (sg.grad[padded(T_LEN, U_LEN, s.shape)] == 0).all()
+
+
+def test_the_three_normalisers_by_hand() -> None:
+    """Two utterances: T = (3, 2) frames, U = (2, 1) labels, so 3 x 3 + 2 x 2 = 13 lattice nodes, 3 target
+    tokens, 2 utterances; KL sums 1.3 and 0.65 (1.95 in all)."""
+    tl, ul = torch.tensor([3, 2]), torch.tensor([2, 1])
+    kd_sum = 1.3 + 0.65
+    by_hand = {"nodes": kd_sum / 13, "tokens": kd_sum / 3, "utterances": kd_sum / 2}
+    got = {n: kd_sum / float(kd_normalizer(n, tl, ul)) for n in ("nodes", "tokens", "utterances")}
+    assert got == pytest.approx(by_hand, rel=1e-6)
+    assert len(set(round(v, 6) for v in got.values())) == 3  # three different values: 0.15, 0.65, 0.975
+    # with node weights, "nodes" is their total over the valid nodes (padding ignored): occupancy gives T + U
+    weights = torch.full((2, 3, 3), math.nan)
+    weights[0] = 0.5
+    weights[1, :2, :2] = 2.0
+    assert float(kd_normalizer("nodes", tl, ul, weights)) == pytest.approx(9 * 0.5 + 4 * 2.0)
+    logits, y = lattice(128, b=2, t=3, u=2)
+    gamma = lattice_occupancy(logits, y, tl, ul)
+    assert float(kd_normalizer("nodes", tl, ul, gamma)) == pytest.approx(3 + 2 + 2 + 1)
+    assert float(kd_normalizer("tokens", tl, ul, weights)) == 3  # the others ignore the weights
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        kd_normalizer("frames", tl, ul)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -574,6 +723,10 @@ def _kd_errors() -> dict[str, tuple]:
         "zero temperature": ((s, t, y, tl, ul), {"temperature": 0.0}, "temperature"),
         "nan temperature": ((s, t, y, tl, ul), {"temperature": math.nan}, "temperature"),
         "reduction": ((s, t, y, tl, ul), {"reduction": "batchmean"}, "reduction"),
+        "node weights shape": ((s, t, y, tl, ul), {"node_weights": torch.ones(3, 4, 3)},
+                               r"node_weights must be \(B, T, U\+1\) = \(3, 4, 4\)"),
+        "int node weights": ((s, t, y, tl, ul), {"node_weights": torch.ones(3, 4, 4, dtype=torch.long)},
+                             "node_weights must be floating point"),
     }
 
 

@@ -92,7 +92,7 @@ def test_weighted_targets_ctc_and_distill():
         seen["logits"] = model.joint_logits(b)[0]
         seen["teacher"] = torch.randn_like(seen["logits"]) * 3
         mixed, mstats = model(b, teacher=TeacherOutputs(logits=seen["teacher"], mode="full", temperature=2.0,
-                                                        weight=0.25))
+                                                        weight=0.25, normalize="tokens"))
         ntokens = b["tgt_lengths"].sum()
         frames = model.joint_logits(b)[1]
         kd = rnnt_kd_loss(seen["logits"], seen["teacher"], b["tgt"], frames, b["tgt_lengths"],

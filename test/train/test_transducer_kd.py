@@ -1,4 +1,5 @@
-"""Transducer KD in training: an online transducer teacher, KL over the lattice (full and collapsed)."""
+"""Transducer KD in training: an online transducer teacher, KL over the lattice (full and collapsed), divided
+by the lattice nodes, target tokens or utterances, and optionally weighted by the teacher's node occupancy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kdst.config import SpecAugmentConfig, parse_config, parse_kd
 from kdst.data.dataset import collate
 from kdst.errors import KdstError
 from kdst.losses import rnnt_kd_loss, rnnt_loss
+from kdst.losses.rnnt import lattice_occupancy
 from kdst.models import Transducer, build_model
 from kdst.models.teacher import load_teacher
 from kdst.train.kd import setup_distillation
@@ -51,9 +53,32 @@ def student_setup(task: dict, kd: dict):
     return config, student, loss_model, kd_set
 
 
-def test_kd_term_is_the_lattice_kl_per_target_token(task):
-    _, student, loss_model, kd_set = student_setup(task, {"teacher": str(task["teacher"]), "mode": "collapsed",
-                                                          "temperature": 2.0})
+def lattice_terms(student, teacher, batch, **kd) -> tuple:
+    """(per-utterance KL sums, RNN-T loss per token, frames, target lengths) of a batch, recomputed here."""
+    with torch.no_grad():
+        logits, lengths, tgt, tgt_lengths = student.joint_logits(batch)
+        t_logits = teacher.joint_logits(batch)[0]
+        sums = rnnt_kd_loss(logits, t_logits, tgt, lengths, tgt_lengths, reduction="none", **kd)
+        rnnt = rnnt_loss(logits, tgt, lengths, tgt_lengths, reduction="sum") / tgt_lengths.sum()
+    return sums, rnnt, lengths, tgt_lengths
+
+
+# How each kd.normalize divides the batch's KL sum: nodes = sum_b T_b (U_b + 1), tokens = sum_b U_b, utterances = B
+DENOMINATORS = {
+    "nodes": lambda frames, labels: float((frames * (labels + 1)).sum()),
+    "tokens": lambda frames, labels: float(labels.sum()),
+    "utterances": lambda frames, labels: float(len(labels)),
+}
+
+
+@pytest.mark.parametrize("normalize", [None, "nodes", "tokens", "utterances"])
+def test_kd_term_is_the_lattice_kl_over_the_chosen_count(task, normalize):
+    """The default divides the KL sum by the lattice nodes (it used to divide by the target tokens, which made
+    the term about T times the mean per-node KL: a weight of 0.5 was alpha ~ 1 against the papers' 0.01)."""
+    section = {"teacher": str(task["teacher"]), "mode": "collapsed", "temperature": 2.0}
+    if normalize is not None:
+        section["normalize"] = normalize
+    _, student, loss_model, kd_set = student_setup(task, section)
     assert isinstance(loss_model, TransducerKD) and kd_set is not None
     teacher = loss_model.teacher
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -61,19 +86,51 @@ def test_kd_term_is_the_lattice_kl_per_target_token(task):
     assert student.training and not teacher.training
     batch = collate([kd_set[u] for u in kd_set.ids[:5]])
     loss_model.eval()  # no dropout: the forward below sees the same lattices
+    sums, rnnt, frames, labels = lattice_terms(student, teacher, batch, mode="collapsed", temperature=2.0)
+    expected = float(sums.sum()) / DENOMINATORS[normalize or "nodes"](frames, labels)
     with torch.no_grad():
-        logits, lengths, tgt, tgt_lengths = student.joint_logits(batch)
-        t_logits = teacher.joint_logits(batch)[0]
-        expected = rnnt_kd_loss(logits, t_logits, tgt, lengths, tgt_lengths, mode="collapsed", temperature=2.0,
-                                reduction="sum") / tgt_lengths.sum()
-        rnnt = rnnt_loss(logits, tgt, lengths, tgt_lengths, reduction="sum") / tgt_lengths.sum()
-        lattice_teacher = loss_model.kd_term(logits, batch)
-        assert torch.equal(lattice_teacher.logits, t_logits)
+        lattice_teacher = loss_model.kd_term(student.joint_logits(batch)[0], batch)
         assert (lattice_teacher.mode, lattice_teacher.temperature, lattice_teacher.weight) == ("collapsed", 2.0, 0.5)
+        assert lattice_teacher.normalize == (normalize or "nodes") and lattice_teacher.node_weights is None
         loss, stats = loss_model(batch)
-    assert stats["kd"] == pytest.approx(float(expected), rel=1e-5) and stats["kd"] > 0
+    assert stats["kd"] == pytest.approx(expected, rel=1e-5) and stats["kd"] > 0
     assert stats["rnnt"] == pytest.approx(float(rnnt), rel=1e-5)
-    assert float(loss) == pytest.approx(0.5 * float(rnnt) + 0.5 * float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(0.5 * float(rnnt) + 0.5 * expected, rel=1e-5)
+    # the papers' alpha of this batch: weight / (1 - weight) x tokens / the chosen count (1 for tokens)
+    denominator = DENOMINATORS[normalize or "nodes"](frames, labels)
+    assert float(stats["kd_alpha"]) == pytest.approx(float(labels.sum()) / denominator, rel=1e-6)
+    # the three counts differ on this batch (several frames per token), so the test tells them apart
+    counts = {n: f(frames, labels) for n, f in DENOMINATORS.items()}
+    assert counts["nodes"] > 2 * counts["tokens"] > 4 * counts["utterances"] > 0
+
+
+def test_occupancy_weights_are_the_teachers(task):
+    """kd.node_weights: occupancy weighs each node's KL by the teacher's alignment occupancy on the student's
+    lattice (not the student's own), a constant; with kd.normalize nodes the sum is divided by the weights'
+    total, T_b + U_b per utterance."""
+    section = {"teacher": str(task["teacher"]), "node_weights": "occupancy"}
+    _, student, loss_model, kd_set = student_setup(task, section)
+    batch = collate([kd_set[u] for u in kd_set.ids[:5]])
+    loss_model.eval()
+    with torch.no_grad():
+        logits, frames, tgt, labels = student.joint_logits(batch)
+        t_logits = loss_model.teacher.joint_logits(batch)[0]
+        gamma = lattice_occupancy(t_logits, tgt, frames, labels)
+        own = lattice_occupancy(logits, tgt, frames, labels)
+        outputs = loss_model.kd_term(logits, batch)
+    assert outputs.node_weights is not None and not outputs.node_weights.requires_grad
+    torch.testing.assert_close(outputs.node_weights, gamma)
+    assert not torch.allclose(gamma, own, atol=1e-3)  # the student's occupancy would be another weighting
+    torch.testing.assert_close(gamma.sum((1, 2)), (frames + labels).float(), rtol=1e-4, atol=1e-4)
+    sums, rnnt, _, _ = lattice_terms(student, loss_model.teacher, batch, node_weights=gamma)
+    uniform, _, _, _ = lattice_terms(student, loss_model.teacher, batch)
+    expected = float(sums.sum()) / float((frames + labels).sum())
+    loss, stats = loss_model(batch)  # still in eval mode: the lattices above
+    assert stats["kd"] == pytest.approx(expected, rel=1e-4)
+    assert stats["kd"] != pytest.approx(float(uniform.sum()) / DENOMINATORS["nodes"](frames, labels), rel=1e-3)
+    loss.backward()
+    assert all(p.grad is None for p in loss_model.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
 def test_the_teacher_hears_the_features_before_specaugment(task):
@@ -102,8 +159,9 @@ def test_the_teacher_hears_the_features_before_specaugment(task):
     assert (heard["student"] == 0).sum() > (batch["src"] == 0).sum()
 
 
-@pytest.mark.parametrize("mode", ["full", "collapsed"])
-def test_training_with_the_teacher_saves_only_the_student(task, tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize("mode, node_weights", [("full", "uniform"), ("collapsed", "uniform"),
+                                                ("full", "occupancy")])
+def test_training_with_the_teacher_saves_only_the_student(task, tmp_path, monkeypatch, mode, node_weights):
     loaded = {}
 
     def spy_load_teacher(reference, device="cpu", **options):
@@ -112,14 +170,15 @@ def test_training_with_the_teacher_saves_only_the_student(task, tmp_path, monkey
         return teacher
 
     monkeypatch.setattr(kd_module, "load_teacher", spy_load_teacher)
-    config = student_config(task, mode=mode, temperature=1.5, weight=0.7)
+    config = student_config(task, mode=mode, temperature=1.5, weight=0.7, node_weights=node_weights)
     run(parse_config(config), tmp_path / "exp")
 
     saved = torch.load(tmp_path / "exp" / "last.pt", weights_only=False)
     student = build_model(saved["config"]["model"])
     assert isinstance(student, Transducer) and set(saved["model"]) == set(student.state_dict())
     assert not any(k.startswith("teacher") for k in saved["model"])
-    assert saved["config"]["kd"]["mode"] == mode
+    assert saved["config"]["kd"]["mode"] == mode and saved["config"]["kd"]["node_weights"] == node_weights
+    assert saved["config"]["kd"]["normalize"] == "nodes"
     # the teacher is where it started: frozen, in eval mode
     teacher = loaded["teacher"]
     assert not teacher.training
@@ -175,6 +234,10 @@ def test_bad_kd_sections_are_errors(task, tmp_path):
         student_setup(task, {"teacher": teacher, "mode": "sum"})
     with pytest.raises(KdstError, match=r"kd.weight: must be in \[0, 1\]"):
         student_setup(task, {"teacher": teacher, "weight": 1.5})
+    with pytest.raises(KdstError, match="kd.normalize: 'frames' is not one of nodes, tokens, utterances"):
+        student_setup(task, {"teacher": teacher, "normalize": "frames"})
+    with pytest.raises(KdstError, match="kd.node_weights: 'student' is not one of uniform, occupancy"):
+        student_setup(task, {"teacher": teacher, "node_weights": "student"})
     # an attention encoder-decoder cannot teach a transducer
     saved = torch.load(task["teacher"], weights_only=False)
     aed = {"input_dim": FEAT_DIM, "d_model": 16, "vocab_size": saved["config"]["model"]["vocab_size"],

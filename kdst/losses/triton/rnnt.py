@@ -12,7 +12,7 @@ Forward, two kernels:
    stays exact when label and blank hold nearly all the mass) and, in full mode, the
    KL itself (an online sum of p_T (z_T - z_S) / T, rescaled as the running maximum
    moves).  Padding nodes are not read.  The per-utterance KD losses are then a
-   (B, T, U+1) sum in torch.
+   (B, T, U+1) sum in torch, weighted by the node weights where there are some.
 2. ``_alpha_beta_kernel``, one program per utterance: the forward and backward
    variables row by row.  Within a row t the label edges make alpha a first-order
    recurrence in u, alpha(t, u) = a(u) ⊕ psi(t, u-1) ⊗ alpha(t, u-1) in the log
@@ -22,7 +22,11 @@ Forward, two kernels:
 Backward, ``_lattice_grad_kernel``, one program per node: the edge posteriors from
 alpha, beta and log P(y | x), and one more pass over the V logits that writes the
 whole gradient, RNN-T and KD terms together, in the student's dtype; padding nodes
-get zeros.  So RNN-T loss + KD read the student logits twice, the teacher once
+get zeros.  The KD term's upstream gradient comes per node (the utterance's times the
+node's weight), so weighted and uniform node sums are one kernel.
+
+``fused_lattice_occupancy`` runs the first two kernels alone on one model's logits:
+the node occupancy exp(alpha + beta - log P(y | x)).  So RNN-T loss + KD read the student logits twice, the teacher once
 (twice in full mode), and write one gradient; no (B, T, U+1, V) float32 tensor
 exists at any point.
 """
@@ -224,7 +228,7 @@ def _lattice_grad_kernel(s_ptr, z_ptr, y_ptr, t_len_ptr, u_len_ptr, grad_ptr,
         if KD != 0:
             lse_s = tl.load(lse_s_ptr + here)
             lse_t = tl.load(lse_t_ptr + here)
-            g_kd = tl.load(g_kd_ptr + b) * inv_t
+            g_kd = tl.load(g_kd_ptr + here) * inv_t  # per node: the utterance's gradient x the node weight
             if KD == 2:
                 shift_label = tl.load(shift_ptr + 3 * here)
                 shift_blank = tl.load(shift_ptr + 3 * here + 1)
@@ -270,7 +274,7 @@ class _FusedLattice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
                 t_len: torch.Tensor, u_len: torch.Tensor, with_rnnt: bool, kd: int, temperature: float,
-                blank: int, block_v: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                blank: int, block_v: int | None, node_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         student = _last_contiguous(student)
         teacher = _last_contiguous(teacher) if teacher is not None else student  # a dummy pointer without KD
         # U = 0 still needs a valid pointer; the kernels read a row with stride(1) == 1.
@@ -301,22 +305,29 @@ class _FusedLattice(torch.autograd.Function):
             _alpha_beta_kernel[(bsz,)](phi, psi, alpha, beta, log_like, t_len, u_len, frames, u1,
                                        BLOCK_U=block_size(u1, 1 << 16, smallest=2))
             nll = -log_like
+        if kd and node_weights is not None:
+            # Padded entries of the weights are never read (kl is 0 there, but a weight may be NaN).
+            node_weights = torch.where(_valid_nodes(t_len, u_len, frames, u1), node_weights.float(), 0.0)
+            kl = kl * node_weights
         kd_loss = kl.sum(dim=(1, 2)) if kd else torch.zeros(bsz, **f32)
         ctx.save_for_backward(student, teacher if kd == KD_FULL else None, targets, t_len, u_len, phi, psi, lse,
-                              alpha, beta, nll, lse_s, lse_t, shift)
+                              alpha, beta, nll, lse_s, lse_t, shift, node_weights if kd else None)
         ctx.options = (with_rnnt, kd, inv_t, blank, block)
         return nll, kd_loss
 
     @staticmethod
     def backward(ctx, g_nll: torch.Tensor | None, g_kd: torch.Tensor | None):
-        student, teacher, targets, t_len, u_len, phi, psi, lse, alpha, beta, nll, lse_s, lse_t, shift = ctx.saved_tensors
+        (student, teacher, targets, t_len, u_len, phi, psi, lse, alpha, beta, nll, lse_s, lse_t, shift,
+         node_weights) = ctx.saved_tensors
         with_rnnt, kd, inv_t, blank, block = ctx.options
         if not ctx.needs_input_grad[0]:
-            return (None,) * 10
+            return (None,) * 11
         bsz, frames, u1, vocab = student.shape
         zeros = torch.zeros(bsz, dtype=torch.float32, device=student.device)
         g_nll = zeros if g_nll is None else g_nll.float().contiguous()
-        g_kd = zeros if g_kd is None else g_kd.float().contiguous()
+        g_kd = zeros if g_kd is None else g_kd.float()
+        g_kd = g_kd[:, None, None] * node_weights if node_weights is not None else g_kd[:, None, None]
+        g_kd = g_kd.expand(bsz, frames, u1).contiguous()
         teacher = teacher if teacher is not None else student
         grad = torch.empty_like(student)
         grid = (bsz * frames * u1,)
@@ -326,22 +337,60 @@ class _FusedLattice(torch.autograd.Function):
                 lse_s, lse_t, shift, g_kd, frames, u1, vocab, *student.stride()[:3], *teacher.stride()[:3],
                 *grad.stride()[:3], targets.stride(0), blank, inv_t,
                 WITH_RNNT=with_rnnt, KD=kd, BLOCK_V=block, num_warps=warps_for(block, GRAD_PER_THREAD))
-        return (grad,) + (None,) * 9
+        return (grad,) + (None,) * 10
+
+
+def _valid_nodes(t_len: torch.Tensor, u_len: torch.Tensor, frames: int, u1: int) -> torch.Tensor:
+    t_ok = torch.arange(frames, device=t_len.device)[None, :, None] < t_len[:, None, None]
+    return t_ok & (torch.arange(u1, device=t_len.device)[None, None, :] <= u_len[:, None, None])
 
 
 def fused_lattice_losses(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
                          logit_lengths: torch.Tensor, target_lengths: torch.Tensor, *, with_rnnt: bool,
                          kd_mode: str | None, temperature: float = 1.0, blank: int = 0,
-                         block_v: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         block_v: int | None = None,
+                         node_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-utterance (RNN-T loss, KD loss), float32 (B,) each; inputs already validated.
 
     ``with_rnnt=False`` skips the recursion (its output is then zeros), ``kd_mode=None``
-    the teacher (zeros).  ``block_v`` forces the vocabulary block (a power of two), so
+    the teacher (zeros).  ``node_weights`` (B, T, U+1), constants, weigh each node's KL
+    (None: 1 each).  ``block_v`` forces the vocabulary block (a power of two), so
     tests can run the multi-block loops on tiny vocabularies.
     """
     device = student.device
     t_len = logit_lengths.to(device=device, dtype=torch.int32).contiguous()
     u_len = target_lengths.to(device=device, dtype=torch.int32).contiguous()
     teacher = teacher.detach() if teacher is not None else None
+    weights = node_weights.detach().to(device) if node_weights is not None else None
     return _FusedLattice.apply(student, teacher, targets.to(device), t_len, u_len, with_rnnt, KD_MODES[kd_mode],
-                               float(temperature), int(blank), block_v)
+                               float(temperature), int(blank), block_v, weights)
+
+
+def fused_lattice_occupancy(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,
+                            target_lengths: torch.Tensor, *, blank: int = 0,
+                            block_v: int | None = None) -> torch.Tensor:
+    """(B, T, U+1) float32 node occupancy exp(alpha + beta - log P(y | x)), 0 on padded nodes;
+    inputs already validated (kdst.losses.rnnt.lattice_occupancy)."""
+    logits = _last_contiguous(logits.detach())
+    device = logits.device
+    t_len = logit_lengths.to(device=device, dtype=torch.int32).contiguous()
+    u_len = target_lengths.to(device=device, dtype=torch.int32).contiguous()
+    targets = targets.to(device)
+    targets = targets.contiguous() if targets.shape[1] else targets.new_zeros((targets.shape[0], 1))
+    bsz, frames, u1, vocab = logits.shape
+    f32 = dict(dtype=torch.float32, device=device)
+    nodes = (bsz, frames, u1)
+    if not bsz * frames * u1:
+        return torch.zeros(nodes, **f32)
+    phi, psi, lse, alpha, beta = (torch.zeros(nodes, **f32) for _ in range(5))
+    unused = torch.zeros(0, **f32)
+    block = block_v or lattice_block(vocab)
+    _lattice_stats_kernel[(bsz * frames * u1,)](
+        logits, logits, targets, t_len, u_len, phi, psi, lse, unused, unused, unused, unused,
+        frames, u1, vocab, *logits.stride()[:3], *logits.stride()[:3], targets.stride(0), blank, 1.0,
+        WITH_RNNT=True, KD=KD_NONE, SAME_T=True, BLOCK_V=block, num_warps=warps_for(block, STATS_PER_THREAD))
+    log_like = torch.zeros(bsz, **f32)
+    _alpha_beta_kernel[(bsz,)](phi, psi, alpha, beta, log_like, t_len, u_len, frames, u1,
+                               BLOCK_U=block_size(u1, 1 << 16, smallest=2))
+    occupancy = (alpha + beta - log_like[:, None, None]).exp()
+    return torch.where(_valid_nodes(t_len, u_len, frames, u1), occupancy, 0.0)
