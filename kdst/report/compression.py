@@ -89,8 +89,9 @@ def collect_compression(exp_root: Path, data_root: Path, systems: list[str], tea
         raise KdstError(f"--teacher {teacher}: not among the systems ({' '.join(systems)})")
     order = [teacher, *(s for s in dict.fromkeys(systems) if s != teacher)]
     registered = manifest.read_systems(exp_root)
-    chosen = significance.resolve_baseline(baseline, order, registered, exp_root) if baseline is not None or \
-        any(s.baseline for s in registered if s.name in order) else None
+    # --baseline, or the one exp/systems.json marks, for every row; else each student's own (default_baselines)
+    one_for_all = baseline is not None or any(s.baseline for s in registered if s.name in order)
+    chosen = significance.resolve_baseline(baseline, order, registered, exp_root) if one_for_all else None
     stats = {s: _read_decode_dir(exp_root / s / f"decode_{test_set}") for s in order}  # all present first
     other_sets = tuple(o for o in dict.fromkeys(other_sets) if o != test_set)
     for other in other_sets:

@@ -8,7 +8,10 @@ against ``data/<set>/<text>`` and the scores are written beside the hypotheses
 losses a system's trainer logged to ``exp/<system>/tensorboard/``).
 
 The systems are those ``--systems`` names, else every system the recipe registered in
-``exp/systems.json`` (kdst.report.systems), in the order it trained them.
+``exp/systems.json`` (kdst.report.systems), in the order it trained them.  The runs of one
+system under several seeds (one ``group`` there) make one row, mean ± sd.  Every score has
+its bootstrap confidence interval and every row its paired test against the baseline
+(kdst.report.significance; docs/RESULTS_FORMAT.md).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
                 for run in row.runs:
                     results[run]["seeds"] = {"group": row.name, **summary}
             rows.append({"name": row.name, "summary": summary, "entry": _row_entry([results[r] for r in row.runs])})
-    # results.json: a set's rows one after the other, like the table
+    # the table, and results.json, go system by system, each over the sets
     rows = _interleave(rows, sets)
     results = {run: results[run] for row in rows for run in row["summary"]["runs"]}
     table = {"systems": results, "rows": rows, "signatures": signatures, "sets": list(sets),
@@ -115,13 +118,8 @@ def _by_set(rows: list[dict], sets: list[str]) -> list[list[dict]]:
 
 
 def _interleave(rows: list[dict], sets: list[str]) -> list[dict]:
-    """Rows system by system, each over the sets (the order of the table since it had several sets)."""
+    """Rows scored set by set (the resamples are a set's), put system by system, each over the sets."""
     return [row for group in zip(*_by_set(rows, sets)) for row in group]
-
-
-def baseline_key(name: str, baseline: str, sets: list[str]) -> str:
-    """The results key of ``baseline`` on the same evaluation set as the entry ``name``."""
-    return baseline if len(sets) == 1 else f"{baseline}/{name.rpartition('/')[2]}"
 
 
 def markdown(table: dict) -> str:
