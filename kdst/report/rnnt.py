@@ -257,7 +257,7 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
     systems = sorted({c["system"] for row in matrix["cells"].values() for c in row.values()})
     lines += ["", "Systems: " + ", ".join(f"`{s}`" for s in systems) + "."]
     if tested and any(m != "none" for m in matrix["modes"]) and "none" in matrix["modes"]:
-        p_rows = [[MODE_LABELS[mode], *(f"{matrix['cells'][mode][arch]['p'][metric]:.3f}" for arch in archs)]
+        p_rows = [[MODE_LABELS[mode], *(significance.p_cell(matrix["cells"][mode][arch], metric) for arch in archs)]
                   for mode in matrix["modes"] if mode != "none"]
         lines += ["", f"p-values of the {label} differences against the `none` student of the column:", "",
                   *markdown_table(["mode", *archs], p_rows)]
@@ -269,7 +269,7 @@ def markdown(matrix: dict, chart: str | None = None) -> str:
             rows.append([f"{row['generation']}", f"`{row['system']}`",
                          f"`{row['teacher']}`" if row["teacher"] else "-", _with_ci(row, metric),
                          f"{rel:+.1f}%{_mark(row, metric)}" if rel is not None else "-",
-                         *([f"{row['p'][metric]:.3f}" if "p" in row else "-"] if tested else []),
+                         *([significance.p_cell(row, metric)] if tested else []),
                          f"{labels['wer_1best']:.2f}" if "wer_1best" in labels else "-",
                          f"{labels['dropped']}" if "dropped" in labels else "-"])
         lines += ["", f"### Noisy-student generations ({label} on {matrix['report_set']})", "",
