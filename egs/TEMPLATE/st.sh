@@ -325,8 +325,9 @@ train_student() {
   OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" "$st_data $(mode_opts "$1")"
   [ "$mode" = none ] || learnt_from=(--teacher "$teacher")
   [ "${rest%@*}" = yes ] && init=(--init "$pretrained")
+  # the seeds of one student make one row of the tables: its group is its name without the seed
   register "$system" student "$mode" --arch st --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}" \
-    "${init[@]}"
+    "${init[@]}" --group "$(system_of "${1%@*}@1")"
 }
 
 train_students() {
@@ -357,7 +358,7 @@ finetune_student() {
   OMP_NUM_THREADS=$student_threads train_model "exp/$system" "$st_config" \
     "$st_data --set train.init=exp/$from/avg_best$n_average.pt --set train.seed=${1##*@} $finetune_opts"
   register "$system" student "${1%%@*}" --arch st --model "exp/$system/avg_best$n_average.pt" --teacher "$teacher" \
-    --init "exp/$from/avg_best$n_average.pt"
+    --init "exp/$from/avg_best$n_average.pt" --group "$(system_of "${1%@*}@1")_ft"
 }
 
 finetune_word_kd() {
