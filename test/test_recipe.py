@@ -156,7 +156,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     assert pretrain_config["data"]["text"] == "text.en" and pretrain_config["data"]["tokenizer"].endswith("en_bpe60")
     pretrained = {"st_pt", "st_pt_word", "st_pt_s2", "st_pt_word_s2"}
     seeded = pretrained | {"st_none", "st_word", "st_none_s2", "st_word_s2"}
-    assert set(json.loads((exp / "results.json").read_text())) == seeded | {"mt_teacher"}
+    results = json.loads((exp / "results.json").read_text())
+    assert set(results) == seeded | {"mt_teacher"}
+    assert results["st_pt_word_s2"]["seeds"]["group"] == "st_pt_word"  # one row per student, over both seeds
+    assert sorted(results["st_pt_word_s2"]["seeds"]["runs"]) == ["st_pt_word", "st_pt_word_s2"]
     for name in seeded:
         config = yaml.safe_load((exp / name / "config.yaml").read_text())
         assert config["train"]["seed"] == (2 if name.endswith("_s2") else 1)
