@@ -165,6 +165,8 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     add_model_option(p, "--model", "--checkpoint", what="the model to decode with")
     p.add_argument("--espnet-rule", action="store_true",
                    help="ESPnet BeamSearch's pruning and length rules (kdst.decode.search)")
+    p.add_argument("--hf-rule", action="store_true",
+                   help="an hf: model: Hugging Face generate()'s beam search rules (docs/HF_TEACHERS.md)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--beam", type=int, default=5, help="hypotheses kept per utterance and step")
@@ -194,7 +196,7 @@ def run_decode(args: argparse.Namespace) -> int:
     model = model_reference(args, "--model")
     options = SearchOptions(beam=args.beam, nbest=args.nbest, max_len_ratio=args.max_len_ratio,
                             max_len_bias=args.max_len_bias, min_len_ratio=args.min_len_ratio,
-                            length_penalty=args.length_penalty, espnet_rule=args.espnet_rule,
+                            length_penalty=args.length_penalty, espnet_rule=args.espnet_rule, hf_rule=args.hf_rule,
                             ctc_weight=args.ctc_weight, ctc_pre_beam=args.ctc_pre_beam)
     require_directory(args.output_dir, "output directory")
     nj = jobs_for(args.data_dir, args.nj)
@@ -257,6 +259,23 @@ def add_espnet_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-espnet", type=Path, required=True, help="ESPnet2 exp dir, packed zip or config.yaml")
     p.add_argument("--out", type=Path, required=True, help="kdst tokenizer directory to write")
     p.add_argument("--side", choices=("tgt", "src"), default="tgt", help="target or (MT) source vocabulary")
+
+
+def add_hf_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, metavar="REF",
+                   help="hf:PATH[,src=LANG,tgt=LANG] (a save_pretrained dir or a cached hub name)")
+    p.add_argument("--out", type=Path, required=True, help="kdst tokenizer directory to write")
+    p.add_argument("--side", choices=("tgt", "src"), default="tgt", help="target or source vocabulary")
+
+
+def run_hf_tokenizer(args: argparse.Namespace) -> int:
+    from kdst.models.hf_bridge import export_hf_tokenizer
+
+    if not args.teacher.startswith("hf:"):
+        raise KdstError(f"--teacher {args.teacher}: not a Hugging Face model (hf:PATH)")
+    out = export_hf_tokenizer(args.teacher[3:], args.out, args.side)
+    print(f"{out}: the {args.side} tokenizer of {args.teacher} as a kdst tokenizer (ids: docs/HF_TEACHERS.md)")
+    return 0
 
 
 def run_espnet_tokenizer(args: argparse.Namespace) -> int:
@@ -503,6 +522,8 @@ def commands() -> list[Command]:
                 add_topk_arguments, run_topk),
         Command("espnet-tokenizer", "an ESPnet model's token list + BPE model as a kdst tokenizer dir",
                 add_espnet_tokenizer_arguments, run_espnet_tokenizer),
+        Command("hf-tokenizer", "a Hugging Face model's tokenizer as a kdst tokenizer dir (hf:PATH)",
+                add_hf_tokenizer_arguments, run_hf_tokenizer),
         Command("compute-cmvn", "global CMVN statistics (Kaldi matrix) of a feats.scp",
                 add_compute_cmvn_arguments, run_compute_cmvn),
         Command("speed-perturb", "Kaldi-style speed-perturbed copy of a data dir (sox pipes)",

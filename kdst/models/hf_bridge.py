@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -424,7 +425,9 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
         raise KdstError(f"{where}: Whisper teachers are not supported yet (seq2seq MT models: Marian, M2M100, "
                         f"NLLB, mBART)")
     try:
-        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        with warnings.catch_warnings():  # Marian's tokenizer asks for sacremoses, which it does not use to tokenize
+            warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+            hf_tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir, local_files_only=True,
                                                                    dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:

@@ -54,11 +54,36 @@ def _sharpen(model, std):
                 p.normal_(0, std)
 
 
-def _save_marian(directory, seed=0, eos_bias=0.5):
-    """Marian's layout: </s> 0, <unk> 1, the words, <pad> last (its decoder start); forced </s> at the max length."""
-    vocab = {"</s>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+def _marian_sentencepiece_tokenizer(directory):
+    """A MarianTokenizer as OPUS-MT ships it: a sentencepiece model (source.spm = target.spm here) and
+    vocab.json with </s> 0, <unk> 1, the pieces, <pad> last; trained on the test's words."""
+    import json
+
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = directory / "spm.model"
+    with open(model, "wb") as f:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(_sentences(300, 11)), model_writer=f, vocab_size=40,
+                                       model_type="unigram", character_coverage=1.0, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)]
+    vocab = {"</s>": 0, "<unk>": 1, **{piece: i + 2 for i, piece in enumerate(pieces)}}
     vocab["<pad>"] = len(vocab)
-    tokenizer = _word_tokenizer(vocab, "$A </s>", ["</s>"], pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    return transformers.MarianTokenizer(source_spm=str(model), target_spm=str(model),
+                                        vocab=str(directory / "vocab.json")), vocab
+
+
+def _save_marian(directory, seed=0, eos_bias=0.5, sentencepiece=False):
+    """Marian's layout: </s> 0, <unk> 1, the words, <pad> last (its decoder start); forced </s> at the max length."""
+    if sentencepiece:
+        tokenizer, vocab = _marian_sentencepiece_tokenizer(directory / "spm")
+    else:
+        vocab = {"</s>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+        vocab["<pad>"] = len(vocab)
+        tokenizer = _word_tokenizer(vocab, "$A </s>", ["</s>"], pad_token="<pad>", eos_token="</s>",
+                                    unk_token="<unk>")
     v = len(vocab)
     torch.manual_seed(seed)
     config = transformers.MarianConfig(vocab_size=v, d_model=16, encoder_layers=2, decoder_layers=2,
@@ -100,6 +125,12 @@ def _save_nllb(directory, seed=1, eos_bias=1.0):
 @pytest.fixture(scope="module")
 def marian(tmp_path_factory):
     return _save_marian(tmp_path_factory.mktemp("hf") / "marian")
+
+
+@pytest.fixture(scope="module")
+def opus(tmp_path_factory):
+    """Marian with OPUS-MT's sentencepiece tokenizer (MarianTokenizer, no tokenizer.json)."""
+    return _save_marian(tmp_path_factory.mktemp("hf") / "opus", sentencepiece=True, eos_bias=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +188,11 @@ def test_hub_name_resolved_from_the_cache(marian, tmp_path, monkeypatch):
     assert teacher.model_file == snapshot / "model.safetensors"
 
 
-def test_tokenizer_ids_equal_the_hf_tokenizers(marian, nllb):
-    for directory, spec in ((marian, ""), (nllb, ",tgt=deu_Latn")):
+def test_tokenizer_ids_equal_the_hf_tokenizers(marian, opus, nllb):
+    for directory, spec, backend in ((marian, "", "tokenizers"), (opus, "", "sentencepiece"),
+                                     (nllb, ",tgt=deu_Latn", "tokenizers")):
         teacher = load_teacher(f"hf:{directory}{spec}")
+        assert load_tokenizer(teacher.data.tokenizer).backend == backend
         hf_tok = transformers.AutoTokenizer.from_pretrained(directory)
         src, tgt = load_tokenizer(teacher.data.src_tokenizer), load_tokenizer(teacher.data.tokenizer)
         order = hf_order(teacher.vocab_size, hf_tok.pad_token_id, hf_tok.unk_token_id, hf_tok.eos_token_id)
@@ -200,9 +233,9 @@ def test_whisper_and_unknown_languages_are_refused(nllb, tmp_path):
 
 # --- teacher-forced logits ----------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["marian", "nllb"])
-def test_teacher_forced_logits_equal_the_models_forward(which, marian, nllb):
-    directory, spec = (marian, "") if which == "marian" else (nllb, ",tgt=fra_Latn")
+@pytest.mark.parametrize("which", ["marian", "opus", "nllb"])
+def test_teacher_forced_logits_equal_the_models_forward(which, marian, opus, nllb):
+    directory, spec = {"marian": (marian, ""), "opus": (opus, ""), "nllb": (nllb, ",tgt=fra_Latn")}[which]
     teacher = load_teacher(f"hf:{directory}{spec}")
     model, hf_tok = teacher.model, transformers.AutoTokenizer.from_pretrained(directory)
     sources, targets = _sentences(4, 5), _sentences(4, 6)
@@ -239,7 +272,7 @@ def _generate_nbest(model, hf_tok, sources, beam, nbest, length_penalty, max_new
     return out.sequences.view(len(sources), nbest, -1), scores
 
 
-ENDINGS: dict[str, Counter] = {"marian": Counter(), "nllb": Counter()}
+ENDINGS: dict[str, Counter] = {"marian": Counter(), "opus": Counter(), "nllb": Counter()}
 SETTINGS = [  # beam, nbest, length_penalty, max_new_tokens, early_stopping, Marian's forced </s>
     (1, 1, 1.0, 6, False, True),
     (3, 2, 1.0, 8, False, True),
@@ -250,10 +283,10 @@ SETTINGS = [  # beam, nbest, length_penalty, max_new_tokens, early_stopping, Mar
 ]
 
 
-@pytest.mark.parametrize("which", ["marian", "nllb"])
+@pytest.mark.parametrize("which", ["marian", "opus", "nllb"])
 @pytest.mark.parametrize("beam,nbest,lp,max_new,early_stopping,forced_eos", SETTINGS)
-def test_nbest_equals_generate(which, beam, nbest, lp, max_new, early_stopping, forced_eos, marian, nllb):
-    directory, spec = (marian, "") if which == "marian" else (nllb, ",tgt=deu_Latn")
+def test_nbest_equals_generate(which, beam, nbest, lp, max_new, early_stopping, forced_eos, marian, opus, nllb):
+    directory, spec = {"marian": (marian, ""), "opus": (opus, ""), "nllb": (nllb, ",tgt=deu_Latn")}[which]
     teacher = load_teacher(f"hf:{directory}{spec}")
     model, hf_tok = teacher.model, transformers.AutoTokenizer.from_pretrained(directory)
     config = model.hf.generation_config
@@ -286,7 +319,7 @@ def test_nbest_equals_generate(which, beam, nbest, lp, max_new, early_stopping, 
 def test_nbest_comparisons_saw_both_endings(request):
     """The comparisons above met hypotheses ending with <eos> before the max length and at it (forced, or
     cut with their last token kept), for both models."""
-    if any(sum(ENDINGS[w].values()) == 0 for w in ("marian", "nllb")):
+    if any(sum(counts.values()) == 0 for counts in ENDINGS.values()):
         pytest.skip("the n-best comparisons did not run")
     for which, counts in ENDINGS.items():
         assert all(n >= 5 for n in counts.values()), (which, dict(counts))
@@ -303,3 +336,41 @@ def test_hf_rule_options_are_checked(marian):
     src, lengths = _src_batch(teacher, ["the cat"])
     with pytest.raises(KdstError, match="hf:x: --hf-rule cannot reproduce generate.*no_repeat_ngram_size=3"):
         beam_search(model, src, lengths, SearchOptions(hf_rule=True))
+
+
+# --- through kdst's programs -------------------------------------------------------------------
+
+def test_decode_and_topk_of_a_data_dir(opus, tmp_path):
+    """kdst decode (--hf-rule) and kdst topk read a data dir's source text through the exported tokenizers:
+    the 1-best equals generate()'s decoded text, the cache holds the teacher-forced top-k."""
+    from kdst.data.teacher_cache import TeacherCache
+    from kdst.decode.decode import decode_data_dir
+    from kdst.teacher.topk import write_cache
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sources, targets = _sentences(6, 21), _sentences(6, 22)
+    (data / "text.en").write_text("".join(f"utt{i} {s}\n" for i, s in enumerate(sources)))
+    (data / "text").write_text("".join(f"utt{i} {s}\n" for i, s in enumerate(targets)))
+    options = SearchOptions(beam=3, nbest=2, max_len_ratio=0, max_len_bias=8, hf_rule=True)
+    stats = decode_data_dir(f"hf:{opus}", data, tmp_path / "decode", options, device="cpu")
+    assert stats["utterances"] == 6
+    teacher = load_teacher(f"hf:{opus}")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(opus)
+    out = teacher.model.hf.generate(**hf_tok(sources, return_tensors="pt", padding=True), num_beams=3,
+                                    max_new_tokens=8)
+    expected = hf_tok.batch_decode(out, skip_special_tokens=True)
+    hyps = dict(line.rstrip("\n").partition(" ")[::2] for line in (tmp_path / "decode" / "hyp.txt").open())
+    assert [hyps[f"utt{i}"] for i in range(6)] == [e.strip() for e in expected]
+    assert len((tmp_path / "decode" / "nbest.txt").read_text().splitlines()) == 12
+
+    write_cache(f"hf:{opus}", data, tmp_path / "topk", k=4, device="cpu")
+    cache = TeacherCache(tmp_path / "topk")
+    tgt_tok = load_tokenizer(teacher.data.tokenizer)
+    src, src_lengths = _src_batch(teacher, sources[:1])
+    tgt = torch.tensor([tgt_tok.encode(targets[0])])
+    with torch.no_grad():
+        logits = teacher.model.decoder_logits({"src": src, "src_lengths": src_lengths, "tgt": tgt,
+                                               "tgt_lengths": torch.tensor([tgt.shape[1]])})[0][0]
+    row = cache.get("utt0", tgt.shape[1] + 1)
+    assert torch.equal(torch.as_tensor(row[0]).long(), logits.topk(4).indices)
