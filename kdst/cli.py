@@ -133,8 +133,9 @@ def run_fbank(args: argparse.Namespace) -> int:
 def add_model_option(p: argparse.ArgumentParser, *names: str, what: str) -> None:
     """The one option naming a model by a teacher reference, and the deprecated --teacher-espnet DIR."""
     p.add_argument(*names, dest="model", metavar="REF", action="append",
-                   help=f"{what}: a kdst checkpoint (exp/x/avg_best5.pt) or espnet:DIR (an ESPnet2 exp dir, "
-                        f"packed zip or config.yaml); repeated: their ensemble (kdst.models.ensemble)")
+                   help=f"{what}: a kdst checkpoint (exp/x/avg_best5.pt), espnet:DIR (an ESPnet2 exp dir, "
+                        f"packed zip or config.yaml) or hf:PATH (a Hugging Face model, docs/HF_TEACHERS.md); "
+                        f"repeated: their ensemble (kdst.models.ensemble)")
     p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
                    help=f"an ensemble's weights, one per {names[0]} (normalised; default: uniform)")
     p.add_argument("--teacher-espnet", type=Path, metavar="DIR", help=f"deprecated: {names[0]} espnet:DIR")
