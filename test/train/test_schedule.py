@@ -61,7 +61,8 @@ def test_the_loss_mixes_with_the_weight_and_temperature_of_the_step(task):
     config = load_config(write_config(task["root"], task["root"] / "student.yaml"))
     train_set, _, sizes = build_datasets(config.data)
     student = build_model(replace(config.model, **sizes)).eval()
-    kd = parse_kd({"teacher": str(task["teacher"]), "weight": 1.0, "temperature": 1.0,
+    # label_smoothing: the gold term smoothed as the student's own loss is (kd.label_smoothing's default is 0)
+    kd = parse_kd({"teacher": str(task["teacher"]), "weight": 1.0, "temperature": 1.0, "label_smoothing": 0.1,
                    "weight_schedule": {"end": 0.0, "steps": 4},
                    "temperature_schedule": {"end": 3.0, "steps": 4, "shape": "cosine"}}, config.model)
     loss_model, kd_set = setup_distillation(kd, student, train_set, config.data, torch.device("cpu"))
