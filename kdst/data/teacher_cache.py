@@ -384,10 +384,10 @@ class TeacherCache:
         self._rest: np.ndarray | None = None
 
     @property
-    def temperature(self) -> float | None:
-        """The temperature the cache was made at (sampled draws, rest, kept mass); None if not recorded."""
-        value = self.fingerprint.get("temperature")
-        return None if value is None else float(value)
+    def temperature(self) -> float:
+        """The temperature the cache was made at (sampled draws, rest, kept mass); kdst made caches at 1
+        before it recorded one."""
+        return float(self.fingerprint.get("temperature", 1.0))
 
     @property
     def kept_mass(self) -> float | None:

@@ -134,7 +134,7 @@ def summary(out: str | Path) -> list[str]:
     """What ``kdst topk`` prints about the cache at ``out``: its size, the mass its k entries keep, and a
     warning line (starting "warning:") when that is low."""
     cache = TeacherCache(out)
-    line = (f"{out}: {len(cache)} utterances, k={cache.k} ({cache.mode}, T={cache.temperature or 1.0:g}), "
+    line = (f"{out}: {len(cache)} utterances, k={cache.k} ({cache.mode}, T={cache.temperature:g}), "
             f"{cache.bytes_per_token():.1f} bytes per target token")
     if cache.kept_mass is not None:
         line += f", the k entries keep {cache.kept_mass:.1%} of the teacher's mass on average"

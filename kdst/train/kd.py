@@ -235,7 +235,7 @@ def check_cache_temperature(cache: TeacherCache, kd: CachedWordKDConfig) -> None
     if cache.mode != "sampled" and not kd.topk_rest:
         return  # stored logits: any temperature is applied at training time
     what = "its draws are from" if cache.mode == "sampled" else "its rest is the mass of"
-    made = cache.temperature if cache.temperature is not None else 1.0  # older kdst drew at T = 1 only
+    made = cache.temperature
     if kd.temperature_schedule is not None:
         raise KdstError(f"{kd.cache}: made at temperature {made:g} ({what} the teacher at that T only), "
                         "kd.temperature_schedule changes T: use a renormalised topk cache")

@@ -296,7 +296,7 @@ def test_rest_round_trip_and_kept_mass(tmp_path: Path):
 def test_cache_without_rest_says_how_to_get_one(tmp_path: Path):
     write(tmp_path / "cache", utterances(2))
     cache = TeacherCache(tmp_path / "cache")
-    assert not cache.has_rest and cache.kept_mass is None and cache.temperature is None
+    assert not cache.has_rest and cache.kept_mass is None and cache.temperature == 1.0  # not recorded: 1
     with pytest.raises(KdstError, match=r"cache: no rest.bin .* re-run the top-k stage"):
         cache.get_rest("spk0-utt000")
 
