@@ -71,8 +71,9 @@ def normalise_weights(weights: Sequence[float] | None, n: int) -> tuple[float, .
 
 def ensemble_digest(digests: Sequence[str], weights: Sequence[float]) -> str:
     """What teacher outputs record for an ensemble: a digest of the members' digests and normalised weights.
-    Sorted, since the mean does not depend on the order of the members."""
-    lines = sorted(f"{d} {w!r}" for d, w in zip(digests, normalise_weights(weights, len(digests))))
+    Sorted, since the mean does not depend on the order of the members; 12 digits, so that [1, 7] and
+    [0.1, 0.7] (0.1 / 0.7999999999999999 = 0.12500000000000003) are the same weights."""
+    lines = sorted(f"{d} {w:.12g}" for d, w in zip(digests, normalise_weights(weights, len(digests))))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 

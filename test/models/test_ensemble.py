@@ -179,7 +179,7 @@ def test_the_ensemble_digest(task):
     assert teachers_digest(task["a"]) == da and teachers_digest([task["a"]], [5.0]) == da  # one teacher: itself
     uniform = teachers_digest([task["a"], task["b"]])
     assert uniform == teachers_digest([task["b"], task["a"]]) == teachers_digest([task["a"], task["b"]], [2, 2])
-    assert uniform != teachers_digest([task["a"], task["b"]], [1, 2])
+    assert uniform != teachers_digest([task["a"], task["b"]], [1, 7]) == teachers_digest([task["a"], task["b"]], [0.1, 0.7])
     assert uniform == load_teachers([task["a"], task["b"]]).digest == ensemble_digest([db, da], [0.5, 0.5])
 
 
