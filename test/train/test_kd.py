@@ -227,6 +227,8 @@ def test_sampled_cache_at_t2_gives_the_gradient_of_full_kd_at_t2(sharp, tmp_path
 
 def test_a_cache_made_at_another_temperature_is_refused(task, tmp_path):
     root = task["root"]
+    with pytest.raises(KdstError, match=r"^--temperature must be a finite number > 0, not 0.0$"):
+        write_cache(task["teacher"], root / "train", tmp_path / "zero", k=4, device="cpu", temperature=0.0)
     write_cache(task["teacher"], root / "train", tmp_path / "sampled", k=4, mode="sampled", device="cpu",
                 temperature=2.0)
     sampled = str(tmp_path / "sampled")
