@@ -67,6 +67,7 @@ opt student_jobs 1 "students trained at the same time (stage 8); on one machine 
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
 opt beam 5 "beam size for decoding" count
 opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x subsampling)" num
+opt ctc_weight 0 "decoding and the teacher n-best: joint CTC/attention weight (0: attention only; docs/DECODING.md)" num
 opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
 parse_options "$@"
 
@@ -89,6 +90,10 @@ if [ -n "$frame_kd_config" ] && [ ! -f "$frame_kd_config" ]; then
 fi
 if [ "$nbest_size" -gt "$nbest_beam" ]; then
   echo "$prog: --nbest-size $nbest_size exceeds --nbest-beam $nbest_beam" >&2
+  exit 2
+fi
+if ! awk -v w="$ctc_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }'; then
+  echo "$prog: --ctc-weight $ctc_weight: must be between 0 and 1" >&2
   exit 2
 fi
 [ -n "$report_set" ] || report_set=${test_sets##* }
@@ -123,6 +128,12 @@ train_tokenizer() {
     "${symbols[@]}"
 }
 
+# Joint CTC/attention decoding (kdst decode refuses a model without a CTC branch): the option, and
+# the stage signatures' part, only with a weight, so that runs without one keep their finished stages.
+ctc_decode=()
+if awk -v w="$ctc_weight" 'BEGIN { exit !(w > 0) }'; then ctc_decode=(--ctc-weight "$ctc_weight"); fi
+ctc_sig=${ctc_decode[*]:+ ctc $ctc_weight}
+
 asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
 
@@ -132,7 +143,7 @@ decode_sets() {
   shift
   for set in "$@"; do
     kdst decode --model "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
-      --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$max_len_ratio" \
+      --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$max_len_ratio" "${ctc_decode[@]}" \
       --nj "$decode_nj" --cmd "$decode_cmd"
   done
 }
@@ -159,7 +170,7 @@ teacher_nbest() {
     return 0
   fi
   kdst decode --model "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
-    --beam "$nbest_beam" --nbest "$nbest_beam" --max-len-ratio "$max_len_ratio" \
+    --beam "$nbest_beam" --nbest "$nbest_beam" --max-len-ratio "$max_len_ratio" "${ctc_decode[@]}" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -233,10 +244,10 @@ run_stage 1 "$corpus_dir $prepared_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
 run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
-run_stage 5 "$beam $max_len_ratio $test_sets" evaluate_teacher
-run_stage 6 "$student_modes $nbest_beam $max_len_ratio" teacher_nbest
+run_stage 5 "$beam $max_len_ratio $test_sets$ctc_sig" evaluate_teacher
+run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig" teacher_nbest
 run_stage 7 "$student_modes $nbest_size $posterior_scale" pseudo_labels
 run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
-run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj" decode_all
+run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig" decode_all
 run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set" report
 log "done: stages $stage-$stop_stage"

@@ -13,9 +13,10 @@ the empty prefix contributes (``phi_{-1} = 1``).  It never exceeds ``psi(g)``.  
 sentence gets ``P_ctc(g) = r_{T-1}^n(g) + r_{T-1}^b(g)``, the probability of ``g`` as a whole.
 All of it is in log space.
 
-The prefix scores of every candidate are one ``logsumexp`` over frames, no recursion:
-``psi`` needs only the prefix's own ``r``.  The recursion over frames runs once per step, for
-the K prefixes the search keeps (``extend``), not for the candidates it scores.
+The prefix scores of every candidate are one sum over frames, no recursion: ``psi`` needs
+only the prefix's own ``r``, so the scores of all candidates are one batched matrix product
+(in float64, the prefix's part scaled by its maximum).  The recursion over frames runs once
+per step, for the K prefixes the search keeps (``extend``), not for the candidates it scores.
 
 Rows are utterance-major, ``group`` (beams) per utterance, like the decoder's state.  Frames
 past an utterance's end are certain blanks, which leaves ``r^n + r^b`` of a shorter utterance
@@ -37,7 +38,7 @@ NEG_INF = float("-inf")
 class CTCPrefixState:
     """The prefixes of N = A * group rows."""
 
-    log_probs: torch.Tensor  # (A, T, V) CTC log-posteriors per utterance, padded with certain blanks
+    table: torch.Tensor  # (A, V, T) CTC log-posteriors per utterance and token, padded with certain blanks
     r: torch.Tensor  # (T, 2, N): log r^n, log r^b of each row's prefix
     psi: torch.Tensor  # (N,) log prefix probability of each row's prefix (0 for the empty one)
     last: torch.Tensor  # (N,) last label of each prefix (<sos> for the empty one)
@@ -54,32 +55,47 @@ def initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, group: int = 1
     r = torch.full((frames, 2, a), NEG_INF, device=log_probs.device)
     r[:, 1] = log_probs[:, :, BLANK_ID].cumsum(1).t()  # only blanks so far
     n = a * group
-    return CTCPrefixState(log_probs, r.repeat_interleave(group, dim=2), log_probs.new_zeros(n),
-                          torch.full((n,), SOS_EOS_ID, dtype=torch.long, device=log_probs.device), group, 0)
+    # Token-major: the frames of one token are one contiguous row (gathering them is a row copy).
+    return CTCPrefixState(log_probs.transpose(1, 2).contiguous(), r.repeat_interleave(group, dim=2),
+                          log_probs.new_zeros(n), torch.full((n,), SOS_EOS_ID, dtype=torch.long,
+                                                             device=log_probs.device), group, 0)
 
 
-def _frames_of(log_probs: torch.Tensor, tokens: torch.Tensor, group: int) -> torch.Tensor:
-    """(T, N, P): the log-posterior of each row's P ``tokens`` (N, P) at every frame of its utterance."""
-    a, frames, _ = log_probs.shape
-    n, p = tokens.shape
-    x = log_probs.gather(2, tokens.reshape(a, 1, group * p).expand(a, frames, group * p))
-    return x.view(a, frames, group, p).permute(1, 0, 2, 3).reshape(frames, n, p)
+def _frames_of(table: torch.Tensor, tokens: torch.Tensor, group: int) -> torch.Tensor:
+    """(N, P, T): the log-posteriors of each row's P ``tokens`` (N, P) at every frame of its utterance."""
+    a, vocab, frames = table.shape
+    utterance = torch.arange(a, device=tokens.device).repeat_interleave(group)
+    rows = (utterance[:, None] * vocab + tokens).view(-1)
+    return table.view(a * vocab, frames).index_select(0, rows).view(*tokens.shape, frames)
 
 
-def prefix_scores(state: CTCPrefixState, tokens: torch.Tensor) -> torch.Tensor:
-    """(N, P): log psi of each row's prefix extended by each of its ``tokens`` (N, P); <eos> gets
-    the prefix's full probability, blank -inf."""
-    frames, t = state.r.shape[0], state.length
-    x = _frames_of(state.log_probs, tokens, state.group)
-    r_n, r_b = state.r[:, 0], state.r[:, 1]
-    whole = torch.logaddexp(r_n, r_b)  # (T, N)
-    phi = torch.where(tokens == state.last[:, None], r_b[:, :, None], whole[:, :, None])
-    if t == 0:
-        terms = torch.cat([x[:1], phi[:-1] + x[1:]])
-    else:  # h needs t + 1 frames: its first frame is t at the earliest
-        terms = phi[t - 1:-1] + x[t:]
-    psi = torch.logsumexp(terms, 0) if terms.shape[0] else torch.full(tokens.shape, NEG_INF, device=x.device)
-    psi = torch.where(tokens == SOS_EOS_ID, whole[-1][:, None], psi)
+def prefix_scores(state: CTCPrefixState, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, P): log psi of each row's prefix extended by each of its ``tokens`` (N, P), or by every
+    token of the vocabulary (N, V) without them; <eos> gets the prefix's full probability, blank -inf."""
+    t, (a, vocab, frames), n = state.length, state.table.shape, state.r.shape[2]
+    r_n, r_b = state.r[:, 0].t(), state.r[:, 1].t()  # (N, T)
+    whole = torch.logaddexp(r_n, r_b)
+    # phi_{f-1} for the frames f >= t where h (t + 1 labels) can end: 1 before frame 0, for the empty prefix only
+    lead = whole.new_full((n, 1), 0.0 if t == 0 else NEG_INF)
+    phi = torch.cat([lead, whole[:, :-1]], 1)[:, t:]
+    # psi = sum_f phi_{f-1} y_f^c as a product of probabilities, in float64 with phi scaled by its
+    # maximum: one batched matrix product instead of a logsumexp over (N, P, T) terms.
+    top = phi.max(1, keepdim=True).values if phi.shape[1] else phi.new_zeros(n, 1)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    weights = (phi - top).double().exp()
+    if tokens is None:
+        y = state.table[:, :, t:].double().exp()  # (A, V, T - t)
+        psi = torch.bmm(weights.view(a, n // a, -1), y.transpose(1, 2)).view(n, vocab)
+        tokens = torch.arange(vocab, device=psi.device).expand(n, vocab)
+    else:
+        y = _frames_of(state.table, tokens, state.group)[..., t:].double().exp()  # (N, P, T - t)
+        psi = torch.bmm(y, weights[:, :, None])[..., 0]
+    psi = (psi.log() + top).float()
+    if t > 0:  # the token that repeats the last label needs a blank between: r^b only
+        again = _frames_of(state.table, state.last[:, None], state.group)[:, 0, t:]
+        repeat = torch.logsumexp(r_b[:, t - 1:-1] + again, -1) if t < frames else torch.full_like(top[:, 0], NEG_INF)
+        psi = torch.where(tokens == state.last[:, None], repeat[:, None], psi)
+    psi = torch.where(tokens == SOS_EOS_ID, whole[:, -1:], psi)
     return psi.masked_fill(tokens == BLANK_ID, NEG_INF)
 
 
@@ -88,24 +104,23 @@ def extend(state: CTCPrefixState, rows: torch.Tensor, tokens: torch.Tensor, psi:
     """The state of the prefixes of ``rows`` (N', indices into the state's rows) each extended by its
     token (N',), whose prefix scores are ``psi`` (N').  ``utterances``: the utterances still searched,
     when some leave (``rows`` then holds only theirs, utterance-major, ``group`` each)."""
-    log_probs = state.log_probs if utterances is None else state.log_probs.index_select(0, utterances)
+    table = state.table if utterances is None else state.table.index_select(0, utterances)
     frames, t = state.r.shape[0], state.length
-    x = _frames_of(log_probs, tokens[:, None], state.group)[:, :, 0]  # (T, N')
-    blank = log_probs[:, :, BLANK_ID].t().repeat_interleave(state.group, dim=1)
+    emit = _frames_of(table, torch.stack([tokens, torch.full_like(tokens, BLANK_ID)], 1), state.group)
+    emit = emit.permute(2, 1, 0).contiguous()  # (T, 2, N'): the label's and blank's log-posteriors
     r = state.r.index_select(2, rows)
     phi = torch.where(tokens == state.last.index_select(0, rows), r[:, 1], torch.logaddexp(r[:, 0], r[:, 1]))
     # One logaddexp per frame for both variables: r^n_f = (r^n_{f-1} + phi_{f-1}) y_f^c and
     # r^b_f = (r^n_{f-1} + r^b_{f-1}) y_f^blank; `into` holds phi beside the r^b being written.
-    r_n = torch.full_like(x, NEG_INF)
-    into = torch.stack([phi, torch.full_like(x, NEG_INF)], 1)  # (T, 2, N')
-    emit = torch.stack([x, blank], 1)
+    r_n = torch.full_like(phi, NEG_INF)
+    into = torch.stack([phi, torch.full_like(phi, NEG_INF)], 1)  # (T, 2, N')
     if t == 0:
-        r_n[0] = x[0]
+        r_n[0] = emit[0, 0]
     for f in range(max(t, 1), frames):
         step = torch.logaddexp(r_n[f - 1], into[f - 1]).add_(emit[f])
         r_n[f] = step[0]
         into[f, 1] = step[1]
-    return CTCPrefixState(log_probs, torch.stack([r_n, into[:, 1]], 1), psi, tokens, state.group, t + 1)
+    return CTCPrefixState(table, torch.stack([r_n, into[:, 1]], 1), psi, tokens, state.group, t + 1)
 
 
 def prefix_logprob(log_probs: torch.Tensor, labels: list[int]) -> float:

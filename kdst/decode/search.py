@@ -339,7 +339,7 @@ def _joint_candidates(logp: torch.Tensor, att_scores: torch.Tensor, ctc: ctc_pre
     else:
         tokens = torch.arange(vocab, device=logp.device).expand(n, vocab)
     att = logp.gather(1, tokens).add_(att_scores.view(-1, 1))
-    psi = torch.minimum(ctc_prefix.prefix_scores(ctc, tokens), ctc.psi[:, None])
+    psi = torch.minimum(ctc_prefix.prefix_scores(ctc, tokens if width < vocab else None), ctc.psi[:, None])
     if opt.espnet_rule:  # the <eos> forced at the max length costs nothing, its CTC part included
         psi = torch.where((tokens == EOS_ID) & at_max[:, None], ctc.psi[:, None], psi)
     # w = 1: 0 * -inf would be NaN, and the decoder's -inf (blank, length limits, dead beams) must hold.

@@ -90,7 +90,8 @@ def test_batch_of_beams_equals_one_prefix_at_a_time():
         state = extend(state, rows, tokens, psi, kept)
         prefixes = [prefixes[r] + [c] for r, c in zip(rows.tolist(), tokens.tolist())]
         utts = [u for u in (range(3) if kept is None else kept.tolist()) for _ in range(2)]
-        scores = prefix_scores(state, torch.arange(vocab).expand(len(rows), vocab))
+        scores = prefix_scores(state)  # every token
+        assert torch.equal(scores, prefix_scores(state, torch.arange(vocab).expand(len(rows), vocab)))
         for row, (prefix, u) in enumerate(zip(prefixes, utts)):
             alone = log_probs[u, :lengths[u]]
             assert state.psi[row].item() == pytest.approx(prefix_logprob(alone, prefix), abs=1e-5)
@@ -101,4 +102,4 @@ def test_batch_of_beams_equals_one_prefix_at_a_time():
                 else:
                     assert scores[row, c].item() == pytest.approx(expected, abs=1e-5), (row, prefix, c)
             assert scores[row, 0].item() == float("-inf")  # blank is never a label
-    assert state.r.shape[2] == 4 and state.log_probs.shape[0] == 2 and state.length == 3
+    assert state.r.shape[2] == 4 and state.table.shape[0] == 2 and state.length == 3

@@ -415,7 +415,7 @@ def test_ctc_state_leaves_with_finished_utterances(monkeypatch):
 
     def counting_extend(state, *args):
         new = extend(state, *args)
-        rows.append((new.r.shape[2], new.log_probs.shape[0]))
+        rows.append((new.r.shape[2], new.table.shape[0]))
         return new
 
     monkeypatch.setattr(ctc_prefix, "extend", counting_extend)
