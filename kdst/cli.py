@@ -185,6 +185,9 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
                    help="transducer greedy search (--greedy or --beam 1): most labels emitted on one frame")
     p.add_argument("--batch-units", type=int, default=20000, help="padded frames (or tokens) per batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--normalize", choices=("none", "upper", "lower"), default="none",
+                   help="write the texts normalised: upper or lower case, no punctuation (kdst.data.text_norm; a "
+                        "Whisper teacher against upper-case references)")
     add_split_options(p)
 
 
@@ -205,7 +208,7 @@ def run_decode(args: argparse.Namespace) -> int:
         decode_data_dir(model, args.data_dir, args.output_dir, options, greedy=args.greedy,
                         batch_units=args.batch_units, device=args.device,
                         max_symbols_per_frame=args.max_symbols_per_frame, src_text=args.src_text,
-                        weights=args.teacher_weights)
+                        weights=args.teacher_weights, normalize=args.normalize)
         return 0
     start = time.perf_counter()
     jobs_dir = args.output_dir.resolve() / f"split{nj}"
@@ -276,6 +279,45 @@ def run_hf_tokenizer(args: argparse.Namespace) -> int:
         raise KdstError(f"--teacher {args.teacher}: not a Hugging Face model (hf:PATH)")
     out = export_hf_tokenizer(args.teacher[3:], args.out, args.side)
     print(f"{out}: the {args.side} tokenizer of {args.teacher} as a kdst tokenizer (ids: docs/HF_TEACHERS.md)")
+    return 0
+
+
+def add_hf_features_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="hf:PATH of a Whisper model (a save_pretrained dir or a cached "
+                                                    "hub name)")
+    p.add_argument("data_dir", type=Path, help="a data dir with wav.scp (and segments)")
+    p.add_argument("out_dir", type=Path, help="the data dir to write: data_dir's files with the Whisper features")
+    p.add_argument("--feat-dir", type=Path, help="where the ark/scp shards go (default: OUT_DIR/arks)")
+    add_split_options(p)
+    p.add_argument("--name", help=argparse.SUPPRESS)  # of the shard: set for the jobs of a split data dir
+
+
+def run_hf_features(args: argparse.Namespace) -> int:
+    from kdst.launch.split import JOB, run_split
+    from kdst.models.hf_bridge import absolute_spec
+    from kdst.models.hf_whisper import check_output_dir, finish_features_dir, write_features_shard
+
+    if not args.teacher.startswith("hf:"):
+        raise KdstError(f"--teacher {args.teacher}: not a Hugging Face model (hf:PATH)")
+    feat_dir = args.feat_dir or args.out_dir / "arks"
+    if args.name is not None:  # a job of a split data dir
+        write_features_shard(args.teacher[3:], args.data_dir, feat_dir, args.name)
+        return 0
+    check_output_dir(args.data_dir, args.out_dir)
+    name = f"whisper_{Path(args.data_dir).name}"
+    nj = jobs_for(args.data_dir, args.nj)
+    if nj <= 1:
+        scps = [write_features_shard(args.teacher[3:], args.data_dir, feat_dir, name)]
+    else:
+        job_args = argparse.Namespace(**{**vars(args), "teacher": f"hf:{absolute_spec(args.teacher[3:])}",
+                                         "feat_dir": feat_dir})
+        status = run_split(job_args, args.data_dir, nj, log=feat_dir / "log" / f"{name}.JOB.log", cmd=args.cmd,
+                           per_job={"name": f"{name}.{JOB}"})
+        if status != 0:
+            return status
+        scps = [feat_dir / f"{name}.{j}.scp" for j in range(1, nj + 1)]
+    out = finish_features_dir(args.data_dir, args.out_dir, scps)
+    print(f"{out}: the data dir with the log-mel features of {args.teacher}")
     return 0
 
 
@@ -525,6 +567,8 @@ def commands() -> list[Command]:
                 add_espnet_tokenizer_arguments, run_espnet_tokenizer),
         Command("hf-tokenizer", "a Hugging Face model's tokenizer as a kdst tokenizer dir (hf:PATH)",
                 add_hf_tokenizer_arguments, run_hf_tokenizer),
+        Command("hf-features", "a Whisper teacher's log-mel features of a data dir's audio into a copy of it",
+                add_hf_features_arguments, run_hf_features),
         Command("compute-cmvn", "global CMVN statistics (Kaldi matrix) of a feats.scp",
                 add_compute_cmvn_arguments, run_compute_cmvn),
         Command("speed-perturb", "Kaldi-style speed-perturbed copy of a data dir (sox pipes)",

@@ -27,6 +27,8 @@ to ids with the tokenizer's own ``tokenizer.json`` (the ``tokenizers`` library, 
 ``kdst[hf]``) or, for sentencepiece tokenizers (Marian, M2M100), its ``sp.model`` and the
 token list, as the HF tokenizer does, without transformers.  ``prefix``/``suffix``: the
 special tokens the HF tokenizer adds to a source sentence (a language code, ``</s>``).
+``prefix_space`` (Whisper): a text is encoded with a leading space, as the model writes
+its transcripts (`` Hello`` is one token, ``Hello`` another), and decoded text is stripped.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class HfTokenizer:
         self.skip = {BLANK_ID, SOS_EOS_ID, *(config.get("skip") or [])}
         self.language_codes = bool(config.get("language_codes", False))
         self.clean_up_spaces = bool(config.get("clean_up_spaces", False))
+        self.prefix_space = bool(config.get("prefix_space", False))
         self.backend = config.get("backend")
         if self.backend == "tokenizers":
             try:
@@ -165,6 +168,8 @@ class HfTokenizer:
         return [*self.prefix, *self._core(text), *self.suffix]
 
     def _core(self, text: str) -> list[int]:
+        if self.prefix_space and text and not text.startswith(" "):
+            text = " " + text
         if self.backend == "tokenizers":
             return [self.from_hf[i] for i in self._backend.encode(text, add_special_tokens=False).ids]
         code = []
@@ -177,6 +182,8 @@ class HfTokenizer:
         ids = [i for i in ids if i not in self.skip]
         if self.backend == "tokenizers":
             text = self._backend.decode([self.to_hf[i] for i in ids], skip_special_tokens=True)
+            if self.prefix_space:
+                text = text.strip()
         else:
             text = self._sp.decode_pieces([self.tokens[i] for i in ids]).replace(SPACE, " ").strip()
         return _clean_up_spaces(text) if self.clean_up_spaces else text

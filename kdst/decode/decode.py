@@ -6,7 +6,10 @@ the searches of kdst.decode.transducer_search: beam > 1 is modified beam search 
 labels per frame.  The length options (penalty, max/min length) apply to encoder-decoders
 only; a transducer's score is its log-probability.  ``--ctc-weight`` > 0 is joint CTC/attention
 beam search (docs/DECODING.md), for an encoder-decoder whose CTC branch predicts its output
-vocabulary; the n-best scores are then the joint ones.
+vocabulary; the n-best scores are then the joint ones.  ``--normalize`` writes the texts normalised
+(kdst.data.text_norm: a teacher that writes cased, punctuated text, as Whisper does, scored against
+upper-case references).  A model that reads its own features (a Whisper teacher: kdst hf-features)
+checks that the data dir holds them.
 
 Outputs in ``out_dir`` (see docs/FORMATS.md):
 
@@ -30,6 +33,7 @@ from tqdm import tqdm
 from kdst.data.dataset import iterate, make_batches, make_dataset
 from kdst.data.files import atomic_write_text
 from kdst.data.kaldi_dir import require_directory
+from kdst.data.text_norm import normalize_text
 from kdst.data.split import merge_scp
 from kdst.decode import transducer_search
 from kdst.decode.search import SearchOptions, beam_search, greedy_search
@@ -44,7 +48,7 @@ FRAME_SHIFT_S = 0.01  # of the features, for the real-time factor
 def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str | Path,
                     options: SearchOptions = SearchOptions(), *, greedy: bool = False, batch_units: int = 20000,
                     device: str | None = None, max_symbols_per_frame: int = 3, src_text: str | None = None,
-                    weights: list[float] | None = None) -> dict:
+                    weights: list[float] | None = None, normalize: str = "none") -> dict:
     """Decode every utterance of ``data_dir`` with ``model``, a teacher reference (kdst.models.teacher:
     a kdst checkpoint or espnet:PATH); returns the statistics it also writes.  ``src_text``: an MT
     model's source text file in the data dir, if not the one it was trained with.  Several models: the beam
@@ -62,6 +66,10 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
         check_joint_decoding(loaded, greedy)
     if isinstance(model, Transducer):
         greedy = greedy or options.beam == 1
+    check_data_dir = getattr(model, "check_data_dir", None)
+    if check_data_dir is not None:
+        check_data_dir(data_dir)
+    normalize_text("", normalize)  # an unknown normaliser fails before the search, not after
     dataset = make_dataset(loaded.data, data_dir, with_targets=False)
     batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)  # similar lengths together
     hyps: dict[str, str] = {}
@@ -82,7 +90,7 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
             else:
                 results = beam_search(model, src, lengths, options)
             for utt, nbest in zip(batch["ids"], results):
-                texts = [tokenizer.decode(h.tokens) for h in nbest]
+                texts = [normalize_text(tokenizer.decode(h.tokens), normalize) for h in nbest]
                 hyps[utt] = texts[0] if texts else ""
                 for rank, (h, text) in enumerate(zip(nbest, texts), start=1):
                     nbest_lines.append((f"{utt}-{rank}", f"{h.score:.6f} {h.logprob:.6f} {text}".rstrip()))

@@ -1,4 +1,5 @@
-"""Hugging Face seq2seq models (Marian/OPUS-MT, M2M100, NLLB, mBART) as kdst teachers: ``hf:PATH``.
+"""Hugging Face seq2seq models (Marian/OPUS-MT, M2M100, NLLB, mBART; Whisper in kdst.models.hf_whisper)
+as kdst teachers: ``hf:PATH``.
 
 The only place kdst imports transformers (the optional extra ``kdst[hf]``).  ``PATH`` is a
 directory written by ``save_pretrained`` (model and tokenizer), or a hub name such as
@@ -6,7 +7,8 @@ directory written by ``save_pretrained`` (model and tokenizer), or a hub name su
 downloads (``HF_HUB_OFFLINE`` is set before transformers is imported).  Options follow the
 path after commas: ``hf:facebook/nllb-200-distilled-600M,src=eng_Latn,tgt=deu_Latn`` sets the
 tokenizer's source language and the target language code forced as the first generated
-token (``forced_bos_token_id``, as ``generate`` is told for NLLB, M2M100 and mBART-50).
+token (``forced_bos_token_id``, as ``generate`` is told for NLLB, M2M100 and mBART-50); a Whisper
+model takes ``lang=`` and ``task=`` instead (``hf:openai/whisper-small,lang=en``).
 
 Vocabulary: kdst keeps ``<blank>`` 0 (padding), ``<unk>`` 1 and ``<sos/eos>`` 2; the HF
 tokenizer's pad, unk and eos take those ids and every other HF id keeps its order after
@@ -22,7 +24,9 @@ are returned at the positions of the target tokens and ``</s>`` only, so kdst's 
 
 Search: the wrapper's ``decoder`` has kdst's step protocol (``init_state``/``step``) over
 the HF model's own forward with its ``EncoderDecoderCache`` (``past_key_values``): beams
-reorder the self-attention cache, finished utterances leave both caches.
+reorder the self-attention cache, finished utterances leave both caches.  The first step feeds
+the model's decoder prompt (its start token; Whisper's start, language, task and no-timestamps
+tokens), as ``generate`` does, and the lengths count the tokens after it.
 ``GenerateRule`` is what ``--hf-rule`` (kdst.decode.search) takes from the model: the
 logits processors of its generation config, applied as ``generate`` applies them, and
 ``generate``'s stopping rule (``early_stopping``).
@@ -33,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,14 +50,14 @@ from kdst.errors import KdstError
 from kdst.models.encoder_decoder import decoder_io
 from kdst.models.encoders import lengths_to_mask
 
-OPTIONS = ("src", "tgt")
+OPTIONS = ("src", "tgt", "lang", "task")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 NEG_INF = float("-inf")
 # generate() settings that change beam search in ways --hf-rule does not reproduce, with their neutral values.
 UNSUPPORTED = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
                "encoder_repetition_penalty": 1.0, "sequence_bias": None, "exponential_decay_length_penalty": None,
-               "suppress_tokens": None, "begin_suppress_tokens": None, "do_sample": False, "num_beam_groups": 1,
+               "do_sample": False, "num_beam_groups": 1,
                "diversity_penalty": 0.0, "guidance_scale": None, "remove_invalid_values": False,
                "watermarking_config": None}
 
@@ -77,14 +81,19 @@ class HfSpec:
     name: str  # a save_pretrained directory or a hub name
     src_lang: str | None = None
     tgt_lang: str | None = None
+    lang: str | None = None  # Whisper: the language of the speech (its prompt's language token)
+    task: str | None = None  # Whisper: transcribe (the default) or translate
+
+    def options(self) -> list[tuple[str, str]]:
+        values = (("src", self.src_lang), ("tgt", self.tgt_lang), ("lang", self.lang), ("task", self.task))
+        return [(k, v) for k, v in values if v]
 
     def __str__(self) -> str:
-        options = [f"{k}={v}" for k, v in (("src", self.src_lang), ("tgt", self.tgt_lang)) if v]
-        return ",".join([self.name, *options])
+        return ",".join([self.name, *(f"{k}={v}" for k, v in self.options())])
 
 
 def parse_spec(text: str) -> HfSpec:
-    """``NAME_OR_DIR[,src=LANG][,tgt=LANG]``."""
+    """``NAME_OR_DIR[,src=LANG][,tgt=LANG]``, or for Whisper ``NAME_OR_DIR[,lang=LANG][,task=TASK]``."""
     name, *options = str(text).split(",")
     if not name:
         raise KdstError(f"hf:{text}: no model directory or hub name")
@@ -92,16 +101,17 @@ def parse_spec(text: str) -> HfSpec:
     for option in options:
         key, sep, value = option.partition("=")
         if key not in OPTIONS or not sep or not value:
-            raise KdstError(f"hf:{text}: '{option}' is not an option (hf:PATH,src=LANG,tgt=LANG)")
+            raise KdstError(f"hf:{text}: '{option}' is not an option (hf:PATH,src=LANG,tgt=LANG; Whisper: "
+                            f"hf:PATH,lang=LANG,task=transcribe)")
         values[key] = value
-    return HfSpec(name, values.get("src"), values.get("tgt"))
+    return HfSpec(name, values.get("src"), values.get("tgt"), values.get("lang"), values.get("task"))
 
 
 def absolute_spec(text: str) -> str:
     """The spec with a local directory made absolute (a hub name stays as it is)."""
     spec = parse_spec(text)
     path = Path(spec.name).expanduser()
-    return str(HfSpec(str(path.resolve()), spec.src_lang, spec.tgt_lang)) if path.exists() else str(spec)
+    return str(replace(spec, name=str(path.resolve()))) if path.exists() else str(spec)
 
 
 def resolve(spec: HfSpec) -> Path:
@@ -169,11 +179,14 @@ def _source_specials(tokenizer, where) -> tuple[list[int], list[int]]:
     raise KdstError(f"{where}: cannot tell the tokenizer's special tokens from its encoding of '{probe}'")
 
 
-def export_tokenizer(tokenizer, vocab_size: int, out_dir: str | os.PathLike, side: str, where) -> Path:
+def export_tokenizer(tokenizer, vocab_size: int, out_dir: str | os.PathLike, side: str, where, *,
+                     specials: tuple[int, int, int] | None = None, prefix_space: bool = False) -> Path:
     """The HF tokenizer as a kdst tokenizer dir (``type: hf``, kdst.data.tokenizer) for the target (``tgt``)
-    or source (``src``) side, ``vocab_size`` ids (the model's embedding or output size).  Idempotent: an
-    identical directory is left alone, so its fingerprint does not move."""
-    pad, unk, eos = special_ids(tokenizer, where)
+    or source (``src``) side, ``vocab_size`` ids (the model's embedding or output size).  ``specials``: the HF
+    ids that take kdst's 0, 1, 2 (default: the tokenizer's pad, unk, eos); ``prefix_space``: targets are
+    encoded with a leading space, as the model writes them (Whisper).  Idempotent: an identical directory is
+    left alone, so its fingerprint does not move."""
+    pad, unk, eos = specials or special_ids(tokenizer, where)
     if len(tokenizer) > vocab_size:
         raise KdstError(f"{where}: the tokenizer has {len(tokenizer)} tokens, the model {vocab_size}")
     order = hf_order(vocab_size, pad, unk, eos)
@@ -185,6 +198,8 @@ def export_tokenizer(tokenizer, vocab_size: int, out_dir: str | os.PathLike, sid
               "prefix": [to_kdst[i] for i in prefix], "suffix": [to_kdst[i] for i in suffix],
               "skip": sorted(to_kdst[i] for i in tokenizer.all_special_ids if i < vocab_size),
               "clean_up_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))}
+    if prefix_space:
+        config["prefix_space"] = True
     wanted = {"tokens.txt": "\n".join(tokens).encode() + b"\n"}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -230,13 +245,21 @@ class GenerateRule:
     """The parts of ``generate(num_beams=K)`` that kdst's search takes under ``--hf-rule``, read from the
     model's generation config: its logits processors (applied to the log-probabilities, in generate's
     order, no renormalisation unless ``renormalize_logits``) and its ``early_stopping`` rule.  The forced
-    first token is the step's own (HfStepDecoder), so it applies under every rule."""
+    first token is the step's own (HfStepDecoder), so it applies under every rule.  ``prompt_len``: the
+    decoder prompt's tokens (1: the start token; Whisper: 4), which ``min_length`` counts;
+    ``forced_bos``: a forced first token, after which ``begin_suppress_tokens`` apply (generate's
+    ``begin_index``)."""
 
-    def __init__(self, generation_config, to_kdst: dict[int, int], where):
+    def __init__(self, generation_config, to_kdst: dict[int, int], where, *, prompt_len: int = 1,
+                 forced_bos: bool = False):
         g = generation_config
         self.where = where
         self.early_stopping = g.early_stopping
+        self.prompt_len = prompt_len
         self.min_length, self.min_new_tokens = int(g.min_length or 0), int(g.min_new_tokens or 0)
+        self.suppress = sorted(to_kdst[i] for i in (g.suppress_tokens or []) if i in to_kdst)
+        self.begin_suppress = sorted(to_kdst[i] for i in (g.begin_suppress_tokens or []) if i in to_kdst)
+        self.begin_step = 1 if prompt_len == 1 and forced_bos else 0
         self.unsupported = [f"{name}={getattr(g, name)!r}" for name, neutral in UNSUPPORTED.items()
                             if getattr(g, name, neutral) not in (neutral, None)]
         bad = [list(words) for words in (g.bad_words_ids or [])]
@@ -261,11 +284,15 @@ class GenerateRule:
         ``at_last`` (N,): rows whose step this is the last of their max length."""
         if self.bad:
             logp[:, self.bad] = NEG_INF
-        if t + 1 < self.min_length or t < self.min_new_tokens:  # min_length counts the decoder's start token
+        if t + self.prompt_len < self.min_length or t < self.min_new_tokens:  # min_length counts the prompt
             logp[:, SOS_EOS_ID] = NEG_INF
         if self.forced_eos and bool(at_last.any()):
             logp.masked_fill_(at_last[:, None], NEG_INF)
             logp[:, SOS_EOS_ID].masked_fill_(at_last, 0.0)
+        if self.suppress:
+            logp[:, self.suppress] = NEG_INF
+        if self.begin_suppress and t == self.begin_step:
+            logp[:, self.begin_suppress] = NEG_INF
         if self.renormalize:
             logp.copy_(logp.log_softmax(dim=-1))
 
@@ -330,12 +357,17 @@ class HfStepDecoder(nn.Module):
         from transformers.modeling_outputs import BaseModelOutput
 
         teacher = self.teacher[0]
-        if state.length == 0:
-            hf_tokens = torch.full_like(tokens, teacher.decoder_start)
+        if state.length == 0:  # the decoder prompt, as generate() feeds it
+            hf_tokens = torch.tensor(teacher.prompt, device=tokens.device).expand(tokens.shape[0], -1)
         else:
-            hf_tokens = teacher.to_hf[tokens]
-        out = teacher.hf(encoder_outputs=BaseModelOutput(last_hidden_state=state.memory), attention_mask=state.mask,
-                         decoder_input_ids=hf_tokens[:, None], cache=state.cache, use_cache=True)
+            hf_tokens = teacher.to_hf[tokens][:, None]
+            if teacher.max_positions and state.length + len(teacher.prompt) >= teacher.max_positions:
+                raise KdstError(f"{teacher.where}: the decoder takes {teacher.max_positions} positions, its prompt "
+                                f"{len(teacher.prompt)}: give at most {teacher.max_positions - len(teacher.prompt)} "
+                                f"tokens (--max-len-bias with --max-len-ratio 0)")
+        mask = {"attention_mask": state.mask} if teacher.encoder_mask else {}
+        out = teacher.hf(encoder_outputs=BaseModelOutput(last_hidden_state=state.memory), decoder_input_ids=hf_tokens,
+                         cache=state.cache, use_cache=True, **mask)
         logits = out.logits[:, -1].index_select(-1, teacher.to_hf)
         if state.length == 0 and teacher.forced_bos is not None:
             # generate()'s forced first token: log-probability 0, every other token impossible.
@@ -363,6 +395,8 @@ class HfSeq2SeqTeacher(nn.Module):
         if start is None:
             raise KdstError(f"{where}: the model names no decoder_start_token_id")
         self.decoder_start = int(start)
+        self.prompt = [self.decoder_start]  # HF ids fed before the first generated token
+        self.encoder_mask, self.max_positions = True, None
         self.forced_bos = None if forced_bos is None else to_kdst[forced_bos]  # kdst id
         self.forced_bos_hf = forced_bos
         self.pad_hf = order[0]
@@ -422,8 +456,11 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
     transformers = import_transformers()
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     if config.get("model_type") == "whisper":
-        raise KdstError(f"{where}: Whisper teachers are not supported yet (seq2seq MT models: Marian, M2M100, "
-                        f"NLLB, mBART)")
+        from kdst.models.hf_whisper import load_whisper_teacher
+
+        return load_whisper_teacher(spec, model_dir, device, text=text, tokenizer=tokenizer)
+    if spec.lang or spec.task:
+        raise KdstError(f"{where}: lang= and task= are Whisper's options (an MT model takes src= and tgt=)")
     try:
         with warnings.catch_warnings():  # Marian's tokenizer asks for sacremoses, which it does not use to tokenize
             warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
@@ -448,10 +485,11 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
     if eos_config not in (eos, [eos], None):
         raise KdstError(f"{where}: the generation config's eos_token_id {eos_config} is not the tokenizer's {eos}")
     order, src_order = hf_order(vocab, pad, unk, eos), hf_order(src_vocab, pad, unk, eos)
-    rule = GenerateRule(model.generation_config, {h: i for i, h in enumerate(order)}, where)
+    rule = GenerateRule(model.generation_config, {h: i for i, h in enumerate(order)}, where,
+                        forced_bos=forced_bos is not None)
     teacher = HfSeq2SeqTeacher(model, order=order, src_order=src_order, forced_bos=forced_bos, rule=rule,
                                where=where).to(device).eval()
-    tag = "_".join(f"{k}-{v}" for k, v in (("src", spec.src_lang), ("tgt", spec.tgt_lang)) if v) or "default"
+    tag = tokens_tag(spec)
     tokens_dir = model_dir / "kdst_tokens" / tag
     data = {"input": "text", "text": text, "src_text": src_text,
             "tokenizer": str(export_tokenizer(hf_tokenizer, vocab, tokens_dir / "tgt", "tgt", where)),
@@ -462,9 +500,16 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
                      "checkpoint": str(weights_file(model_dir))}
 
 
+def tokens_tag(spec: HfSpec) -> str:
+    """The directory under ``<model dir>/kdst_tokens`` of the tokenizers of a spec's options."""
+    return "_".join(f"{k}-{v}" for k, v in spec.options()) or "default"
+
+
 def export_hf_tokenizer(reference: str, out_dir: str | os.PathLike, side: str = "tgt") -> Path:
     """``kdst hf-tokenizer``: the teacher's target or source tokenizer as a kdst tokenizer dir."""
     _, config = load_hf_teacher(reference)
+    if side != "tgt" and "src_tokenizer" not in config["data"]:
+        raise KdstError(f"hf:{reference}: reads speech, it has no source tokenizer (--side tgt)")
     source = Path(config["data"]["tokenizer" if side == "tgt" else "src_tokenizer"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
     espnet:exp/mt_espnet            an ESPnet2 exp dir, packed zip or config.yaml (kdst.models.espnet_bridge)
     hf:Helsinki-NLP/opus-mt-en-de   a Hugging Face seq2seq model: a save_pretrained dir or a hub name in the
                                     local cache, with options (hf:PATH,src=eng_Latn,tgt=deu_Latn;
-                                    kdst.models.hf_bridge)
+                                    kdst.models.hf_bridge), or a Whisper ASR model (hf:PATH,lang=en;
+                                    kdst.models.hf_whisper: it reads kdst hf-features' features)
 
 Decoding (``kdst decode --model``), the top-k cache (``kdst topk --teacher``), n-best
 generation, online word-level KD and transducer KD (``kd.teacher``) all take such a

@@ -28,6 +28,17 @@ the end of the sentence), <= 0.  The statistics count what was dropped; the
 label WERs are those of the labels kept (plus the 1-best WER of the dropped).
 ``drop_empty`` also drops the utterances whose 1-best is empty (a transducer
 that emitted only blanks): a training target cannot be empty in a data dir.
+
+A teacher that writes its text another way than the references (Whisper: cased and
+punctuated) gets ``normalize`` (kdst.data.text_norm: ``upper`` or ``lower``), applied to every
+hypothesis before anything else (identical texts merge after it) and to the references it is
+compared with.  The WER filter (``max_wer``, in percent; distil-whisper keeps the utterances
+of its pseudo labels under 10) drops the utterances whose 1-best has a higher WER against
+their reference, after normalisation; an utterance without a reference is kept, and one with
+an empty reference is dropped unless its 1-best is empty too.  It is off by default (a teacher
+trained on the recipe's own references needs none; the recipes set 10 for an ``hf:`` teacher).
+The statistics count what each filter dropped and the 1-best WER of the dropped; ``dropped``
+names a file that lists them: ``<utt> <reason> <WER or confidence> <1-best>``.
 """
 
 from __future__ import annotations
@@ -40,7 +51,10 @@ from pathlib import Path
 
 from kdst import metrics
 from kdst.data.files import atomic_write_text
+from dataclasses import replace
+
 from kdst.data.kaldi_dir import c_sort_key, read_kv
+from kdst.data.text_norm import NORMALIZERS, normalize_text
 from kdst.errors import DataError, KdstError
 from kdst.teacher.nbest import POSTERIORS, NbestEntry, posteriors, read_nbest
 
@@ -71,13 +85,15 @@ def confidence(entries: list[NbestEntry], measure: str = "posterior", scale: flo
 def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLike, n: int, *,
                         scale: float = 1.0, reference: str | os.PathLike | None = None,
                         min_confidence: float | None = None, measure: str = "posterior",
-                        drop_empty: bool = False, kind: str = "score") -> dict:
+                        drop_empty: bool = False, kind: str = "score", normalize: str = "none",
+                        max_wer: float | None = None, dropped_path: str | os.PathLike | None = None) -> dict:
     """Write ``text.1best`` and ``pseudo_nbest<n>.txt`` into ``out_dir``; returns their statistics.
 
     ``kind`` is the posterior of the weights and of the ``posterior`` confidence (kdst.teacher.nbest:
     score or logprob).  With ``min_confidence``, only the utterances whose
     ``confidence(.., measure, scale, kind)`` is at least that are written (and counted in the label
-    statistics); with ``drop_empty``, only those whose 1-best is not empty.
+    statistics); with ``drop_empty``, only those whose 1-best is not empty; with ``max_wer``, only those whose
+    1-best's WER (percent) against the reference is at most that, after ``normalize`` (module docstring).
     """
     if measure not in CONFIDENCE_MEASURES:
         raise KdstError(f"unknown confidence measure '{measure}' ({', '.join(CONFIDENCE_MEASURES)})")
@@ -87,11 +103,21 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
         raise KdstError(f"--n must be at least 1, not {n}")
     if not scale > 0.0:
         raise KdstError(f"--scale must be positive, not {scale}")
+    if normalize not in NORMALIZERS:
+        raise KdstError(f"unknown --normalize '{normalize}' ({', '.join(NORMALIZERS)})")
+    if max_wer is not None and not max_wer >= 0.0:
+        raise KdstError(f"--max-wer must be a percentage >= 0, not {max_wer}")
+    if max_wer is not None and reference is None:
+        raise KdstError("--max-wer filters against the references: give --ref")
     nbest = read_nbest(nbest_path)
     if not nbest:
         raise DataError(nbest_path, "no hypotheses")
     out = Path(out_dir)
     refs = read_kv(reference, allow_empty_value=True) if reference is not None else None
+    if normalize != "none":
+        nbest = {u: [replace(e, text=normalize_text(e.text, normalize)) for e in entries]
+                 for u, entries in nbest.items()}
+        refs = {u: normalize_text(r, normalize) for u, r in refs.items()} if refs is not None else None
     if refs is not None:
         missing = sorted(set(refs) - set(nbest), key=c_sort_key)
         if missing:
@@ -99,12 +125,24 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
                                         f"e.g. '{missing[0]}' (decode the same data dir)")
     utts = sorted(nbest, key=c_sort_key)
     dropped: list[str] = []
+    why: dict[str, str] = {}  # dropped utterance -> "<reason> <value>"
     if min_confidence is not None:
-        dropped = [u for u in utts if confidence(nbest[u], measure, scale, kind) < min_confidence]
+        values = {u: confidence(nbest[u], measure, scale, kind) for u in utts}
+        dropped = [u for u in utts if values[u] < min_confidence]
         if len(dropped) == len(utts):
             raise KdstError(f"{nbest_path}: every one of the {len(utts)} utterances is below the confidence "
                             f"threshold {min_confidence} ({measure}): lower --min-confidence")
         utts = [u for u in utts if u not in set(dropped)]
+        why.update((u, f"confidence {values[u]:.4f}") for u in dropped)
+    high_wer: list[str] = []
+    if max_wer is not None:
+        rates = {u: utterance_wer(refs[u], nbest[u][0].text) for u in utts if u in refs}
+        high_wer = [u for u in utts if rates.get(u, 0.0) > max_wer]
+        if len(high_wer) == len(utts):
+            raise KdstError(f"{nbest_path}: the 1-best of every one of the {len(utts)} utterances has a WER above "
+                            f"{max_wer}% against {reference}: raise --max-wer (or --normalize the texts alike)")
+        utts = [u for u in utts if u not in set(high_wer)]
+        why.update((u, f"wer {rates[u]:.2f}") for u in high_wer)
     kept = {u: posterior(nbest[u], n, scale, kind) for u in utts}
     empty = [u for u in utts if drop_empty and not kept[u][0][1]]
     if empty:
@@ -113,6 +151,10 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
                             f"(a teacher that emits nothing: train it longer)")
         utts = [u for u in utts if u not in set(empty)]
         kept = {u: kept[u] for u in utts}
+        why.update((u, "empty -") for u in empty)
+    if dropped_path is not None:
+        atomic_write_text(dropped_path, "".join(f"{u} {why[u]} {nbest[u][0].text}".rstrip() + "\n"
+                                                for u in sorted(why, key=c_sort_key)))
     atomic_write_text(out / "text.1best", "".join(f"{u} {kept[u][0][1]}".rstrip() + "\n" for u in utts))
     lines = [f"{u}-{rank} {w:.6f} {t}".rstrip() + "\n" for u in utts for rank, (w, t) in enumerate(kept[u], 1)]
     atomic_write_text(out / f"pseudo_nbest{n}.txt", "".join(lines))
@@ -125,14 +167,28 @@ def write_pseudo_labels(nbest_path: str | os.PathLike, out_dir: str | os.PathLik
         stats.update(confidence=measure, min_confidence=min_confidence, dropped=len(dropped))
     if drop_empty:
         stats["empty"] = len(empty)
-    if min_confidence is not None or drop_empty:
+    if max_wer is not None:
+        stats.update(max_wer=max_wer, dropped_wer=len(high_wer),
+                     without_reference=sum(u not in refs for u in nbest))
+    if normalize != "none":
+        stats["normalize"] = normalize
+    if min_confidence is not None or drop_empty or max_wer is not None:
         stats["kept"] = len(utts)
     if refs is not None:
         stats.update(_label_quality(kept, refs))
-        if dropped or empty:
-            stats["wer_1best_dropped"] = _label_quality({u: posterior(nbest[u], 1) for u in dropped + empty},
+        if dropped or empty or high_wer:
+            stats["wer_1best_dropped"] = _label_quality({u: posterior(nbest[u], 1) for u in dropped + high_wer + empty},
                                                         refs)["wer_1best"]
     return stats
+
+
+def utterance_wer(reference: str, hypothesis: str) -> float:
+    """WER in percent of one utterance; an empty reference: 0 for an empty hypothesis, else infinite."""
+    ref = reference.split()
+    errors = metrics.align(ref, hypothesis.split())[0].errors
+    if not ref:
+        return 0.0 if errors == 0 else math.inf
+    return 100.0 * errors / len(ref)
 
 
 def _label_quality(kept: dict[str, list[tuple[float, str]]], refs: dict[str, str]) -> dict:
@@ -171,12 +227,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and --scale); logprob: its log-probability per word (<= 0)")
     parser.add_argument("--drop-empty", action="store_true",
                         help="drop the utterances whose 1-best is empty (they cannot be training targets)")
+    parser.add_argument("--normalize", choices=NORMALIZERS, default="none",
+                        help="normalise the hypotheses (and the references they are compared with) first: upper or "
+                             "lower case, no punctuation (a teacher that writes cased, punctuated text: Whisper)")
+    parser.add_argument("--max-wer", type=float, metavar="PERCENT",
+                        help="drop the utterances whose 1-best has a higher WER than this against --ref "
+                             "(distil-whisper: 10; default: keep all)")
+    parser.add_argument("--dropped", type=Path, metavar="FILE",
+                        help="list the dropped utterances here: <utt> <reason> <value> <1-best>")
 
 
 def run(args: argparse.Namespace) -> int:
     stats = write_pseudo_labels(args.nbest, args.out_dir, args.n, scale=args.scale, reference=args.ref,
                                 min_confidence=args.min_confidence, measure=args.confidence,
-                                drop_empty=args.drop_empty, kind=args.posterior)
+                                drop_empty=args.drop_empty, kind=args.posterior, normalize=args.normalize,
+                                max_wer=args.max_wer, dropped_path=args.dropped)
     text = json.dumps(stats, indent=1) + "\n"
     if args.stats_json is not None:
         atomic_write_text(args.stats_json, text)
