@@ -164,10 +164,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
         config = yaml.safe_load((exp / name / "config.yaml").read_text())
         assert config["train"]["seed"] == (2 if name.endswith("_s2") else 1)
         if name in pretrained:
-            assert config["train"]["init"] == "exp/asr_pretrain/avg_best2.pt"
-            assert config["train"]["init_modules"] == ["encoder", "ctc"]
+            assert config["train"]["init_parts"] == [{"checkpoint": "exp/asr_pretrain/avg_best2.pt",
+                                                      "modules": ["encoder", "ctc"]}]
         else:
-            assert config["train"]["init"] is None
+            assert config["train"]["init_parts"] is None
     manifest = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
     assert manifest["asr_pretrain"]["role"] == "pretrained" and manifest["st_pt_word_s2"]["seed"] == 2
     assert manifest["st_pt_word"]["init"] == "exp/asr_pretrain/avg_best2.pt"

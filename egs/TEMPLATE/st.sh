@@ -26,11 +26,15 @@
 # exports its target token list and BPE model as the students' target tokenizer (they must
 # share one vocabulary), stage 4 trains nothing, and kdst runs it through
 # kdst.models.espnet_bridge.  --teacher-espnet PATH is the older spelling of --teacher espnet:PATH.
+# hf:PATH[,src=LANG,tgt=LANG]: a Hugging Face seq2seq MT model (OPUS-MT, NLLB, M2M100; a save_pretrained
+# dir or a hub name in the local cache; docs/HF_TEACHERS.md), the same way: stage 3 exports its tokenizer
+# (kdst hf-tokenizer), stage 4 trains nothing, and its decodings (stages 5, 7) follow generate()'s rules
+# (kdst decode --hf-rule).
 #
 # ASR pre-training (--pretrain yes|both; Gaido et al. 2020, ESPnet's ST recipes): stage 4 also trains
 # one ASR model (CTC + attention on the transcript, the students' encoder shape: --asr-config),
 # beside the MT teacher, and every pre-trained student starts with its encoder and CTC head
-# (train.init_modules). Systems: st_none (scratch) and st_pt (pre-trained), st_<mode> and
+# (train.init_parts). Systems: st_none (scratch) and st_pt (pre-trained), st_<mode> and
 # st_pt_<mode>. --seeds "1 2 3" trains every student once per seed; a seed other than 1
 # adds _s<seed> to the system name, so one-seed runs and seed 1 of a study share their students.
 #
@@ -95,7 +99,7 @@ opt beam 5 "beam size for decoding" count
 opt mt_max_len_ratio 1.5 "MT decoding: max output tokens per source token" num
 opt st_max_len_ratio 0.5 "ST decoding: max output tokens per encoder frame (after 4x subsampling)" num
 opt decode_nj 2 "parallel decoding jobs" count
-opt teacher "" "the MT teacher: empty = train it (stage 4), espnet:PATH = an ESPnet2 MT exp dir or packed zip (no teacher training; students adopt its vocabulary)"
+opt teacher "" "the MT teacher: empty = train it (stage 4), espnet:PATH = an ESPnet2 MT exp dir or packed zip, hf:PATH[,src=,tgt=] = a Hugging Face MT model (no teacher training; students adopt its vocabulary)"
 opt teacher_espnet "" "the same as --teacher espnet:PATH"
 parse_options "$@"
 
@@ -138,8 +142,22 @@ case $teacher in
     [ -n "$espnet_model" ] && [ -e "$espnet_model" ] ||
       { echo "$prog: --teacher $teacher: ${teacher#espnet:} not found" >&2; exit 2; }
     teacher=espnet:$espnet_model ;;
-  *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher) or espnet:PATH" >&2; exit 2 ;;
+  hf:*)  # a local directory made absolute (its options kept), a hub name as it is
+    hf_model=${teacher#hf:}
+    hf_path=${hf_model%%,*}
+    if [ -e "$hf_path" ]; then
+      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
+    elif [[ $hf_path == [./~]* ]]; then
+      echo "$prog: --teacher $teacher: $hf_path not found" >&2; exit 2
+    fi
+    teacher=hf:$hf_model ;;
+  *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher), espnet:PATH or hf:PATH" >&2; exit 2 ;;
 esac
+# hf_model: the Hugging Face teacher's spec, empty otherwise; the stage signatures hold either
+hf_model=${hf_model:-}
+teacher_sig=$espnet_model$hf_model
+hf_decode=()  # generate()'s rules for a Hugging Face teacher's decodings
+[[ $teacher == hf:* ]] && hf_decode=(--hf-rule)
 
 . ./path.sh
 . ./cmd.sh
@@ -151,6 +169,7 @@ tgt_tokens=data/tokens/${tgt_lang}_${tgt_token_type}${tgt_vocab_size}
 [ "$src_token_type" = char ] && src_tokens=data/tokens/${src_lang}_char
 [ "$tgt_token_type" = char ] && tgt_tokens=data/tokens/${tgt_lang}_char
 [[ $teacher == espnet:* ]] && tgt_tokens=data/tokens/${tgt_lang}_espnet
+[[ $teacher == hf:* ]] && tgt_tokens=data/tokens/${tgt_lang}_hf
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -170,6 +189,10 @@ train_tokenizers() {
     kdst espnet-tokenizer --teacher-espnet "$espnet_model" --out "$tgt_tokens"
     return 0
   fi
+  if [[ $teacher == hf:* ]]; then  # the students adopt the Hugging Face teacher's tokenizer
+    kdst hf-tokenizer --teacher "$teacher" --out "$tgt_tokens" --side tgt
+    return 0
+  fi
   kdst tokenizer train "$tgt_tokens" "data/$train_set/text.$tgt_lang" \
     --type "$tgt_token_type" --vocab-size "$tgt_vocab_size"
 }
@@ -185,7 +208,7 @@ st_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set da
 decode_sets() {
   local model=$1 exp=$2 ratio=$3 set src=()
   shift 3
-  [ "$model" != "$teacher" ] || src=(--src-text "text.$src_lang")  # the MT teacher reads the transcripts
+  [ "$model" != "$teacher" ] || src=(--src-text "text.$src_lang" "${hf_decode[@]}")  # the MT teacher reads the transcripts
   for set in "$@"; do
     kdst decode --model "$model" "${src[@]}" --data-dir "data/$set" \
       --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$ratio" \
@@ -204,6 +227,8 @@ task_of() { case $1 in mt_teacher) echo mt ;; asr_pretrain) echo asr ;; *) echo 
 train_teacher() {
   if [[ $teacher == espnet:* ]]; then
     log "the teacher is the ESPnet model $espnet_model; nothing to train"
+  elif [[ $teacher == hf:* ]]; then
+    log "the teacher is the Hugging Face model $hf_model; nothing to train"
   else
     if [ -n "$mt_extra_sets" ]; then
       # shellcheck disable=SC2086
@@ -258,7 +283,7 @@ teacher_nbest() {
     return 0
   fi
   kdst decode --model "$teacher" --src-text "text.$src_lang" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
-    --beam "$nbest_beam" --nbest "$nbest_size" --max-len-ratio "$mt_max_len_ratio" \
+    --beam "$nbest_beam" --nbest "$nbest_size" --max-len-ratio "$mt_max_len_ratio" "${hf_decode[@]}" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -294,7 +319,8 @@ mode_opts() {
   local mode=${1%%@*} rest=${1#*@}
   local pt=${rest%@*} seed=${rest#*@}
   echo "--set train.seed=$seed"
-  [ "$pt" = yes ] && echo "--set train.init=$pretrained --set train.init_modules=[encoder,ctc]"
+  # JSON-style quotes: the options are split at spaces, and YAML needs a space after an unquoted key's colon
+  [ "$pt" = yes ] && echo "--set train.init_parts=[{\"checkpoint\":\"$pretrained\",\"modules\":[encoder,ctc]}]"
   case $mode in
     seqkd*) echo "--set data.text=text.seqkd --set data.valid_text=text" ;;
     seqinter*) echo "--set data.text=text.seqinter --set data.valid_text=text" ;;
@@ -391,13 +417,13 @@ stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
 run_stage 0 "$corpus_dir $tgt_lang $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $tgt_lang $train_set $dev_set $test_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
-run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $espnet_model" train_tokenizers
-run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $espnet_model $pretrain $([ "$pretrain" = no ] || stage_opts "$asr_config")" train_stage4
-run_stage 5 "$beam $mt_max_len_ratio $test_sets $espnet_model" evaluate_teacher
-run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $kd_temperature $espnet_model" teacher_topk_cache
-run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $espnet_model" teacher_nbest
-run_stage 8 "$kd_modes $rescore_metric $nbest_size $espnet_model" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config" $word_kd_config) $kd_modes $word_kd_source $kd_weight $kd_temperature $espnet_model $pretrain $seeds" train_students
+run_stage 3 "$src_token_type $src_vocab_size $tgt_token_type $tgt_vocab_size $train_set $teacher_sig" train_tokenizers
+run_stage 4 "$(stage_opts "$mt_config") $mt_extra_sets $teacher_sig $pretrain $([ "$pretrain" = no ] || stage_opts "$asr_config")" train_stage4
+run_stage 5 "$beam $mt_max_len_ratio $test_sets $teacher_sig" evaluate_teacher
+run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $kd_temperature $teacher_sig" teacher_topk_cache
+run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $teacher_sig" teacher_nbest
+run_stage 8 "$kd_modes $rescore_metric $nbest_size $teacher_sig" rescore_nbest
+run_stage 9 "$(stage_opts "$st_config" $word_kd_config) $kd_modes $word_kd_source $kd_weight $kd_temperature $teacher_sig $pretrain $seeds" train_students
 run_stage 10 "$kd_modes $finetune $finetune_opts $pretrain $seeds" finetune_word_kd
 run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune $pretrain $seeds" decode_students
 run_stage 12 "$kd_modes $finetune $test_sets $pretrain $seeds" score_all

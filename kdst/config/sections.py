@@ -92,6 +92,16 @@ class SpecAugmentConfig:
 
 
 @dataclass(frozen=True)
+class InitPartConfig:
+    """Submodules of the model (``encoder``, ``ctc``, ``decoder``) copied from a checkpoint before training."""
+    checkpoint: str
+    modules: tuple[str, ...]
+
+    def __post_init__(self):
+        require(len(self.modules) > 0, "modules", "must name a submodule (encoder, ctc, decoder, ...)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); resume continues
@@ -104,8 +114,9 @@ class TrainConfig:
     specaugment: SpecAugmentConfig | None = None
     bf16: bool = True  # autocast on a GPU
     init: str | None = None  # fine-tuning: start from this checkpoint's weights, fresh optimiser
-    # with init: copy only these submodules (e.g. [encoder, ctc]: an ASR model's encoder into an ST student)
-    init_modules: tuple[str, ...] | None = None
+    # or parts of the model from several checkpoints (ESPnet's init_param): an ASR model's encoder and
+    # CTC head, an MT model's decoder; the rest starts afresh
+    init_parts: tuple[InitPartConfig, ...] | None = None
 
     def __post_init__(self):
         require(self.epochs >= 1, "epochs", f"must be >= 1, not {self.epochs}")
@@ -114,8 +125,12 @@ class TrainConfig:
         require(self.clip > 0, "clip", f"must be > 0, not {self.clip}")
         require(self.keep_best >= 1, "keep_best", f"must be >= 1, not {self.keep_best}")
         require(self.log_interval >= 1, "log_interval", f"must be >= 1, not {self.log_interval}")
-        require(self.init_modules is None or self.init is not None, "init_modules", "needs train.init")
-        require(self.init_modules is None or len(self.init_modules) > 0, "init_modules", "must name a submodule")
+        require(not (self.init and self.init_parts), "init_parts", "give train.init (the whole model) or "
+                "train.init_parts, not both")
+        if self.init_parts:
+            named = [m for part in self.init_parts for m in part.modules]
+            twice = sorted({m for m in named if named.count(m) > 1})
+            require(not twice, "init_parts", f"{', '.join(twice)} would come from two checkpoints")
 
     # What may change when a stopped run continues (--resume): how long it runs and what it says.
     RESUMABLE_CHANGES = ("epochs", "max_steps", "log_interval", "keep_best", "nan")

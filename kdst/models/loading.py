@@ -77,18 +77,18 @@ def load_submodules(model: nn.Module, weights: dict, path: str | Path, modules: 
     children = dict(model.named_children())
     for name in modules:
         if name not in children:
-            raise KdstError(f"train.init_modules: this model has no submodule '{name}' "
+            raise KdstError(f"train.init_parts: this model has no submodule '{name}' "
                             f"(it has {', '.join(children)})")
     wanted = [k for k in own if k.split(".", 1)[0] in modules]
     missing = [k for k in wanted if k not in weights]
     shapes = [k for k in wanted if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
     if missing:
-        raise KdstError(f"{path}: has no {missing[0]} ({len(missing)} tensor(s) of train.init_modules "
+        raise KdstError(f"{path}: has no {missing[0]} ({len(missing)} tensor(s) of "
                         f"{', '.join(modules)} missing): not a model with this model's {missing[0].split('.')[0]}")
     if shapes:
         k = shapes[0]
         raise KdstError(f"{path}: {k} is {tuple(weights[k].shape)} there and {tuple(own[k].shape)} in this model "
-                        f"({len(shapes)} tensor(s) of train.init_modules differ): the two {k.split('.')[0]}s "
+                        f"({len(shapes)} tensor(s) of {', '.join(modules)} differ): the two {k.split('.')[0]}s "
                         "must have one shape (layers, d_model, vocabulary)")
     model.load_state_dict({**own, **{k: weights[k] for k in wanted}})
     return len(wanted)

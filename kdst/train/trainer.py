@@ -393,12 +393,13 @@ def run(config: TrainingConfig, exp_dir: str | Path, *, resume: bool = False) ->
                      progress.step)
         elif train.init:  # fine-tuning: start from another run's weights, with a fresh optimiser
             init = read_checkpoint(train.init, "checkpoint to initialise from (train.init)")
-            if train.init_modules:
-                copied = load_submodules(model, init["model"], train.init, train.init_modules)
-                log.info("initialised %s (%d tensors) from %s", ", ".join(train.init_modules), copied, train.init)
-            else:
-                load_weights(model, init["model"], train.init)
-                log.info("initialised from %s", train.init)
+            load_weights(model, init["model"], train.init)
+            log.info("initialised from %s", train.init)
+        elif train.init_parts:  # pre-trained parts (an ASR encoder, an MT decoder), the rest afresh
+            for part in train.init_parts:
+                init = read_checkpoint(part.checkpoint, "checkpoint to initialise from (train.init_parts)")
+                copied = load_submodules(model, init["model"], part.checkpoint, part.modules)
+                log.info("initialised %s (%d tensors) from %s", ", ".join(part.modules), copied, part.checkpoint)
         if rank == 0:
             atomic_write_text(exp_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
             log.info("model: %.2fM parameters; %d training utterances; %d process(es) on %s",

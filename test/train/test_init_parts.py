@@ -1,4 +1,4 @@
-"""train.init_modules: an ASR model's encoder (and CTC head) into an ST student, the rest fresh."""
+"""train.init_parts: an ASR model's encoder and CTC head, an MT model's decoder, into an ST student."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 
 import pytest
 import torch
-import yaml
 
 from helpers import make_mt_task, write_config
 from kdst.config import ConfigError, TrainConfig, build, parse_model_config
@@ -43,26 +42,35 @@ def test_shape_and_name_mismatches_are_one_line_errors():
     other_ctc = speech_model(vocab=50, ctc_vocab=40)
     with pytest.raises(KdstError, match=r"asr\.pt: ctc\.weight is \(40, 16\) there and \(30, 16\) in this model"):
         load_submodules(st, other_ctc.state_dict(), "asr.pt", ("ctc",))
-    with pytest.raises(KdstError, match=r"asr\.pt: has no encoder\.\S*2\.\S* \(33 tensor\(s\) of train\.init_modules encoder missing\)"):
+    with pytest.raises(KdstError, match=r"asr\.pt: has no encoder\.\S*2\.\S* \(33 tensor\(s\) of encoder missing\)"):
         load_submodules(deeper, st.state_dict(), "asr.pt", ("encoder",))
-    with pytest.raises(KdstError, match=r"train\.init_modules: this model has no submodule 'encoderz'"):
+    with pytest.raises(KdstError, match=r"train\.init_parts: this model has no submodule 'encoderz'"):
         load_submodules(st, st.state_dict(), "asr.pt", ("encoderz",))
 
 
-def test_config_needs_init():
-    assert build(TrainConfig, {"init": "a.pt", "init_modules": ["encoder", "ctc"]}).init_modules == ("encoder", "ctc")
-    with pytest.raises(ConfigError, match="init_modules: needs train.init"):
-        build(TrainConfig, {"init_modules": ["encoder"]})
+def test_config_of_the_parts():
+    parts = build(TrainConfig, {"init_parts": [{"checkpoint": "asr.pt", "modules": ["encoder", "ctc"]},
+                                               {"checkpoint": "mt.pt", "modules": ["decoder"]}]}).init_parts
+    assert [(p.checkpoint, p.modules) for p in parts] == [("asr.pt", ("encoder", "ctc")), ("mt.pt", ("decoder",))]
+    with pytest.raises(ConfigError, match="init_parts: give train.init .* not both"):
+        build(TrainConfig, {"init": "a.pt", "init_parts": [{"checkpoint": "asr.pt", "modules": ["encoder"]}]})
+    with pytest.raises(ConfigError, match="init_parts: encoder would come from two checkpoints"):
+        build(TrainConfig, {"init_parts": [{"checkpoint": "a.pt", "modules": ["encoder"]},
+                                           {"checkpoint": "b.pt", "modules": ["encoder", "decoder"]}]})
+    with pytest.raises(ConfigError, match=r"init_parts\[0\]\.modules: must name a submodule"):
+        build(TrainConfig, {"init_parts": [{"checkpoint": "a.pt", "modules": []}]})
 
 
-def test_the_trainer_copies_only_the_named_modules(tmp_path, caplog):
+def test_the_trainer_copies_the_parts_from_their_checkpoints(tmp_path, caplog):
     root = make_mt_task(tmp_path / "task")
     run(load_config(write_config(root, tmp_path / "a.yaml", epochs=1)), tmp_path / "a")
-    path = write_config(root, tmp_path / "b.yaml", epochs=1, max_steps=1, init=str(tmp_path / "a" / "epoch-1.pt"),
-                        init_modules=["encoder"])
-    config = yaml.safe_load(path.read_text())
-    config["model"]["decoder"]["layers"] = 2  # another decoder: a whole-model init would be refused
-    path.write_text(yaml.safe_dump(config))
+    run(load_config(write_config(root, tmp_path / "b.yaml", epochs=1, seed=3)), tmp_path / "b")
+    a, b = tmp_path / "a" / "epoch-1.pt", tmp_path / "b" / "epoch-1.pt"
+    path = write_config(root, tmp_path / "c.yaml", epochs=1, max_steps=1,
+                        init_parts=[{"checkpoint": str(a), "modules": ["encoder"]},
+                                    {"checkpoint": str(b), "modules": ["decoder"]}])
     with caplog.at_level(logging.INFO, logger="kdst.train"):
-        run(load_config(path), tmp_path / "b")
-    assert any("initialised encoder (" in r.getMessage() for r in caplog.records)
+        run(load_config(path), tmp_path / "c")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("initialised encoder (") and m.endswith(str(a)) for m in said)
+    assert any(m.startswith("initialised decoder (") and m.endswith(str(b)) for m in said)
