@@ -14,9 +14,10 @@ sentence gets ``P_ctc(g) = r_{T-1}^n(g) + r_{T-1}^b(g)``, the probability of ``g
 All of it is in log space.
 
 The prefix scores of every candidate are one sum over frames, no recursion: ``psi`` needs
-only the prefix's own ``r``, so the scores of all candidates are one batched matrix product
-(in float64, the prefix's part scaled by its maximum).  The recursion over frames runs once
-per step, for the K prefixes the search keeps (``extend``), not for the candidates it scores.
+only the prefix's own ``r`` (a logsumexp over frames for a few candidates per row, one
+batched matrix product of probabilities for the whole vocabulary).  The recursion over
+frames runs once per step, for the K prefixes the search keeps (``extend``), not for the
+candidates it scores.
 
 Rows are utterance-major, ``group`` (beams) per utterance, like the decoder's state.  Frames
 past an utterance's end are certain blanks, which leaves ``r^n + r^b`` of a shorter utterance
@@ -32,6 +33,10 @@ import torch
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
 
 NEG_INF = float("-inf")
+# exp() is ten times slower on inputs far below its range.  Scaled terms are clamped there: a
+# term this far below the largest (whose exp is 1) cannot change the sum in the float type; a
+# row without a finite term is -inf by its scale (-inf + anything finite).
+FLOOR_32, FLOOR_64 = 87.0, 700.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class CTCPrefixState:
     """The prefixes of N = A * group rows."""
 
     table: torch.Tensor  # (A, V, T) CTC log-posteriors per utterance and token, padded with certain blanks
+    lengths: torch.Tensor  # (A,) frames of each utterance
     r: torch.Tensor  # (T, 2, N): log r^n, log r^b of each row's prefix
     psi: torch.Tensor  # (N,) log prefix probability of each row's prefix (0 for the empty one)
     last: torch.Tensor  # (N,) last label of each prefix (<sos> for the empty one)
@@ -56,7 +62,7 @@ def initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, group: int = 1
     r[:, 1] = log_probs[:, :, BLANK_ID].cumsum(1).t()  # only blanks so far
     n = a * group
     # Token-major: the frames of one token are one contiguous row (gathering them is a row copy).
-    return CTCPrefixState(log_probs.transpose(1, 2).contiguous(), r.repeat_interleave(group, dim=2),
+    return CTCPrefixState(log_probs.transpose(1, 2).contiguous(), lengths, r.repeat_interleave(group, dim=2),
                           log_probs.new_zeros(n), torch.full((n,), SOS_EOS_ID, dtype=torch.long,
                                                              device=log_probs.device), group, 0)
 
@@ -72,28 +78,34 @@ def _frames_of(table: torch.Tensor, tokens: torch.Tensor, group: int) -> torch.T
 def prefix_scores(state: CTCPrefixState, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """(N, P): log psi of each row's prefix extended by each of its ``tokens`` (N, P), or by every
     token of the vocabulary (N, V) without them; <eos> gets the prefix's full probability, blank -inf."""
-    t, (a, vocab, frames), n = state.length, state.table.shape, state.r.shape[2]
+    t, (a, vocab, _), n = state.length, state.table.shape, state.r.shape[2]
     r_n, r_b = state.r[:, 0].t(), state.r[:, 1].t()  # (N, T)
     whole = torch.logaddexp(r_n, r_b)
     # phi_{f-1} for the frames f >= t where h (t + 1 labels) can end: 1 before frame 0, for the empty prefix only
     lead = whole.new_full((n, 1), 0.0 if t == 0 else NEG_INF)
     phi = torch.cat([lead, whole[:, :-1]], 1)[:, t:]
-    # psi = sum_f phi_{f-1} y_f^c as a product of probabilities, in float64 with phi scaled by its
-    # maximum: one batched matrix product instead of a logsumexp over (N, P, T) terms.
-    top = phi.max(1, keepdim=True).values if phi.shape[1] else phi.new_zeros(n, 1)
-    top = torch.where(torch.isfinite(top), top, 0.0)
-    weights = (phi - top).double().exp()
+    if phi.shape[1] == 0:  # h has more labels than the utterance has frames
+        psi = phi.new_full((n, vocab) if tokens is None else tokens.shape, NEG_INF)
+    elif tokens is None:
+        # psi = sum_f phi_{f-1} y_f^c for every token at once: one batched matrix product of
+        # probabilities, in float64 with phi scaled by its maximum.  Past an utterance's end no label
+        # has a frame (y = 0): phi is cut there, so that the clamped y cannot count.
+        ends = state.lengths.repeat_interleave(state.group)[:, None]
+        phi = phi.masked_fill(torch.arange(t, t + phi.shape[1], device=phi.device)[None, :] >= ends, NEG_INF)
+        top = phi.max(1, keepdim=True).values
+        weights = (phi - torch.where(torch.isfinite(top), top, 0.0)).double().clamp_(min=-FLOOR_64).exp_()
+        y = state.table[:, :, t:].double().clamp_(min=-FLOOR_64).exp_()  # (A, V, T - t)
+        psi = torch.bmm(weights.view(a, n // a, -1), y.transpose(1, 2)).view(n, vocab).log_().add_(top).float()
+    else:  # a logsumexp over frames, in place (torch.logsumexp takes twice as long)
+        terms = phi[:, None, :] + _frames_of(state.table, tokens, state.group)[..., t:]  # (N, P, T - t)
+        peak = terms.amax(-1, keepdim=True)
+        psi = terms.sub_(torch.where(torch.isfinite(peak), peak, 0.0)).clamp_(min=-FLOOR_32).exp_()
+        psi = psi.sum(-1).log_().add_(peak[..., 0])
     if tokens is None:
-        y = state.table[:, :, t:].double().exp()  # (A, V, T - t)
-        psi = torch.bmm(weights.view(a, n // a, -1), y.transpose(1, 2)).view(n, vocab)
         tokens = torch.arange(vocab, device=psi.device).expand(n, vocab)
-    else:
-        y = _frames_of(state.table, tokens, state.group)[..., t:].double().exp()  # (N, P, T - t)
-        psi = torch.bmm(y, weights[:, :, None])[..., 0]
-    psi = (psi.log() + top).float()
     if t > 0:  # the token that repeats the last label needs a blank between: r^b only
         again = _frames_of(state.table, state.last[:, None], state.group)[:, 0, t:]
-        repeat = torch.logsumexp(r_b[:, t - 1:-1] + again, -1) if t < frames else torch.full_like(top[:, 0], NEG_INF)
+        repeat = torch.logsumexp(r_b[:, t - 1:-1] + again, -1)  # -inf without frames left
         psi = torch.where(tokens == state.last[:, None], repeat[:, None], psi)
     psi = torch.where(tokens == SOS_EOS_ID, whole[:, -1:], psi)
     return psi.masked_fill(tokens == BLANK_ID, NEG_INF)
@@ -104,7 +116,9 @@ def extend(state: CTCPrefixState, rows: torch.Tensor, tokens: torch.Tensor, psi:
     """The state of the prefixes of ``rows`` (N', indices into the state's rows) each extended by its
     token (N',), whose prefix scores are ``psi`` (N').  ``utterances``: the utterances still searched,
     when some leave (``rows`` then holds only theirs, utterance-major, ``group`` each)."""
-    table = state.table if utterances is None else state.table.index_select(0, utterances)
+    table, lengths = state.table, state.lengths
+    if utterances is not None:
+        table, lengths = table.index_select(0, utterances), lengths.index_select(0, utterances)
     frames, t = state.r.shape[0], state.length
     emit = _frames_of(table, torch.stack([tokens, torch.full_like(tokens, BLANK_ID)], 1), state.group)
     emit = emit.permute(2, 1, 0).contiguous()  # (T, 2, N'): the label's and blank's log-posteriors
@@ -120,7 +134,7 @@ def extend(state: CTCPrefixState, rows: torch.Tensor, tokens: torch.Tensor, psi:
         step = torch.logaddexp(r_n[f - 1], into[f - 1]).add_(emit[f])
         r_n[f] = step[0]
         into[f, 1] = step[1]
-    return CTCPrefixState(table, torch.stack([r_n, into[:, 1]], 1), psi, tokens, state.group, t + 1)
+    return CTCPrefixState(table, lengths, torch.stack([r_n, into[:, 1]], 1), psi, tokens, state.group, t + 1)
 
 
 def prefix_logprob(log_probs: torch.Tensor, labels: list[int]) -> float:

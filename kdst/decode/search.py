@@ -333,9 +333,10 @@ def _joint_candidates(logp: torch.Tensor, att_scores: torch.Tensor, ctc: ctc_pre
     (n, vocab), (a, k), w = logp.shape, att_scores.shape, opt.ctc_weight
     width = vocab if opt.ctc_pre_beam == 0 or w == 1 else min(vocab, max(2, int(opt.ctc_pre_beam * k)))
     if width < vocab:  # the decoder's best, and <eos>, whose CTC score costs nothing: a beam can always end
-        tokens = logp.clone().index_fill_(1, torch.tensor([EOS_ID], device=logp.device), math.inf)
+        ranked = logp.clone()
+        ranked[:, EOS_ID] = math.inf
         width = min(vocab, width + 1)
-        tokens = tokens.topk(width, dim=1).indices
+        tokens = ranked.topk(width, dim=1).indices
     else:
         tokens = torch.arange(vocab, device=logp.device).expand(n, vocab)
     att = logp.gather(1, tokens).add_(att_scores.view(-1, 1))

@@ -90,8 +90,8 @@ def test_batch_of_beams_equals_one_prefix_at_a_time():
         state = extend(state, rows, tokens, psi, kept)
         prefixes = [prefixes[r] + [c] for r, c in zip(rows.tolist(), tokens.tolist())]
         utts = [u for u in (range(3) if kept is None else kept.tolist()) for _ in range(2)]
-        scores = prefix_scores(state)  # every token
-        assert torch.equal(scores, prefix_scores(state, torch.arange(vocab).expand(len(rows), vocab)))
+        scores = prefix_scores(state)  # every token (a matrix product), and as candidates (a logsumexp)
+        torch.testing.assert_close(scores, prefix_scores(state, torch.arange(vocab).expand(len(rows), vocab)))
         for row, (prefix, u) in enumerate(zip(prefixes, utts)):
             alone = log_probs[u, :lengths[u]]
             assert state.psi[row].item() == pytest.approx(prefix_logprob(alone, prefix), abs=1e-5)
