@@ -103,3 +103,33 @@ def test_batch_of_beams_equals_one_prefix_at_a_time():
                     assert scores[row, c].item() == pytest.approx(expected, abs=1e-5), (row, prefix, c)
             assert scores[row, 0].item() == float("-inf")  # blank is never a label
     assert state.r.shape[2] == 4 and state.table.shape[0] == 2 and state.length == 3
+
+
+def test_peaky_posteriors_keep_their_small_probabilities():
+    """A confident model: log-posteriors down to several hundred nats, far below where exp() of a
+    float32 underflows; every prefix's log-probability still matches the enumeration's, in log space,
+    whether scored among a few candidates or with the whole vocabulary."""
+    frames, vocab = 4, 5
+    log_probs = posteriors(frames, vocab=vocab, seed=3, scale=150.0)
+    assert log_probs.min() < -300
+    lp = log_probs.double().tolist()
+    paths: dict[tuple[int, ...], list[float]] = {}
+    for path in itertools.product(range(vocab), repeat=frames):
+        paths.setdefault(collapse(path), []).append(sum(lp[t][c] for t, c in enumerate(path)))
+
+    def log_sum(values):  # -inf for none: (1, 1, 1) needs 5 frames
+        top = max(values, default=-math.inf)
+        return top + math.log(sum(math.exp(v - top) for v in values)) if values else top
+
+    for n in range(1, frames + 1):
+        for prefix in itertools.product(LABELS, repeat=n):
+            expected = log_sum([v for s, vs in paths.items() if s[:n] == prefix for v in vs])
+            got = prefix_logprob(log_probs, list(prefix))
+            assert got == expected if expected == -math.inf else got == pytest.approx(expected, abs=1e-3, rel=1e-5)
+            if prefix in paths:
+                assert prefix_logprob(log_probs, [*prefix, EOS]) == pytest.approx(log_sum(paths[prefix]), rel=1e-5)
+    state = extend(initial_state(log_probs[None], torch.tensor([frames])), torch.tensor([0]), torch.tensor([3]),
+                   torch.tensor([prefix_logprob(log_probs, [3])]))
+    every = prefix_scores(state)
+    assert torch.isfinite(every[0, 1:]).all()
+    torch.testing.assert_close(every, prefix_scores(state, torch.arange(vocab)[None]), rtol=1e-5, atol=1e-3)
