@@ -68,6 +68,7 @@ opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" co
 opt beam 5 "beam size for decoding" count
 opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x subsampling)" num
 opt ctc_weight 0 "decoding and the teacher n-best: joint CTC/attention weight (0: attention only; docs/DECODING.md)" num
+opt ctc_pre_beam 1.5 "with --ctc-weight: CTC scores this x --beam best decoder tokens per beam (0: every token)" num
 opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
 parse_options "$@"
 
@@ -131,8 +132,10 @@ train_tokenizer() {
 # Joint CTC/attention decoding (kdst decode refuses a model without a CTC branch): the option, and
 # the stage signatures' part, only with a weight, so that runs without one keep their finished stages.
 ctc_decode=()
-if awk -v w="$ctc_weight" 'BEGIN { exit !(w > 0) }'; then ctc_decode=(--ctc-weight "$ctc_weight"); fi
-ctc_sig=${ctc_decode[*]:+ ctc $ctc_weight}
+if awk -v w="$ctc_weight" 'BEGIN { exit !(w > 0) }'; then
+  ctc_decode=(--ctc-weight "$ctc_weight" --ctc-pre-beam "$ctc_pre_beam")
+fi
+ctc_sig=${ctc_decode[*]:+ ${ctc_decode[*]}}
 
 asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
