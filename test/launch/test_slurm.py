@@ -151,21 +151,32 @@ def test_task_killed_without_status_is_reported(slurm, tmp_path: Path, monkeypat
 
 
 def _wait_requeued(slurm, job: str) -> None:
-    _wait_for(lambda: "BeginTime" in slurm.run("squeue", "-h", "-j", job, "-o", "%r", check=False).stdout, 60,
-              f"job {job} to be requeued")
+    """Until ``job`` waits to run again: PENDING, no longer COMPLETING (its old run's processes are gone)."""
+    _wait_for(lambda: slurm.run("squeue", "-h", "-j", job, "-o", "%T %r", check=False).stdout.split()
+              == ["PENDING", "BeginTime"], 60, f"job {job} to be requeued")
 
 
 def _release(slurm, job: str) -> None:
-    """A requeued job waits two minutes (Slurm's rule) before it may start again: not in a test."""
-    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    """A requeued job waits two minutes (Slurm's rule) before it may start again: not in a test.
+
+    But not StartTime=now.  Ending the old run revoked the job's credential, and slurmd refuses a
+    run whose credential is not newer than that revocation, counted in whole seconds: a rerun that
+    starts in the same second fails at once without running (exit 1; "Killing non-startable batch
+    JobId=N: Job credential revoked" in slurmctld.log).  The revocation came before _wait_requeued
+    saw the old run gone, so a start one second from now is after it.
+    """
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now+1")
 
 
 @pytest.mark.slurm
 def test_requeued_task_is_waited_for(slurm, tmp_path: Path):
     # Task 1 requeues itself on its first run (as a trainer does before a time limit), then succeeds.
     # SPLIT, not JOB, names the range: JOB would be replaced inside SLURM_JOB_ID too.
-    script = ('if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then scontrol requeue $SLURM_JOB_ID; sleep 30; exit 75; fi; '
-              'echo run $SLURM_RESTART_COUNT')
+    # It requeues just after a second begins, so that a rerun released at once would start within
+    # that second: a _release that allows that fails this test most times, not now and then.
+    at_second = 'python -c "import time; time.sleep(1.02 - time.time() % 1)"'
+    script = (f'if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then {at_second}; scontrol requeue $SLURM_JOB_ID; '
+              'sleep 30; exit 75; fi; echo run $SLURM_RESTART_COUNT')
     launcher = subprocess.Popen([sys.executable, "-m", "kdst.launch", "--backend", "slurm", "SPLIT=1:1",
                                  str(tmp_path / "r.SPLIT.log"), "bash", "-c", script],
                                 env=_env(), stderr=subprocess.PIPE, text=True)
@@ -178,7 +189,7 @@ def test_requeued_task_is_waited_for(slurm, tmp_path: Path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 0, err
+    assert launcher.returncode == 0, f"{err}\n{slurm.logs()}"
     assert (tmp_path / "r.1.log").read_text().splitlines()[2] == "run 1"
 
 
@@ -255,7 +266,7 @@ def test_sigusr1_saves_requeues_and_resumes(slurm, mt_data: Path, tmp_path: Path
     _wait_for(lambda: not slurm.queue(), 120, "the requeued job to finish")
     log = out.read_text()
     assert "stopped at epoch" in log and f"requeueing Slurm job {job}; its next run continues from" in log, log
-    assert "restart 1" in log, log
+    assert "restart 1" in log, f"{log}\n{slurm.logs()}"
     assert f"resumed from {exp / 'last.pt'}: epoch {saved['epoch']}, batch {saved['batch_in_epoch']}" in log, log
     final = torch.load(exp / "last.pt", weights_only=False)["progress"]
     assert final["epoch"] == saved["epoch"] + 2 and final["batch_in_epoch"] == 0 and final["step"] > saved["step"]
