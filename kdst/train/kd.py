@@ -206,10 +206,10 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
 
     teacher = load_teachers(kd.teacher, device, kd.teacher_weights, src_text=kd.src_text)
     if teacher.data.input != "text":
-        raise KdstError(f"{kd.teacher}: an online teacher must be an MT model reading the transcript")
+        raise KdstError(f"{teacher_names(kd.teacher)}: an online teacher must be an MT model reading the transcript")
     if tokenizer_fingerprint(teacher.data.tokenizer) != student_vocab:
-        raise KdstError(f"{kd.teacher}: the teacher's target tokenizer {teacher.data.tokenizer} is not the "
-                        f"student's {data.tokenizer}: word-level KD needs one vocabulary (an ESPnet teacher's: "
+        raise KdstError(f"{teacher_names(kd.teacher)}: the teacher's target tokenizer {teacher.data.tokenizer} is "
+                        f"not the student's {data.tokenizer}: word-level KD needs one vocabulary (an ESPnet teacher's: "
                         f"kdst espnet-tokenizer)")
     model = with_float32_logits(teacher.model)  # float32 weights, under the trainer's autocast
     src_tokenizer = load_tokenizer(teacher.data.src_tokenizer)
@@ -245,6 +245,11 @@ def check_cache_temperature(cache: TeacherCache, kd: CachedWordKDConfig) -> None
                         f"{kd.temperature:g}")
 
 
+def teacher_names(teacher: str | tuple[str, ...]) -> str:
+    """``kd.teacher`` as a message names it: one reference, or an ensemble's joined by ' + '."""
+    return teacher if isinstance(teacher, str) else " + ".join(teacher)
+
+
 def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, data: DataConfig) -> None:
     """The cache must hold this training set's utterances, made from its vocabulary and texts (and teacher,
     when kd.teacher names one): a stale cache would train on another text's teacher outputs without a sign.
@@ -267,7 +272,7 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
     if made.get("tokenizer") != tokenizer_fingerprint(data.tokenizer):
         wrong.append(f"tokenizer (not {data.tokenizer})")
     if kd.teacher and made.get("teacher") != teachers_digest(kd.teacher, kd.teacher_weights):
-        wrong.append(f"teacher (not {kd.teacher})")
+        wrong.append(f"teacher (not {teacher_names(kd.teacher)})")
     if made["targets"] != targets_digest(targets, ids):
         wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")
     source_path = Path(data.train) / made["source_text"]
