@@ -97,3 +97,22 @@ def test_the_trainer_sets_the_optimiser_step_and_resume_continues_it(task, tmp_p
     seen.clear()
     run(load_config(path), tmp_path / "exp", resume=True)
     assert seen == [2, 2]
+
+
+def test_an_online_teacher_never_trains(task):
+    """The trainer's optimiser takes every trainable parameter of the loss model that is not the student's
+    (kdst.train.trainer.kd_parameters): a teacher, alone or in an ensemble, must have none."""
+    from dataclasses import replace
+
+    from kdst.models import build_model
+    from kdst.train.kd import setup_distillation
+    from kdst.train.trainer import build_datasets, kd_parameters
+
+    config = load_config(write_config(task["root"], task["root"] / "student.yaml"))
+    train_set, _, sizes = build_datasets(config.data)
+    student = build_model(replace(config.model, **sizes))
+    for teacher in (str(task["teacher"]), [str(task["teacher"]), str(task["teacher"])]):
+        kd = parse_kd({"teacher": teacher, "weight": 0.5}, config.model)
+        loss_model, _ = setup_distillation(kd, student, train_set, config.data, torch.device("cpu"))
+        assert kd_parameters(loss_model, student) == {}
+        assert sum(p.numel() for p in loss_model.parameters()) > sum(p.numel() for p in student.parameters())
