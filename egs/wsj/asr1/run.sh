@@ -4,6 +4,8 @@
 # trained on its pseudo labels; characters, validation on test_dev93, the compression table on
 # test_eval92.  --corpus-dir takes the WSJ0 (LDC93S6B) and WSJ1 (LDC94S13B) disc directories,
 # or directories holding them, space separated.  Options: ./run.sh --help
+# Decoding and the teacher's n-best use joint CTC/attention scores, weight 0.3 (ESPnet's WSJ setting;
+# docs/DECODING.md); --ctc-weight 0 for the attention decoder alone.
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../TEMPLATE/asr.sh \
@@ -13,4 +15,5 @@ exec ../../TEMPLATE/asr.sh \
   --token-type char --max-len-ratio 1.0 \
   --student-sizes "small tiny" \
   --nbest-beam 10 --nbest-size 5 --n-average 10 --beam 10 --decode-nj 32 \
+  --ctc-weight 0.3 \
   "$@"
