@@ -44,7 +44,11 @@ def whisper_tokenizer(texts: list[str]):
 
 
 def save_whisper(directory: Path, texts: list[str], *, bins: int = 80, window_s: int = 1, seed: int = 0,
-                 eos_bias: float = 2.2, std: float = 0.5, max_target_positions: int = 48) -> Path:
+                 eos_bias: float = 2.2, std: float = 0.5, max_target_positions: int = 48,
+                 says: str | None = None) -> Path:
+    """``says``: a word the model transcribes every utterance as (its first token, then <|endoftext|>: the last
+    norm's bias and those two rows of an untied output layer point one way, <|endoftext|>'s further, and it is
+    suppressed first), for the recipe tests' WER filter: a known label against references with and without it."""
     import transformers
 
     tokenizer = whisper_tokenizer(texts)
@@ -56,13 +60,18 @@ def save_whisper(directory: Path, texts: list[str], *, bins: int = 80, window_s:
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         max_source_positions=extractor.nb_max_frames // 2, max_target_positions=max_target_positions,
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
-        suppress_tokens=None, begin_suppress_tokens=None)
+        suppress_tokens=None, begin_suppress_tokens=None, tie_word_embeddings=says is None)
     torch.manual_seed(seed)
     model = transformers.WhisperForConditionalGeneration(config).eval()
     sharpen(model, std)
     with torch.no_grad():  # Whisper ties its output layer to the embeddings: raise <|endoftext|> at the last norm
         row = model.proj_out.weight[eot]
         model.model.decoder.layer_norm.bias += eos_bias * row / row.norm()
+        if says is not None:  # an output layer of its own: the word's and <|endoftext|>'s rows along one direction
+            u = torch.nn.functional.normalize(torch.randn(config.d_model), dim=0)
+            model.model.decoder.layer_norm.bias += 20 * u
+            model.proj_out.weight[tokenizer(f" {says}", add_special_tokens=False).input_ids[0]] = 5 * u
+            model.proj_out.weight[eot] = 6 * u
     space = tokenizer.convert_tokens_to_ids("\u0120")  # "Ġ": a lone space, suppressed at the start as Whisper does
     model.generation_config = transformers.GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,

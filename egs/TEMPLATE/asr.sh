@@ -24,6 +24,13 @@
 # each trained from conf/train_student_<size>.yaml with the same settings for every mode.
 # The training stages register each system in exp/systems.json (kdst systems add: role, size,
 # mode, teacher): the compression report takes the teacher and the students' modes from there.
+#
+# --teacher hf:PATH[,lang=LANG]: a Whisper model (a save_pretrained dir or a hub name in the local
+# cache; docs/HF_TEACHERS.md) is the teacher as it is: stage 4 trains nothing, and its decodings
+# (stages 5, 6, 9) read its own log-mel features (data/<set>_whisper, kdst hf-features) with
+# generate()'s rules (--hf-rule, at most --hf-max-len tokens), their text normalised as the
+# references are written (--hf-normalize); stage 7 drops the pseudo labels above --hf-max-wer % WER
+# (distil-whisper's filter), and the pseudo-label students then train on data/<train>_pl.
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -70,6 +77,10 @@ opt max_len_ratio 0.5 "decoding: max output tokens per encoder frame (after 4x s
 opt ctc_weight 0 "decoding and the teacher n-best: joint CTC/attention weight (0: attention only; docs/DECODING.md)" num
 opt ctc_pre_beam 1.5 "with --ctc-weight: CTC scores this x --beam best decoder tokens per beam (0: every token)" num
 opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
+opt teacher "" "the teacher: empty = train it (stage 4); hf:PATH[,lang=LANG] = a Whisper model (no teacher training)"
+opt hf_max_len 200 "a Whisper teacher's decodings: most tokens after its prompt (generate's max_new_tokens)" count
+opt hf_normalize upper "a Whisper teacher's text, normalised as the references are written: upper, lower or none"
+opt hf_max_wer 10 "a Whisper teacher's pseudo labels: drop the utterances above this WER (%) against the references (empty: keep all)" num?
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
@@ -98,6 +109,24 @@ if ! awk -v w="$ctc_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }'; then
   exit 2
 fi
 [ -n "$report_set" ] || report_set=${test_sets##* }
+case $hf_normalize in none|upper|lower) ;; *) echo "$prog: --hf-normalize $hf_normalize: none, upper or lower" >&2; exit 2 ;; esac
+hf_model=""  # a Whisper teacher's spec (a local directory made absolute), for the stage signatures
+case $teacher in
+  "") ;;
+  hf:*)
+    hf_model=${teacher#hf:}
+    hf_path=${hf_model%%,*}
+    if [ -e "$hf_path" ]; then
+      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
+    elif [[ $hf_path == [./~]* ]]; then
+      echo "$prog: --teacher $teacher: $hf_path not found" >&2; exit 2
+    fi
+    teacher=hf:$hf_model
+    if [ -n "$frame_kd_config" ]; then
+      echo "$prog: --frame-kd-config: a Whisper teacher has no CTC posteriors to distil" >&2; exit 2
+    fi ;;
+  *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher) or hf:PATH (a Whisper model)" >&2; exit 2 ;;
+esac
 
 . ./path.sh
 . ./cmd.sh
@@ -140,22 +169,51 @@ ctc_sig=${ctc_decode[*]:+ ${ctc_decode[*]}}
 asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
 
+# The teacher's decoding options and data dirs: a Whisper teacher reads data/<set>_whisper (its own
+# features, made by teacher_features) with generate()'s rules and normalised text.
+teacher_decode=(--max-len-ratio "$max_len_ratio" "${ctc_decode[@]}")
+teacher_suffix=""
+hf_labels=()  # kdst pseudo-labels options of a Whisper teacher
+hf_sig=""  # the stage signatures' part, only with a Whisper teacher
+if [ -n "$hf_model" ]; then
+  teacher_decode=(--hf-rule --max-len-ratio 0 --max-len-bias "$hf_max_len" --normalize "$hf_normalize")
+  teacher_suffix=_whisper
+  hf_labels=(--normalize "$hf_normalize" --drop-empty --dropped "exp/asr_teacher/nbest_$train_sp/dropped.txt")
+  [ -z "$hf_max_wer" ] || hf_labels+=(--max-wer "$hf_max_wer")
+  hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
+fi
+
+# teacher_features SETS...: a Whisper teacher's features of the sets (nothing to do for another teacher)
+teacher_features() {
+  [ -n "$hf_model" ] || return 0
+  local set
+  for set in "$@"; do
+    kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
+  done
+}
+
 # decode_sets SYSTEM SETS...
 decode_sets() {
-  local exp=exp/$1 set
+  local exp=exp/$1 set model=exp/$1/avg_best$n_average.pt suffix="" opts=(--max-len-ratio "$max_len_ratio" "${ctc_decode[@]}")
+  if [ "$1" = asr_teacher ]; then model=$teacher suffix=$teacher_suffix opts=("${teacher_decode[@]}"); fi
   shift
+  [ "$model" != "$teacher" ] || teacher_features "$@"
   for set in "$@"; do
-    kdst decode --model "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
-      --output-dir "$exp/decode_$set" --beam "$beam" --max-len-ratio "$max_len_ratio" "${ctc_decode[@]}" \
+    kdst decode --model "$model" --data-dir "data/$set$suffix" \
+      --output-dir "$exp/decode_$set" --beam "$beam" "${opts[@]}" \
       --nj "$decode_nj" --cmd "$decode_cmd"
   done
 }
 
-teacher=exp/asr_teacher/avg_best$n_average.pt
+[ -n "$teacher" ] || teacher=exp/asr_teacher/avg_best$n_average.pt
 nbest_dir=exp/asr_teacher/nbest_$train_sp
 
 train_teacher() {
-  train_model exp/asr_teacher "$teacher_config" "$asr_data"
+  if [ -n "$hf_model" ]; then
+    log "the teacher is the Whisper model $hf_model; nothing to train"
+  else
+    train_model exp/asr_teacher "$teacher_config" "$asr_data"
+  fi
   kdst systems add --name asr_teacher --task asr --role teacher --arch teacher --model "$teacher"
 }
 
@@ -172,8 +230,9 @@ teacher_nbest() {
     log "every student trains on gold references; no teacher n-best needed"
     return 0
   fi
-  kdst decode --model "$teacher" --data-dir "data/$train_sp" --output-dir "$nbest_dir" \
-    --beam "$nbest_beam" --nbest "$nbest_beam" --max-len-ratio "$max_len_ratio" "${ctc_decode[@]}" \
+  teacher_features "$train_sp"
+  kdst decode --model "$teacher" --data-dir "data/$train_sp$teacher_suffix" --output-dir "$nbest_dir" \
+    --beam "$nbest_beam" --nbest "$nbest_beam" "${teacher_decode[@]}" \
     --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -183,16 +242,37 @@ pseudo_labels() {
     return 0
   fi
   kdst pseudo-labels --nbest "$nbest_dir/nbest.txt" --out-dir "data/$train_sp" --n "$nbest_size" \
-    --scale "$posterior_scale" --ref "data/$train_sp/text" --stats-json "$nbest_dir/pseudo_labels.json"
+    --scale "$posterior_scale" --ref "data/$train_sp/text" --stats-json "$nbest_dir/pseudo_labels.json" \
+    "${hf_labels[@]}"
+  rm -rf "data/${train_sp}_pl"
+  local missing f
+  missing=$(awk 'NR == FNR { have[$1]; next } !($1 in have)' "data/$train_sp/text.1best" \
+    "data/$train_sp/utt2num_frames" | wc -l)
+  if [ "$missing" -gt 0 ]; then  # the WER filter dropped some: the pseudo-label students train on the rest
+    mkdir -p "data/${train_sp}_pl"
+    for f in feats.scp utt2num_frames utt2spk text; do
+      awk 'NR == FNR { keep[$1]; next } $1 in keep' "data/$train_sp/text.1best" "data/$train_sp/$f" \
+        >"data/${train_sp}_pl/$f"
+    done
+    awk '{ u[$2] = u[$2] " " $1 } END { for (s in u) print s u[s] }' "data/${train_sp}_pl/utt2spk" |
+      sort >"data/${train_sp}_pl/spk2utt"
+    mv "data/$train_sp/text.1best" "data/$train_sp/pseudo_nbest$nbest_size.txt" "data/${train_sp}_pl/"
+    log "pseudo labels of $(wc -l <"data/${train_sp}_pl/text.1best") utterances in data/${train_sp}_pl" \
+      "($missing dropped: $nbest_dir/dropped.txt)"
+  fi
 }
+
+# Where the pseudo-label students train: data/<train>, or data/<train>_pl where stage 7 dropped utterances.
+labels_dir() { if [ -d "data/${train_sp}_pl" ]; then echo "data/${train_sp}_pl"; else echo "data/$train_sp"; fi; }
 
 # The kdst train options of a student mode.
 mode_opts() {
   case $1 in
     gold) ;;
-    1best) echo "--set data.text=text.1best --set data.valid_text=text" ;;
+    1best) echo "--set data.train=$(labels_dir) --set data.text=text.1best --set data.valid_text=text" ;;
     nbest_*)
-      echo "--set data.nbest_targets.file=pseudo_nbest$nbest_size.txt --set data.nbest_targets.mode=${1#nbest_}"
+      echo "--set data.train=$(labels_dir) --set data.nbest_targets.file=pseudo_nbest$nbest_size.txt"
+      echo "--set data.nbest_targets.mode=${1#nbest_}"
       echo "--set data.nbest_targets.gold_weight=$gold_weight --set data.valid_text=text" ;;
     ctckd)  # each 'key: value' line of the file is one --set kd.frame.key=value; the teacher is this recipe's
       awk '!/^[[:space:]]*(#|$)/ { sub(/[[:space:]]*#.*/, ""); split($0, kv, /:[[:space:]]*/);
@@ -246,11 +326,11 @@ run_stage 0 "$corpus_dir $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $prepared_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
-run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
-run_stage 5 "$beam $max_len_ratio $test_sets$ctc_sig" evaluate_teacher
-run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig" teacher_nbest
-run_stage 7 "$student_modes $nbest_size $posterior_scale" pseudo_labels
+run_stage 4 "$(stage_opts "$teacher_config")$hf_sig" train_teacher
+run_stage 5 "$beam $max_len_ratio $test_sets$ctc_sig$hf_sig" evaluate_teacher
+run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig$hf_sig" teacher_nbest
+run_stage 7 "$student_modes $nbest_size $posterior_scale$hf_sig${hf_sig:+ $hf_max_wer}" pseudo_labels
 run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
-run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig" decode_all
+run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig$hf_sig" decode_all
 run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set" report
 log "done: stages $stage-$stop_stage"

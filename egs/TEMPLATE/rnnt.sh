@@ -38,6 +38,14 @@
 # with KD from generation g-1 online (soft: the references where there are some, the pseudo labels
 # of the unlabelled pool), or both (hard+soft); it is then the teacher of generation g+1.  Each
 # generation is decoded on --report-set right away: exp/ns_gen<g>/score_<set>.json.
+#
+# --teacher hf:PATH[,lang=LANG]: a Whisper model (a save_pretrained dir or a hub name in the local
+# cache; docs/HF_TEACHERS.md) gives the hard targets: stage 4 trains nothing, and its decodings
+# (stages 5, 6, 9) read its own log-mel features (data/<set>_whisper, kdst hf-features) with
+# generate()'s rules (--hf-rule, at most --hf-max-len tokens), their text normalised as the
+# references are written (--hf-normalize); stage 6 also drops the labels above --hf-max-wer % WER.
+# It has no transducer lattice: the KD modes are none and hard, and no noisy-student generation
+# (--kd-modes "none hard" --ns-iterations 0).
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -91,6 +99,10 @@ opt ns_min_confidence "" "stage 8: drop pool utterances whose teacher confidence
 opt n_average 5 "checkpoints averaged for decoding (best by validation loss)" count
 opt beam 4 "beam size of the modified beam search (decoding)" count
 opt decode_nj 2 "parallel decoding jobs (the same for every system, so their speeds compare)" count
+opt teacher "" "the teacher: empty = train it (stage 4); hf:PATH[,lang=LANG] = a Whisper model for the hard targets (no teacher training)"
+opt hf_max_len 200 "a Whisper teacher's decodings: most tokens after its prompt (generate's max_new_tokens)" count
+opt hf_normalize upper "a Whisper teacher's text, normalised as the references are written: upper, lower or none"
+opt hf_max_wer 10 "a Whisper teacher's hard targets: drop the utterances above this WER (%) against the references (empty: keep all)" num?
 parse_options "$@"
 
 implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
@@ -119,6 +131,26 @@ fi
 if [ "$ns_iterations" -gt 0 ] && [ ! -f "$ns_config" ]; then fail "--ns-config $ns_config: not found"; fi
 [ -n "$report_set" ] || report_set=${test_sets##* }
 [[ " $test_sets " == *" $report_set "* ]] || fail "--report-set $report_set: not among --test-sets ($test_sets)"
+case $hf_normalize in none|upper|lower) ;; *) fail "--hf-normalize $hf_normalize: none, upper or lower" ;; esac
+hf_model=""  # a Whisper teacher's spec (a local directory made absolute), for the stage signatures
+case $teacher in
+  "") ;;
+  hf:*)
+    hf_model=${teacher#hf:}
+    hf_path=${hf_model%%,*}
+    if [ -e "$hf_path" ]; then
+      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
+    elif [[ $hf_path == [./~]* ]]; then
+      fail "--teacher $teacher: $hf_path not found"
+    fi
+    teacher=hf:$hf_model
+    for mode in $kd_modes; do
+      [[ $mode == none || $mode == hard ]] ||
+        fail "--kd-modes $mode: a Whisper teacher has no transducer lattice (--kd-modes \"none hard\")"
+    done
+    [ "$ns_iterations" -eq 0 ] || fail "--ns-iterations $ns_iterations: no noisy students from a Whisper teacher (--ns-iterations 0)" ;;
+  *) fail "--teacher $teacher: empty (stage 4 trains the teacher) or hf:PATH (a Whisper model)" ;;
+esac
 
 . ./path.sh
 . ./cmd.sh
@@ -128,8 +160,31 @@ train_sp=$train_set
 all_sets="$train_sp $dev_set $test_sets $ns_unlabelled_set"
 tokens=data/tokens/${token_type}${vocab_size}
 [ "$token_type" = char ] && tokens=data/tokens/char
-teacher=exp/rnnt_teacher/avg_best$n_average.pt
+[ -n "$teacher" ] || teacher=exp/rnnt_teacher/avg_best$n_average.pt
 nbest_dir=exp/rnnt_teacher/nbest_$train_sp
+
+# The teacher's decoding options and data dirs: a Whisper teacher reads data/<set>_whisper (its own
+# features, made by teacher_features) with generate()'s rules and normalised text.
+teacher_decode=()
+teacher_suffix=""
+hf_labels=()  # kdst pseudo-labels options of a Whisper teacher
+hf_sig=""  # the stage signatures' part, only with a Whisper teacher
+if [ -n "$hf_model" ]; then
+  teacher_decode=(--hf-rule --max-len-ratio 0 --max-len-bias "$hf_max_len" --normalize "$hf_normalize")
+  teacher_suffix=_whisper
+  hf_labels=(--normalize "$hf_normalize" --dropped "$nbest_dir/dropped.txt")
+  [ -z "$hf_max_wer" ] || hf_labels+=(--max-wer "$hf_max_wer")
+  hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
+fi
+
+# teacher_features SETS...: a Whisper teacher's features of the sets (nothing to do for another teacher)
+teacher_features() {
+  [ -n "$hf_model" ] || return 0
+  local set
+  for set in "$@"; do
+    kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
+  done
+}
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -158,19 +213,23 @@ train_tokenizer() {
 rnnt_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
 
-# decode_sets SYSTEM SETS...: modified beam search, 1-best.
+# decode_sets SYSTEM SETS...: modified beam search, 1-best (a Whisper teacher: its beam search).
 decode_sets() {
-  local exp=exp/$1 set
+  local exp=exp/$1 set model=exp/$1/avg_best$n_average.pt suffix="" opts=()
+  if [ "$1" = rnnt_teacher ]; then model=$teacher suffix=$teacher_suffix opts=("${teacher_decode[@]}"); fi
   shift
+  [ "$model" != "$teacher" ] || teacher_features "$@"
   for set in "$@"; do
-    kdst decode --model "$exp/avg_best$n_average.pt" --data-dir "data/$set" \
+    kdst decode --model "$model" --data-dir "data/$set$suffix" "${opts[@]}" \
       --output-dir "$exp/decode_$set" --beam "$beam" --nj "$decode_nj" --cmd "$decode_cmd"
   done
 }
 
 # label_set CHECKPOINT SET OUT_DIR: the n-best of a model on a data dir (the teacher's view of it).
 label_set() {
-  kdst decode --model "$1" --data-dir "data/$2" --output-dir "$3" \
+  local suffix="" opts=()
+  if [ "$1" = "$teacher" ]; then teacher_features "$2"; suffix=$teacher_suffix opts=("${teacher_decode[@]}"); fi
+  kdst decode --model "$1" --data-dir "data/$2$suffix" --output-dir "$3" "${opts[@]}" \
     --beam "$nbest_beam" --nbest "$nbest_beam" --nj "$decode_nj" --cmd "$decode_cmd"
 }
 
@@ -197,7 +256,11 @@ subset_dir() {
 }
 
 train_teacher() {
-  train_model exp/rnnt_teacher "$teacher_config" "$rnnt_data"
+  if [ -n "$hf_model" ]; then
+    log "the teacher is the Whisper model $hf_model; nothing to train"
+  else
+    train_model exp/rnnt_teacher "$teacher_config" "$rnnt_data"
+  fi
   kdst systems add --name rnnt_teacher --task rnnt --role teacher --arch teacher --model "$teacher"
 }
 
@@ -214,8 +277,8 @@ confidence_opts() { [ -z "$1" ] || echo "--min-confidence $1 --confidence $confi
 
 # The hard students' training data: data/<train>, or data/<train>_pl where stage 6 dropped
 # utterances (under --min-confidence, or with an empty 1-best).
-hard_dir() {
-  if [ -f "data/${train_sp}_pl/text.1best" ]; then echo "data/${train_sp}_pl"; else echo "data/$train_sp"; fi
+hard_dir() {  # the directory, not its text.1best: stage 6 asks before it copies the labels there
+  if [ -d "data/${train_sp}_pl" ]; then echo "data/${train_sp}_pl"; else echo "data/$train_sp"; fi
 }
 
 hard_targets() {
@@ -227,7 +290,7 @@ hard_targets() {
   # shellcheck disable=SC2046
   kdst pseudo-labels --nbest "$nbest_dir/nbest.txt" --out-dir "$nbest_dir" --n "$nbest_beam" \
     --scale "$posterior_scale" --ref "data/$train_sp/text" --stats-json "$nbest_dir/pseudo_labels.json" \
-    --drop-empty $(confidence_opts "$min_confidence")
+    --drop-empty $(confidence_opts "$min_confidence") "${hf_labels[@]}"
   rm -rf "data/${train_sp}_pl" "data/$train_sp/text.1best" "data/$train_sp/pseudo_nbest$nbest_beam.txt"
   if [ "$(wc -l <"$nbest_dir/text.1best")" -lt "$(wc -l <"data/$train_sp/utt2num_frames")" ]; then
     subset_dir "data/${train_sp}_pl" "$nbest_dir/text.1best" "$train_sp"
@@ -386,14 +449,14 @@ run_stage 0 "$corpus_dir $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $prepared_sets $ns_unlabelled_set $ns_unlabelled_dir" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
 run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
-run_stage 4 "$(stage_opts "$teacher_config")" train_teacher
-run_stage 5 "$beam $test_sets" evaluate_teacher
-run_stage 6 "$kd_modes $nbest_beam $posterior_scale $min_confidence $confidence" hard_targets
+run_stage 4 "$(stage_opts "$teacher_config")$hf_sig" train_teacher
+run_stage 5 "$beam $test_sets$hf_sig" evaluate_teacher
+run_stage 6 "$kd_modes $nbest_beam $posterior_scale $min_confidence $confidence$hf_sig${hf_sig:+ $hf_max_wer}" hard_targets
 kd_settings="$kd_weight $kd_temperature $hard_soft_mode $kd_normalize $kd_node_weights"
 # shellcheck disable=SC2046
 run_stage 7 "$(stage_opts $(student_confs)) $student_opts $student_archs $kd_modes $kd_settings" train_students
 ns_settings="$ns_iterations $ns_mode $ns_unlabelled_set $ns_min_confidence $confidence $nbest_beam $beam $report_set"
 run_stage 8 "$(stage_opts "$ns_config") $student_opts $ns_settings $kd_settings" noisy_student
-run_stage 9 "$beam $student_archs $kd_modes $ns_iterations $test_sets $decode_nj" decode_all
+run_stage 9 "$beam $student_archs $kd_modes $ns_iterations $test_sets $decode_nj$hf_sig" decode_all
 run_stage 10 "$student_archs $kd_modes $ns_iterations $test_sets $report_set" report
 log "done: stages $stage-$stop_stage"

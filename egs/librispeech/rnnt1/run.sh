@@ -8,6 +8,8 @@
 # An unlabelled pool for the noisy students (e.g. Libri-Light):
 #   ./run.sh --ns-unlabelled-dir /path/to/librilight/small --ns-unlabelled-set unlab
 # Options: ./run.sh --help
+# Whisper's hard targets instead of stage 4's teacher (no lattice: hard targets only; docs/HF_TEACHERS.md):
+#   ./run.sh --teacher hf:openai/whisper-small.en --kd-modes "none hard" --ns-iterations 0
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../TEMPLATE/rnnt.sh \

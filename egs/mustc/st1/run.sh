@@ -7,6 +7,9 @@
 # Seq-KD then trains on the beam-35 1-best (theirs was beam 5): --nbest-beam 5 --nbest-size 5 for both.
 # Every student starts from an ASR-pre-trained encoder (--pretrain yes, conf/train_asr.yaml), as
 # ESPnet's MuST-C recipes do; --pretrain both adds the students from scratch for the comparison.
+# A pretrained MT teacher instead of stage 4's (docs/HF_TEACHERS.md; fetched into the HF cache beforehand):
+#   ./run.sh --teacher hf:Helsinki-NLP/opus-mt-en-de
+#   ./run.sh --teacher hf:facebook/nllb-200-distilled-600M,src=eng_Latn,tgt=deu_Latn
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../TEMPLATE/st.sh \

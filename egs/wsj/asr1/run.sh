@@ -4,6 +4,8 @@
 # trained on its pseudo labels; characters, validation on test_dev93, the compression table on
 # test_eval92.  --corpus-dir takes the WSJ0 (LDC93S6B) and WSJ1 (LDC94S13B) disc directories,
 # or directories holding them, space separated.  Options: ./run.sh --help
+# Whisper as the teacher (no stage-4 training; pseudo labels upper-cased, filtered at 10% WER;
+# docs/HF_TEACHERS.md): ./run.sh --teacher hf:openai/whisper-small.en
 # Decoding and the teacher's n-best use joint CTC/attention scores, weight 0.3 (ESPnet's WSJ setting;
 # docs/DECODING.md); --ctc-weight 0 for the attention decoder alone.
 set -euo pipefail
