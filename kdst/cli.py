@@ -549,6 +549,7 @@ def commands() -> list[Command]:
     from kdst.launch.split import JOB_SUBCOMMAND
     from kdst.report import compression, results, systems
     from kdst.report import rnnt as rnnt_report
+    from kdst.report import study
     from kdst.teacher import nbest_union, pseudo_labels, rescore
 
     return [
@@ -586,6 +587,8 @@ def commands() -> list[Command]:
                                "into exp/results.json and RESULTS.md", compression.add_arguments, compression.run),
         Command("rnnt-report", "the RNN-T recipe's KD modes x student architectures matrix into RESULTS.md "
                                "and exp/rnnt_matrix.json", rnnt_report.add_arguments, rnnt_report.run),
+        Command("study-report", "a study's document: its table over seeds, a chart and the published findings it "
+                                "tests (docs/results/)", study.add_arguments, study.run),
         Command("systems", "exp/systems.json: register a trained system (add), or list them",
                 systems.add_arguments, systems.run),
         Command("rescore", "one distillation target per utterance from a teacher n-best (Seq-KD, Seq-Inter, MBR)",
