@@ -92,6 +92,7 @@ class Spec:
     set: str  # the evaluation set of the table and the tests
     metrics: tuple[str, ...]  # the table's metrics; the first is the chart's, the p column's and the default test's
     findings: tuple[Finding, ...] = ()
+    rows: tuple[str, ...] = ()  # the order of the table's groups: these first, the others as they registered
 
     def __post_init__(self):
         require(bool(self.metrics), "metrics", "name at least one metric")
@@ -526,6 +527,9 @@ def write_report(exp_root: str | Path, spec_path: str | Path, out: str | Path, i
     results = json.loads(path.read_text())
     registered = manifest.read_systems(exp_root)
     rows = table_rows(results, registered, test_set, spec.metrics)
+    # parallel training registers in the order jobs finish: the spec's order is the document's
+    rank = {name: i for i, name in enumerate(spec.rows)}
+    rows.sort(key=lambda r: rank.get(r["name"], len(rank)))
     if not rows:
         raise KdstError(f"{path}: no system of {manifest.manifest_path(exp_root)} scored on {test_set}")
     by_group = {r["name"]: r for r in rows}

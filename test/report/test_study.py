@@ -94,7 +94,7 @@ def scores_of(group: str) -> dict[str, list[float]]:
 
 
 SPEC = {
-    "title": "A study", "set": "tst", "metrics": ["bleu", "chrf"],
+    "title": "A study", "set": "tst", "metrics": ["bleu", "chrf"], "rows": ["mt_teacher", "st_none", "st_pt"],
     "findings": [
         {"claim": "word KD helps", "source": "Someone 2019", "tests": [{"system": "st_word", "over": "st_none"}]},
         {"claim": "pre-training helps", "source": "Someone 2020",
@@ -145,14 +145,14 @@ def test_report_of_a_synthetic_study(tmp_path):
     table = [[c.strip() for c in line.strip("|").split("|")] for line in results_part if line.startswith("| ")]
     header, body = table[0], {row[0]: dict(zip(table[0], row)) for row in table[1:]}
     assert header == ["system", "seeds", "BLEU", "95% CI", "chrF", "95% CI", "len ratio", "ΔBLEU", "p"]
-    assert list(body) == ["`mt_teacher` (teacher)", "`st_none`", "`st_word`", "`st_pt`"]
+    assert list(body) == ["`mt_teacher` (teacher)", "`st_none`", "`st_pt`", "`st_word`"]  # the spec's rows first
     none, word, pt = body["`st_none`"], body["`st_word`"], body["`st_pt`"]
     # mean ± sd by hand: 10 11 12 -> 11 ± 1; 12 14 16 -> 14 ± 2; 11 11 14 -> 12 ± sqrt(3); ratios 0.8 0.85 0.9
     assert (none["seeds"], none["BLEU"], none["len ratio"], none["ΔBLEU"], none["p"]) == \
         ("1 2 3", "11.00 ± 1.00", "0.850 ± 0.050", "(baseline)", "-")
     assert (word["BLEU"], word["chrF"], word["len ratio"], word["ΔBLEU"], word["p"]) == \
         ("14.00 ± 2.00†", "33.00 ± 0.00", "0.800 ± 0.100", "+3.00", "0.002")
-    assert table[2][3] == "[9.50, 12.50]" and table[3][3] == "[12.50, 15.50]"
+    assert table[2][3] == "[9.50, 12.50]" and table[4][3] == "[12.50, 15.50]"
     assert (pt["BLEU"], pt["chrF"], pt["len ratio"], pt["p"]) == ("12.00 ± 1.73", "29.00 ± 1.00†", "0.950 ± 0.000",
                                                                   "0.300")
     teacher = body["`mt_teacher` (teacher)"]

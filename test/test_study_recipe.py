@@ -1,0 +1,116 @@
+"""egs/mini/st1/local/study.sh: its options, and a study end to end on a tiny corpus after a main run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import copy_recipe, needs, run_recipe
+from test_recipe import TINY_CORPUS
+
+TINY = ["--corpus-opts", TINY_CORPUS, "--src-vocab-size", "60", "--tgt-vocab-size", "60",
+        "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2", "--topk", "4",
+        "--finetune-opts", "--set train.epochs=1", "--beam", "3", "--decode-nj", "2"]
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    return copy_recipe(tmp_path, "mini/st1")
+
+
+def study(recipe: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(recipe / "local" / "study.sh"), *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def test_help_says_the_study_options_and_where_the_others_go(recipe: Path):
+    result = study(recipe, "--seeds", "1 2", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: egs/mini/st1/local/study.sh [options] [run.sh options]")
+    assert "--seeds V       training seeds of every student (now: 1 2)" in result.stdout
+    assert "(now: none word seqkd seqinter)" in result.stdout and "egs/mini/st1/run.sh --help" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pretrain", "yes"], "--pretrain: the study sets it"),
+    (["--stage=9"], "--stage: the study sets it"),
+    (["--stop-stage", "8"], "--stop-stage: the study sets it"),
+    (["--seeds"], "option --seeds needs a value (see --help)"),
+    (["--out", "study.txt"], "a markdown file (.md); the chart goes beside it"),
+    (["--findings", "/no/such.yaml"], "--findings /no/such.yaml: not found"),
+])
+def test_options_the_study_refuses(recipe: Path, args: list[str], message: str):
+    result = study(recipe, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("egs/mini/st1/local/study.sh: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (recipe / "exp").exists() and not (recipe / "data").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-such-option", "1"], "egs/mini/st1/run.sh: unknown option --no-such-option (see --help)"),
+    (["--kd-modes", "none words"],  # the study's option, handed to run.sh
+     "egs/mini/st1/run.sh: unknown --kd-modes entry 'words' (none word seqkd seqinter seqkd+word seqinter+word)"),
+    (["--seeds", "1 x"], "egs/mini/st1/run.sh: --seeds '1 x': seeds are whole numbers"),
+    (["--word-kd-source=disk"], "egs/mini/st1/run.sh: --word-kd-source must be cache or online"),
+])
+def test_the_other_options_go_to_run_sh(recipe: Path, args: list[str], message: str):
+    result = study(recipe, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (recipe / "exp").exists() and not (recipe / "data").exists()
+
+
+@pytest.mark.slow
+@needs["espeak-ng"]
+def test_a_study_after_the_main_run(recipe: Path, tmp_path: Path):
+    """The main run (two students, one seed), then the study of both with and without pre-training over two
+    seeds: it reuses the main run's students, and writes its document and chart."""
+    main_run = run_recipe(recipe, *TINY, "--kd-modes", "none word", timeout=900)
+    assert main_run.returncode == 0, main_run.stderr
+    exp = recipe / "exp"
+    trained = {p: p.stat().st_mtime_ns for s in ("st_none", "st_word", "st_word_ft") for p in (exp / s).glob("epoch-*.pt")}
+    assert trained
+
+    out = tmp_path / "docs" / "results" / "mini_st1.md"
+    result = study(recipe, *TINY, "--kd-modes", "none word", "--seeds", "1 2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "stage 3: done already" in result.stderr  # the data stages are the main run's
+    assert trained == {p: p.stat().st_mtime_ns for p in trained}  # and so are its students
+    log = (exp / "study.tsv").read_text().splitlines()
+    assert len(log) == 1
+    started, seconds, status, commit, cores, cpu, mem_kb, registered, command = log[0].split("\t")
+    assert status == "0" and int(seconds) > 0 and int(cores) >= 1 and int(mem_kb) > 0
+    assert sorted(registered.split()) == ["mt_teacher", "st_none", "st_word", "st_word_ft"]  # as their jobs ended
+    assert command.startswith("egs/mini/st1/local/study.sh --corpus-opts '--num-train 8 ")
+    assert command.endswith(f"--kd-modes 'none word' --seeds '1 2' --out {out}")
+
+    doc = out.read_text()
+    lines = doc.splitlines()
+    assert f"- **Command** (from the repository root): `{command}`" in lines
+    assert f"- **Reused**: trained before the study began, and not again: {registered}" in lines
+    rows = {line.split("|")[1].strip(): line for line in lines[:lines.index("## Findings")] if line.startswith("| `")}
+    assert list(rows) == ["`mt_teacher` (teacher)", "`st_none`", "`st_word`", "`st_word_ft`", "`st_pt`",
+                          "`st_pt_word`", "`st_pt_word_ft`"]  # the spec's order
+    for name, row in rows.items():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if name != "`mt_teacher` (teacher)":
+            assert cells[1] == "1 2" and " ± " in cells[2] and cells[3].startswith("[")
+        assert cells[-1] == "-" if name == "`st_none`" else cells[-1].replace(".", "").isdigit()
+    results = json.loads((exp / "results.json").read_text())
+    assert results["st_pt_word_s2"]["seeds"]["baseline"] == "st_none"
+    verdicts = {line.split("|")[1].strip(): line.split("|")[5].strip()
+                for line in lines[lines.index("## Findings"):] if line.startswith("| ") and "**" in line}
+    assert verdicts["Word-level KD then fine-tuning on gold is the best student"] == "**not measured**"  # no seqkd
+    assert {verdicts[c] for c in ("Word-level KD beats the baseline (gold references)",
+                                  "Word-level KD beats ASR pre-training",
+                                  "Fine-tuning repairs word-level KD's shorter outputs (length ratio closer to 1)")} <= \
+        {"**holds**", "**does not hold**", "**not significant**"}
+    assert (out.parent / "mini_st1.png").read_bytes().startswith(b"\x89PNG")
+    assert "holds" in result.stdout or "not significant" in result.stdout
