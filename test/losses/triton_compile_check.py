@@ -70,11 +70,12 @@ def main() -> None:
                          **ints("V", "stride_s", "stride_t", "stride_g")},
                         {"HAS_MASK": has_mask, "WRITE_GRAD": write_grad, "BLOCK_V": word_kd.MAX_BLOCK_V},
                         word_kd.ELEMENTS_PER_THREAD)
-        compile_variant(word_kd._word_kd_topk_kernel,
-                        {"student_ptr": dtype, "index_ptr": "*i64", "topk_ptr": dtype, **common,
-                         **ints("V", "K", "stride_s", "stride_i", "stride_k", "stride_g")},
-                        {"HAS_MASK": has_mask, "WRITE_GRAD": write_grad, "BLOCK_V": word_kd.MAX_BLOCK_V,
-                         "BLOCK_K": 8}, word_kd.ELEMENTS_PER_THREAD)
+        for has_rest in (False, True):  # top-k renormalised, or plus the rest (kd.topk_rest)
+            compile_variant(word_kd._word_kd_topk_kernel,
+                            {"student_ptr": dtype, "index_ptr": "*i64", "topk_ptr": dtype, "rest_ptr": "*fp32",
+                             **common, **ints("V", "K", "stride_s", "stride_i", "stride_k", "stride_g")},
+                            {"HAS_MASK": has_mask, "HAS_REST": has_rest, "WRITE_GRAD": write_grad,
+                             "BLOCK_V": word_kd.MAX_BLOCK_V, "BLOCK_K": 8}, word_kd.ELEMENTS_PER_THREAD)
 
     lattice = {"y_ptr": "*i64", "t_len_ptr": "*i32", "u_len_ptr": "*i32", "inv_t": "fp32",
                **ints("T", "U1", "V", "s_sb", "s_st", "s_su", "z_sb", "z_st", "z_su", "y_sb", "blank")}
