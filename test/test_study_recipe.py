@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,45 @@ def test_a_study_after_the_main_run(recipe: Path, tmp_path: Path):
         {"**holds**", "**does not hold**", "**not significant**"}
     assert (out.parent / "mini_st1.png").read_bytes().startswith(b"\x89PNG")
     assert "holds" in result.stdout or "not significant" in result.stdout
+
+
+def processes_in(directory: Path) -> list[int]:
+    """The processes working in ``directory`` (or below it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")).is_relative_to(directory):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            pass
+    return found
+
+
+@pytest.mark.slow
+@needs["espeak-ng"]
+def test_a_stopped_study_stops_everything_under_it(recipe: Path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # trainings long enough that a trainer left behind would still run when the test looks
+    long = ["--train-opts", "--set train.epochs=500 --set train.keep_best=2"]
+    proc = subprocess.Popen([str(recipe / "local" / "study.sh"), *TINY, *long, "--kd-modes", "none"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (recipe / "exp" / "mt_teacher" / "train.log").is_file():  # stage 4 trains two models at once
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30  # a trainer finishes its step first
+    while processes_in(recipe) and time.monotonic() < deadline:
+        time.sleep(1)
+    left = processes_in(recipe)
+    for pid in left:  # a failing test leaves nothing running either
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert "the recipe stopped with exit status 143" in proc.stderr.read()
+    assert (recipe / "exp" / "study.tsv").read_text().split("\t")[2] == "143"

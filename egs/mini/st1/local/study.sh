@@ -10,7 +10,7 @@
 #    --train-opts, ...), timing the wall clock.  What an earlier ./run.sh with the same other options
 #    did is reused: the data stages (0-3) are done already; stage 4 adds the ASR pre-training model
 #    (the MT teacher, trained already, is resumed at its end); stages 5-8 (teacher decoding, top-k
-#    cache, n-best, rescoring: under a minute) run again because stage 4 changed; and every student
+#    cache, n-best, rescoring: about a minute) run again because stage 4 changed; and every student
 #    already trained (seed 1 from scratch: st_none, st_word, ...) is resumed at its end, not trained
 #    again.  So the study trains the ASR model, the pre-trained students, seeds 2 and 3 of every
 #    student and their fine-tuned copies: 6 times the students of ./run.sh, a few hours on 2 cores.
@@ -120,11 +120,15 @@ record_invocation() {
     "${cpu//$'\t'/ }" "${mem_kb:-0}" "$(echo $registered)" "$command" >>"$log"
 }
 
+# run.sh leads a process group of its own, so that a signal here stops all of it: a bash killed alone
+# leaves the students it trains side by side running
 child=""
-stop() { [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || true; }
+stop() { [ -z "$child" ] || kill -TERM -- "-$child" 2>/dev/null || true; }
 trap stop INT TERM
-./run.sh "${forward[@]}" --pretrain both --seeds "$seeds" --kd-modes "$kd_modes" --finetune yes &
+set -m
+./run.sh "${forward[@]}" --pretrain both --seeds "$seeds" --kd-modes "$kd_modes" --finetune yes </dev/null &
 child=$!
+set +m
 status=0
 while :; do
   if wait "$child"; then status=0; break; else status=$?; fi
