@@ -114,13 +114,7 @@ hf_model=""  # a Whisper teacher's spec (a local directory made absolute), for t
 case $teacher in
   "") ;;
   hf:*)
-    hf_model=${teacher#hf:}
-    hf_path=${hf_model%%,*}
-    if [ -e "$hf_path" ]; then
-      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
-    elif [[ $hf_path == [./~]* ]]; then
-      echo "$prog: --teacher $teacher: $hf_path not found" >&2; exit 2
-    fi
+    hf_model=$(hf_spec "$teacher") || exit 2
     teacher=hf:$hf_model
     if [ -n "$frame_kd_config" ]; then
       echo "$prog: --frame-kd-config: a Whisper teacher has no CTC posteriors to distil" >&2; exit 2
@@ -182,15 +176,6 @@ if [ -n "$hf_model" ]; then
   [ -z "$hf_max_wer" ] || hf_labels+=(--max-wer "$hf_max_wer")
   hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
 fi
-
-# teacher_features SETS...: a Whisper teacher's features of the sets (nothing to do for another teacher)
-teacher_features() {
-  [ -n "$hf_model" ] || return 0
-  local set
-  for set in "$@"; do
-    kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
-  done
-}
 
 # decode_sets SYSTEM SETS...
 decode_sets() {

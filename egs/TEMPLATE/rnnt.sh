@@ -136,13 +136,7 @@ hf_model=""  # a Whisper teacher's spec (a local directory made absolute), for t
 case $teacher in
   "") ;;
   hf:*)
-    hf_model=${teacher#hf:}
-    hf_path=${hf_model%%,*}
-    if [ -e "$hf_path" ]; then
-      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
-    elif [[ $hf_path == [./~]* ]]; then
-      fail "--teacher $teacher: $hf_path not found"
-    fi
+    hf_model=$(hf_spec "$teacher") || exit 2
     teacher=hf:$hf_model
     for mode in $kd_modes; do
       [[ $mode == none || $mode == hard ]] ||
@@ -176,15 +170,6 @@ if [ -n "$hf_model" ]; then
   [ -z "$hf_max_wer" ] || hf_labels+=(--max-wer "$hf_max_wer")
   hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
 fi
-
-# teacher_features SETS...: a Whisper teacher's features of the sets (nothing to do for another teacher)
-teacher_features() {
-  [ -n "$hf_model" ] || return 0
-  local set
-  for set in "$@"; do
-    kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
-  done
-}
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options

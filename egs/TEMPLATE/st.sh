@@ -143,13 +143,7 @@ case $teacher in
       { echo "$prog: --teacher $teacher: ${teacher#espnet:} not found" >&2; exit 2; }
     teacher=espnet:$espnet_model ;;
   hf:*)  # a local directory made absolute (its options kept), a hub name as it is
-    hf_model=${teacher#hf:}
-    hf_path=${hf_model%%,*}
-    if [ -e "$hf_path" ]; then
-      hf_model=$(readlink -f "$hf_path")${hf_model#"$hf_path"}
-    elif [[ $hf_path == [./~]* ]]; then
-      echo "$prog: --teacher $teacher: $hf_path not found" >&2; exit 2
-    fi
+    hf_model=$(hf_spec "$teacher") || exit 2
     teacher=hf:$hf_model ;;
   *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher), espnet:PATH or hf:PATH" >&2; exit 2 ;;
 esac

@@ -31,3 +31,28 @@ train_model() {
   with_progress "$1" ${cuda_cmd} "$1/train.log" kdst train --config "$2" --exp-dir "$1" --resume $3 $train_opts
   kdst average --exp-dir "$1" --num "$n_average"
 }
+
+# hf_spec REFERENCE: the spec of an hf: teacher reference, a local directory made absolute (its ",options"
+# kept) and a hub name as it is; a path that looks local (./, /, ~) and is missing is an error (status 2).
+hf_spec() {
+  local spec=${1#hf:} path
+  path=${spec%%,*}
+  if [ -e "$path" ]; then
+    echo "$(readlink -f "$path")${spec#"$path"}"
+  elif [[ $path == [./~]* ]]; then
+    echo "$prog: --teacher $1: $path not found" >&2
+    return 2
+  else
+    echo "$spec"
+  fi
+}
+
+# teacher_features SETS...: a Whisper teacher's own features of the sets, into data/<set>$teacher_suffix
+# (nothing to do for another teacher; $hf_model is empty then)
+teacher_features() {
+  [ -n "$hf_model" ] || return 0
+  local set
+  for set in "$@"; do
+    kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
+  done
+}
