@@ -158,7 +158,7 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     pretrained = {"st_pt", "st_pt_word", "st_pt_s2", "st_pt_word_s2"}
     seeded = pretrained | {"st_none", "st_word", "st_none_s2", "st_word_s2"}
     results = json.loads((exp / "results.json").read_text())
-    assert set(results) == seeded | {"mt_teacher"}
+    assert seeded | {"mt_teacher"} <= set(results)  # beside the systems scored by the first run
     assert results["st_pt_word_s2"]["seeds"]["group"] == "st_pt_word"  # one row per student, over both seeds
     assert sorted(results["st_pt_word_s2"]["seeds"]["runs"]) == ["st_pt_word", "st_pt_word_s2"]
     for name in seeded:
