@@ -273,7 +273,7 @@ def add_hf_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_hf_tokenizer(args: argparse.Namespace) -> int:
-    from kdst.models.hf_bridge import export_hf_tokenizer
+    from kdst.models.hf_teacher import export_hf_tokenizer
 
     if not args.teacher.startswith("hf:"):
         raise KdstError(f"--teacher {args.teacher}: not a Hugging Face model (hf:PATH)")

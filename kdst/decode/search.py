@@ -83,7 +83,7 @@ from dataclasses import dataclass
 import torch
 
 from kdst.data.tokenizer import BLANK_ID, SOS_EOS_ID
-from kdst.decode import ctc_prefix
+import kdst.decode.ctc_prefix as ctc_prefix  # the module, not the package: kdst.decode imports this file
 from kdst.errors import KdstError
 from kdst.models.encoders import lengths_to_mask
 

@@ -443,22 +443,16 @@ def _language_token(tokenizer, lang: str, where) -> int:
     raise KdstError(f"{where}: tgt={lang} is not a language code of the tokenizer")
 
 
-def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_text: str = "text.en",
-                    text: str = "text", tokenizer: str | os.PathLike | None = None
-                    ) -> tuple[HfSeq2SeqTeacher, dict]:
-    """The teacher in eval mode and a kdst-style config: ``data`` names the kdst tokenizer dirs (exported
-    into ``<model dir>/kdst_tokens/<languages>/``), the input kind and the data dir's text files;
+def load_seq2seq_teacher(spec: HfSpec, model_dir: Path, device: str | torch.device = "cpu", *,
+                         src_text: str = "text.en", text: str = "text",
+                         tokenizer: str | os.PathLike | None = None) -> tuple[HfSeq2SeqTeacher, dict]:
+    """A seq2seq MT teacher in eval mode and a kdst-style config: ``data`` names the kdst tokenizer dirs
+    (exported into ``<model dir>/kdst_tokens/<languages>/``), the input kind and the data dir's text files;
     ``checkpoint`` is the weights file (teacher outputs record its digest).  ``tokenizer``: the student's
-    target tokenizer, which must be the teacher's (clear error naming both)."""
-    spec = parse_spec(reference)
+    target tokenizer, which must be the teacher's (clear error naming both).  kdst.models.hf_teacher
+    chooses between this and Whisper's loader."""
     where = f"hf:{spec}"
-    model_dir = resolve(spec)
     transformers = import_transformers()
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    if config.get("model_type") == "whisper":
-        from kdst.models.hf_whisper import load_whisper_teacher
-
-        return load_whisper_teacher(spec, model_dir, device, text=text, tokenizer=tokenizer)
     if spec.lang or spec.task:
         raise KdstError(f"{where}: lang= and task= are Whisper's options (an MT model takes src= and tgt=)")
     try:
@@ -496,7 +490,7 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
             "src_tokenizer": str(export_tokenizer(hf_tokenizer, src_vocab, tokens_dir / "src", "src", where))}
     if tokenizer is not None:
         check_vocabulary(data["tokenizer"], tokenizer)
-    return teacher, {"data": data, "model": {"hf": str(spec), "model_type": config.get("model_type")},
+    return teacher, {"data": data, "model": {"hf": str(spec), "model_type": model_type(model_dir)},
                      "checkpoint": str(weights_file(model_dir))}
 
 
@@ -505,19 +499,10 @@ def tokens_tag(spec: HfSpec) -> str:
     return "_".join(f"{k}-{v}" for k, v in spec.options()) or "default"
 
 
-def export_hf_tokenizer(reference: str, out_dir: str | os.PathLike, side: str = "tgt") -> Path:
-    """``kdst hf-tokenizer``: the teacher's target or source tokenizer as a kdst tokenizer dir."""
-    _, config = load_hf_teacher(reference)
-    if side != "tgt" and "src_tokenizer" not in config["data"]:
-        raise KdstError(f"hf:{reference}: reads speech, it has no source tokenizer (--side tgt)")
-    source = Path(config["data"]["tokenizer" if side == "tgt" else "src_tokenizer"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.iterdir()):
-        with atomic_path(out / path.name) as tmp:
-            tmp.write_bytes(path.read_bytes())
-    return out
+def model_type(model_dir: Path) -> str | None:
+    """The ``model_type`` of a saved model's config.json (``whisper``, ``marian``, ``m2m_100`` ...)."""
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
 
 
-__all__ = ["GenerateRule", "HfSeq2SeqTeacher", "absolute_spec", "check_vocabulary", "export_hf_tokenizer",
-           "export_tokenizer", "import_transformers", "load_hf_teacher", "parse_spec", "resolve", "teacher_digest"]
+__all__ = ["GenerateRule", "HfSeq2SeqTeacher", "absolute_spec", "check_vocabulary", "export_tokenizer",
+           "import_transformers", "load_seq2seq_teacher", "model_type", "parse_spec", "resolve", "teacher_digest"]

@@ -273,7 +273,7 @@ class WhisperTeacher(nn.Module):
 
 def load_whisper_teacher(spec: HfSpec, model_dir: Path, device: str | torch.device = "cpu", *, text: str = "text",
                          tokenizer: str | os.PathLike | None = None) -> tuple[WhisperTeacher, dict]:
-    """The teacher in eval mode and a kdst-style config (hf_bridge.load_hf_teacher's): ``data`` reads speech
+    """The teacher in eval mode and a kdst-style config (kdst.models.hf_teacher.load_hf_teacher's): ``data`` reads speech
     features (kdst hf-features) and names the exported target tokenizer; ``tokenizer``: the student's,
     which must be the teacher's."""
     where = f"hf:{spec}"

@@ -130,7 +130,7 @@ def _load_espnet(path: Path, device) -> tuple[nn.Module, DataConfig, Path]:
 
 
 def _load_hf(spec: str, device) -> tuple[nn.Module, DataConfig, Path]:
-    from kdst.models.hf_bridge import load_hf_teacher
+    from kdst.models.hf_teacher import load_hf_teacher
 
     model, config = load_hf_teacher(spec, device)
     try:

@@ -62,7 +62,7 @@ from kdst.models import Transducer
 from kdst.models.decoder import TransformerDecoder
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.ensemble import load_teachers, teachers_digest
-from kdst.train.schedule import KDSchedule, with_schedule_stats
+from kdst.train.schedule import KDSchedule, ScheduledKD
 from kdst.train.transducer_kd import setup_transducer_distillation
 
 log = logging.getLogger("kdst.train")
@@ -92,44 +92,19 @@ class TeacherInputs:
         return example
 
 
-class WordKD(nn.Module):
+class WordKD(ScheduledKD):
     """The student with a word-level KD term; ``forward(batch) -> (loss, stats)`` like the student's."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, *, weight: float, temperature: float = 1.0,
                  t2_scale: bool = False, sampled: bool = False, weight_schedule: ScheduleConfig | None = None,
                  temperature_schedule: ScheduleConfig | None = None, topk_rest: bool = False,
                  label_smoothing: float | None = None):
-        super().__init__()
         if not 0.0 <= weight <= 1.0:
             raise KdstError(f"kd.weight must be in [0, 1], not {weight}")
-        self.student, self.teacher = student, teacher
-        self.schedule = KDSchedule(weight, temperature, weight_schedule, temperature_schedule)
+        super().__init__(student, teacher, KDSchedule(weight, temperature, weight_schedule, temperature_schedule))
         self.t2_scale, self.sampled = t2_scale, sampled
         self.topk_rest = topk_rest  # the batch's cached rows carry the rest as their last column
         self.label_smoothing = label_smoothing  # of the gold term; None: the student's own
-        if teacher is not None:
-            teacher.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "WordKD":
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # no dropout in the teacher, ever
-        return self
-
-    @property
-    def weight(self) -> float:
-        return self.schedule.weight
-
-    @property
-    def temperature(self) -> float:
-        return self.schedule.temperature
-
-    def set_step(self, step: int) -> None:
-        """The optimiser step of the batches that follow (the trainer's), for ``kd.*_schedule``."""
-        self.schedule.step = step
-
-    def forward(self, batch: dict):
-        return with_schedule_stats(self.student(batch, teacher=self.teacher_outputs(batch)), self.schedule)
 
     def teacher_outputs(self, batch: dict) -> TeacherOutputs:
         """The teacher's view of the batch at the student's decoder positions: the online teacher's logits,

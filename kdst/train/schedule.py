@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from kdst.config import ScheduleConfig
 
@@ -67,3 +68,37 @@ def with_schedule_stats(result: tuple[torch.Tensor, dict], schedule: KDSchedule)
         stats["kd_weight"] = loss.new_tensor(schedule.weight).detach()
         stats["kd_temperature"] = loss.new_tensor(schedule.temperature).detach()
     return loss, stats
+
+
+class ScheduledKD(nn.Module):
+    """What every KD wrapper shares (kdst.train.kd.WordKD, kdst.train.transducer_kd.TransducerKD): a
+    student, a frozen teacher that never leaves eval mode (None for a cache), the weight and temperature
+    of the step the trainer set, and ``forward(batch) -> (loss, stats)`` like the student's.  A subclass
+    gives ``teacher_outputs(batch)``, the teacher's view of the batch."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, schedule: KDSchedule):
+        super().__init__()
+        self.student, self.teacher, self.schedule = student, teacher, schedule
+        if teacher is not None:
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # no dropout in the teacher, ever
+        return self
+
+    @property
+    def weight(self) -> float:
+        return self.schedule.weight
+
+    @property
+    def temperature(self) -> float:
+        return self.schedule.temperature
+
+    def set_step(self, step: int) -> None:
+        """The optimiser step of the batches that follow (the trainer's), for ``kd.*_schedule``."""
+        self.schedule.step = step
+
+    def forward(self, batch: dict):
+        return with_schedule_stats(self.student(batch, teacher=self.teacher_outputs(batch)), self.schedule)

@@ -47,7 +47,7 @@ from kdst.losses.rnnt import lattice_occupancy
 from kdst.models import Transducer
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.teacher import load_teacher
-from kdst.train.schedule import KDSchedule, with_schedule_stats
+from kdst.train.schedule import KDSchedule, ScheduledKD
 
 log = logging.getLogger("kdst.train")
 
@@ -58,7 +58,7 @@ def _frame_lengths(model: Transducer, src_lengths: torch.Tensor) -> torch.Tensor
     return model.encoder.subsampling.output_lengths(src_lengths).clamp(min=1)
 
 
-class TransducerKD(nn.Module):
+class TransducerKD(ScheduledKD):
     """A transducer student with the lattice KD term of an online transducer teacher;
     ``forward(batch) -> (loss, stats)`` like the student's."""
 
@@ -66,33 +66,10 @@ class TransducerKD(nn.Module):
                  mode: str = "full", teacher_input_dim: int = 80, weight_schedule: ScheduleConfig | None = None,
                  temperature_schedule: ScheduleConfig | None = None, normalize: str = "nodes",
                  node_weights: str = "uniform"):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.schedule = KDSchedule(weight, temperature, weight_schedule, temperature_schedule)
+        super().__init__(student, teacher, KDSchedule(weight, temperature, weight_schedule, temperature_schedule))
         self.mode = mode
         self.normalize, self.node_weights = normalize, node_weights
         self.teacher_input_dim = teacher_input_dim
-        teacher.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "TransducerKD":
-        super().train(mode)
-        self.teacher.eval()  # no dropout in the teacher, ever
-        return self
-
-    @property
-    def weight(self) -> float:
-        return self.schedule.weight
-
-    @property
-    def temperature(self) -> float:
-        return self.schedule.temperature
-
-    def set_step(self, step: int) -> None:
-        """The optimiser step of the batches that follow (the trainer's), for ``kd.*_schedule``."""
-        self.schedule.step = step
-
-    def forward(self, batch: dict):
-        return with_schedule_stats(self.student(batch, teacher=self.teacher_outputs(batch)), self.schedule)
 
     def kd_term(self, logits: torch.Tensor, batch: dict) -> TeacherOutputs:
         """The teacher's outputs for the student's joint ``logits`` of this batch (for tests and diagnostics)."""

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E4
 from kdst.data.tokenizer import hf_order, load_tokenizer  # noqa: E402
 from kdst.decode.search import SearchOptionError, SearchOptions, beam_search  # noqa: E402
 from kdst.errors import KdstError  # noqa: E402
-from kdst.models import hf_bridge  # noqa: E402
+from kdst.models import hf_bridge, hf_teacher  # noqa: E402
 from kdst.models.teacher import absolute_reference, load_teacher, parse_reference, teacher_digest  # noqa: E402
 
 WORDS = "the a house cat dog runs sees big small red green blue tree car walks das ein haus katze hund".split()
@@ -218,9 +218,9 @@ def test_student_with_another_vocabulary_is_refused_naming_both(marian, tmp_path
     text.write_text("".join(f"u{i} {s}\n" for i, s in enumerate(_sentences(30, 4))))
     train_tokenizer(tmp_path / "student_tok", [text], type="char")
     with pytest.raises(KdstError, match=r"kdst_tokens/default/tgt/tokens.txt is not the student's .*student_tok"):
-        hf_bridge.load_hf_teacher(str(marian), tokenizer=tmp_path / "student_tok")
-    teacher, config = hf_bridge.load_hf_teacher(str(marian))
-    hf_bridge.load_hf_teacher(str(marian), tokenizer=config["data"]["tokenizer"])  # the adopted one is fine
+        hf_teacher.load_hf_teacher(str(marian), tokenizer=tmp_path / "student_tok")
+    teacher, config = hf_teacher.load_hf_teacher(str(marian))
+    hf_teacher.load_hf_teacher(str(marian), tokenizer=config["data"]["tokenizer"])  # the adopted one is fine
 
 
 def test_unknown_languages_are_refused(nllb, tmp_path):
