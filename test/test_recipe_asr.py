@@ -16,6 +16,9 @@ from kdst.data.nbest_targets import read_pseudo_nbest
 
 TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
 MODES = ("gold", "1best", "nbest_expand", "nbest_sample", "nbest_weighted")
+TINY = ["--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
+        "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
+        "--nbest-beam", "3", "--nbest-size", "3", "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2"]
 
 
 @pytest.fixture
@@ -39,6 +42,9 @@ def test_help_lists_the_stages_and_options(recipe: Path):
      "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample nbest_weighted)"),
     (["--student-sizes", "huge"], "--student-sizes huge: conf/train_student_huge.yaml not found"),
     (["--nbest-size", "8", "--nbest-beam", "4"], "--nbest-size 8 exceeds --nbest-beam 4"),
+    (["--seeds", "1 two"], "--seeds '1 two': seeds are whole numbers"),
+    (["--seeds", "2 1 02"], "--seeds '2 1 02': seed 2 is given twice"),
+    (["--seeds", " "], "--seeds is empty"),
 ])
 def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
     result = run_recipe(recipe, *args)
@@ -52,10 +58,7 @@ def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
 def test_all_stages_on_a_tiny_corpus(recipe: Path):
     """Teacher, n-best, pseudo labels, a student per mode, decoding and the compression report
     (two epochs each: plumbing, not quality)."""
-    result = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
-                        "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
-                        "--student-modes", " ".join(MODES), "--nbest-beam", "3", "--nbest-size", "3",
-                        "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2")
+    result = run_recipe(recipe, *TINY, "--student-modes", " ".join(MODES))
     assert result.returncode == 0, result.stderr
     # a training stage names its log, and how training ended (egs/TEMPLATE/utils/progress.sh)
     assert "training exp/asr_teacher: log in exp/asr_teacher/train.log" in result.stderr
@@ -104,9 +107,35 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     assert "× smaller" in table and "Warning" not in table and "teacher asr_teacher" in table
     assert (exp / "compression.png").read_bytes()[:4] == b"\x89PNG"
 
-    again = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
-                       "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
-                       "--student-modes", " ".join(MODES), "--nbest-beam", "3", "--nbest-size", "3",
-                       "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2")
+    again = run_recipe(recipe, *TINY, "--student-modes", " ".join(MODES))
     assert again.returncode == 0, again.stderr
     assert all(f"stage {n}: done already" in again.stderr for n in range(11))
+
+    # Seeds: two students under seeds 1 and 2; seed 1's are those trained above, resumed at their end.
+    trained = {p: p.stat().st_mtime_ns for s in ("asr_small_gold", "asr_small_nbest_weighted")
+               for p in (exp / s).glob("epoch-*.pt")}
+    seeded = run_recipe(recipe, *TINY, "--student-modes", "gold nbest_weighted", "--seeds", "1 2", "--stage", "8")
+    assert seeded.returncode == 0, seeded.stderr
+    assert trained and trained == {p: p.stat().st_mtime_ns for p in trained}
+    registered = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
+    for mode in ("gold", "nbest_weighted"):
+        for name, seed in ((f"asr_small_{mode}", 1), (f"asr_small_{mode}_s2", 2)):
+            assert yaml.safe_load((exp / name / "config.yaml").read_text())["train"]["seed"] == seed
+            assert (registered[name]["seed"], registered[name]["group"]) == (seed, f"asr_small_{mode}")
+            assert registered[name]["mode"] == mode
+    results = json.loads((exp / "results.json").read_text())
+    assert {"asr_small_gold_s2", "asr_small_nbest_weighted_s2"} <= set(results)
+    group = results["asr_small_nbest_weighted_s2"]["seeds"]  # one row over both seeds, paired seed by seed
+    assert group["group"] == "asr_small_nbest_weighted" and group["baseline"] == "asr_small_gold"
+    assert sorted(map(tuple, group["pairs"])) == [("asr_small_nbest_weighted", "asr_small_gold"),
+                                                  ("asr_small_nbest_weighted_s2", "asr_small_gold_s2")]
+    wers = {name: results[name]["wer"] for name in ("asr_small_gold", "asr_small_gold_s2", "asr_small_nbest_weighted",
+                                                     "asr_small_nbest_weighted_s2")}
+    assert group["mean"]["wer"] == pytest.approx((wers["asr_small_nbest_weighted"] + wers["asr_small_nbest_weighted_s2"])
+                                                 / 2, abs=0.02)
+    assert group["delta"]["wer"] == pytest.approx(
+        (wers["asr_small_nbest_weighted"] - wers["asr_small_gold"] + wers["asr_small_nbest_weighted_s2"]
+         - wers["asr_small_gold_s2"]) / 2, abs=0.02)
+    table = (exp / "RESULTS.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| asr_small_")]
+    assert [row.split("|")[1:3] for row in rows] == [[" asr_small_gold ", " 1 2 "], [" asr_small_nbest_weighted ", " 1 2 "]]

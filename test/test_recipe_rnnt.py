@@ -50,6 +50,8 @@ def test_help_lists_the_stages_and_options(recipe: Path):
     (["--kd-weight", "1.5"], "--kd-weight 1.5: a number in [0, 1]"),
     (["--report-set", "dev"], "--report-set dev: not among --test-sets (tst-COMMON)"),
     (["--beam-size", "3"], "unknown option --beam-size (see --help)"),
+    (["--seeds", "1 2 x"], "--seeds '1 2 x': seeds are whole numbers"),
+    (["--seeds", "3 03"], "--seeds '3 03': seed 3 is given twice"),
 ])
 def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
     result = run_recipe(recipe, *args)
@@ -58,11 +60,11 @@ def test_bad_options_are_errors(recipe: Path, args: list[str], message: str):
     assert not (recipe / "data").exists()
 
 
-def tiny_run(recipe: Path) -> subprocess.CompletedProcess:
+def tiny_run(recipe: Path, *more: str) -> subprocess.CompletedProcess:
     return run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
                       "--train-opts", "--set train.epochs=1 --set train.keep_best=1", "--n-average", "1",
                       "--nbest-beam", "3", "--beam", "3", "--kd-weight", "0.3", "--student-jobs", "2",
-                      "--min-confidence", "0", "--ns-min-confidence", "0")
+                      "--min-confidence", "0", "--ns-min-confidence", "0", *more)
 
 
 def kaldi_keys(path: Path) -> set[str]:
@@ -133,3 +135,27 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     again = tiny_run(recipe)
     assert again.returncode == 0, again.stderr
     assert all(f"stage {n}: done already" in again.stderr for n in range(11))
+
+    # Seeds: the "same" column's none and hard students under seeds 1 and 2 (seed 1's resumed at their end);
+    # each cell is its group, its mean over the seeds tested seed by seed against the none cell's runs
+    trained = {p: p.stat().st_mtime_ns for s in ("rnnt_same_none", "rnnt_same_hard") for p in (exp / s).glob("epoch-*.pt")}
+    seeded = tiny_run(recipe, "--stage", "7", "--student-archs", "same", "--kd-modes", "none hard", "--seeds", "1 2")
+    assert seeded.returncode == 0, seeded.stderr
+    assert trained and trained == {p: p.stat().st_mtime_ns for p in trained}
+    registered = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
+    for mode in ("none", "hard"):
+        for name, seed in ((f"rnnt_same_{mode}", 1), (f"rnnt_same_{mode}_s2", 2)):
+            assert yaml.safe_load((exp / name / "config.yaml").read_text())["train"]["seed"] == seed
+            assert (registered[name]["seed"], registered[name]["group"], registered[name]["mode"]) == \
+                (seed, f"rnnt_same_{mode}", mode)
+    hard_s2 = yaml.safe_load((exp / "rnnt_same_hard_s2" / "config.yaml").read_text())["data"]
+    assert (hard_s2["train"], hard_s2["text"]) == (f"data/{hard.name}", "text.1best")
+    assert "ns_gen1_s2" not in registered and (exp / "ns_gen1" / "score_tst-COMMON.json").is_file()  # trained once
+    results = json.loads((exp / "results.json").read_text())
+    wers = {name: results[name]["wer"] for name in ("rnnt_same_none", "rnnt_same_none_s2", "rnnt_same_hard",
+                                                     "rnnt_same_hard_s2")}
+    assert results["rnnt_same_hard_s2"]["seeds"]["runs"] == ["rnnt_same_hard", "rnnt_same_hard_s2"]
+    cell = json.loads((exp / "rnnt_matrix.json").read_text())["cells"]["hard"]["same"]
+    assert cell["system"] == "rnnt_same_hard" and cell["runs"] == ["rnnt_same_hard", "rnnt_same_hard_s2"]
+    assert cell["wer"] == pytest.approx((wers["rnnt_same_hard"] + wers["rnnt_same_hard_s2"]) / 2, abs=0.01)
+    assert cell["baseline"] == "rnnt_same_none rnnt_same_none_s2" and "sd" in cell

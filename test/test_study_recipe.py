@@ -159,3 +159,107 @@ def test_a_stopped_study_stops_everything_under_it(recipe: Path):
     assert left == []
     assert "the recipe stopped with exit status 143" in proc.stderr.read()
     assert (recipe / "exp" / "study.tsv").read_text().split("\t")[2] == "143"
+
+
+# --- the ASR compression and RNN-T studies (egs/mini/{asr1,rnnt1}/local/study.sh, egs/TEMPLATE/utils/study.sh) ---
+
+# each study's option of the students it trains, with its default
+STUDIED = {"asr1": ("--student-modes", "gold 1best nbest_sample nbest_weighted"),
+           "rnnt1": ("--kd-modes", "none hard soft-full")}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIED))
+def test_help_of_the_asr_and_rnnt_studies(tmp_path: Path, name: str):
+    recipe = copy_recipe(tmp_path, f"mini/{name}")
+    option, default = STUDIED[name]
+    result = study(recipe, "--seeds", "1 2", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"Usage: egs/mini/{name}/local/study.sh [options] [run.sh options]")
+    assert f"(egs/mini/{name}/run.sh --help);\n--stage and --stop-stage are the study's to set." in result.stdout
+    assert "  --seeds V          training seeds of every student (now: 1 2)" in result.stdout
+    assert f"  {option + ' V':<18} " in result.stdout and f"(now: {default})" in result.stdout
+    assert f"(now: $KDST_ROOT/docs/results/findings/mini_{name}.yaml)" in result.stdout
+    assert f"(now: $KDST_ROOT/docs/results/mini_{name}.md)" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(STUDIED))
+@pytest.mark.parametrize("args, message", [
+    (["--stage=9"], "study.sh: --stage: the study sets it (every stage)"),
+    (["--stop-stage", "8"], "study.sh: --stop-stage: the study sets it (every stage)"),
+    (["--seeds"], "study.sh: option --seeds needs a value (see --help)"),
+    (["--out", "study.txt"], "a markdown file (.md); the chart goes beside it"),
+    (["--findings", "/no/such.yaml"], "study.sh: --findings /no/such.yaml: not found"),
+    (["--seeds", "1 x"], "run.sh: --seeds '1 x': seeds are whole numbers"),  # the study's option, run.sh checks it
+    (["--seeds=2 2"], "run.sh: --seeds '2 2': seed 2 is given twice"),
+    (["--no-such-option", "1"], "run.sh: unknown option --no-such-option (see --help)"),
+    (["--nj=x"], "run.sh: --nj 'x': not a whole number (see --help)"),
+    (["--corpus-opts", "--help", "stray"], "run.sh: unexpected argument 'stray' (see --help)"),  # a value, not help
+])
+def test_options_of_the_asr_and_rnnt_studies(tmp_path: Path, name: str, args: list[str], message: str):
+    recipe = copy_recipe(tmp_path, f"mini/{name}")
+    result = study(recipe, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"egs/mini/{name}/") and result.stderr.strip().endswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert not (recipe / "exp").exists() and not (recipe / "data").exists()
+
+
+@pytest.mark.parametrize("name, entry, message", [
+    ("asr1", "gold nbest", "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample "
+                           "nbest_weighted)"),
+    ("rnnt1", "none word", "unknown --kd-modes entry 'word' (none hard soft-full soft-collapsed hard+soft)"),
+])
+def test_the_studied_students_are_run_sh_options(tmp_path: Path, name: str, entry: str, message: str):
+    recipe = copy_recipe(tmp_path, f"mini/{name}")
+    result = study(recipe, STUDIED[name][0], entry)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"egs/mini/{name}/run.sh: {message}"
+
+
+@pytest.mark.slow
+@needs["espeak-ng"]
+def test_an_asr_study(tmp_path: Path):
+    """The ASR compression study from nothing on the tiny corpus: gold, 1-best and weighted 5-best students
+    under two seeds, and the document: a row per student over its seeds, the findings decided."""
+    from test_recipe_asr import TINY as ASR_TINY
+
+    recipe = copy_recipe(tmp_path, "mini/asr1")
+    out = tmp_path / "docs" / "mini_asr1.md"
+    result = study(recipe, *ASR_TINY, "--student-modes", "gold 1best nbest_weighted", "--seeds", "1 2", "--out",
+                   str(out))
+    assert result.returncode == 0, result.stderr
+    exp = recipe / "exp"
+    started, seconds, status, commit, cores, cpu, mem_kb, registered, command = \
+        (exp / "study.tsv").read_text().rstrip("\n").split("\t")
+    assert (status, registered) == ("0", "") and int(seconds) > 0  # nothing trained before it
+    assert command.endswith(f"--student-modes 'gold 1best nbest_weighted' --seeds '1 2' --out {out}")
+
+    lines = out.read_text().splitlines()
+    assert f"- **Command** (from the repository root): `{command}`" in lines
+    assert "- **Reused**: nothing: every system was trained by the study" in lines
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in lines[:lines.index("## Findings")] if line.startswith("| `")}
+    assert list(rows) == ["`asr_teacher` (teacher)", "`asr_small_gold`", "`asr_small_1best`",
+                          "`asr_small_nbest_weighted`"]  # the spec's order
+    results = json.loads((exp / "results.json").read_text())
+    for group in ("asr_small_gold", "asr_small_1best", "asr_small_nbest_weighted"):
+        cells = rows[f"`{group}`"]  # system, seeds, WER, its CI, CER, its CI, ΔWER, p, against
+        record = results[f"{group}_s2"]["seeds"]
+        assert cells[1] == "1 2" and record["runs"] == [group, f"{group}_s2"]
+        assert cells[2].rstrip("†") == f"{record['mean']['wer']:.2f} ± {record['sd']['wer']:.2f}"
+        wers = [results[run]["wer"] for run in record["runs"]]  # the sample sd of two is their distance / sqrt 2
+        assert record["mean"]["wer"] == pytest.approx(sum(wers) / 2, abs=0.02)
+        assert record["sd"]["wer"] == pytest.approx(abs(wers[0] - wers[1]) / 2 ** 0.5, abs=0.02)
+    # the students' baseline is the gold one (the gold student's is the teacher: what compression costs)
+    weighted = rows["`asr_small_nbest_weighted`"]
+    delta = results["asr_small_nbest_weighted"]["seeds"]["delta"]["wer"]
+    assert weighted[-3:-1] == [f"{delta:+.2f}", f"{results['asr_small_nbest_weighted']['seeds']['p']['wer']:.3f}"]
+    assert weighted[-1] == "`asr_small_gold`" and rows["`asr_small_gold`"][-1] == "`asr_teacher`"
+    verdicts = {line.split("|")[1].strip(): line.split("|")[5].strip()
+                for line in lines[lines.index("## Findings"):] if line.startswith("| ") and "**" in line}
+    assert verdicts.pop("Several teacher hypotheses beat the 1-best (one of the 5-best drawn per epoch)") == \
+        "**not measured**"  # no nbest_sample student in this study
+    assert list(verdicts) == ["Several teacher hypotheses beat the 1-best (the 5-best weighted by the teacher's "
+                              "posterior)"]
+    assert next(iter(verdicts.values())) in {"**holds**", "**does not hold**", "**not significant**"}
+    assert (out.parent / "mini_asr1.png").read_bytes().startswith(b"\x89PNG")

@@ -22,8 +22,12 @@
 # per size: gold targets plus frame-level KD from the teacher's CTC posteriors (kd.frame, docs/KD_METHODS.md).
 # Students are exp/asr_<size>_<mode>,
 # each trained from conf/train_student_<size>.yaml with the same settings for every mode.
+# --seeds "1 2 3" trains every student once per seed (train.seed); a seed other than 1 adds _s<seed>
+# to the system name (asr_small_1best_s2), so one-seed runs and seed 1 of a study share their students.
 # The training stages register each system in exp/systems.json (kdst systems add: role, size,
-# mode, teacher): the compression report takes the teacher and the students' modes from there.
+# mode, teacher, and the group of a student's seeds: its name without the seed): the compression
+# report takes the teacher and the students' modes from there, and gives a group one row, mean ± sd
+# over its seeds, each seed tested against the same seed's gold student.
 #
 # --teacher hf:PATH[,lang=LANG]: a Whisper model (a save_pretrained dir or a hub name in the local
 # cache; docs/HF_TEACHERS.md) is the teacher as it is: stage 4 trains nothing, and its decodings
@@ -63,6 +67,7 @@ opt vocab_size 300 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher"
 opt student_sizes "small" "student sizes: conf/train_student_<size>.yaml each"
 opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted"
+opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt nbest_beam 5 "teacher beam for the n-best on the training set" count
 opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)" count
@@ -96,6 +101,7 @@ for size in $student_sizes; do
   [[ $size != *_* ]] || { echo "$prog: --student-sizes $size: a size name cannot contain '_'" >&2; exit 2; }
   [ -f "conf/train_student_$size.yaml" ] || { echo "$prog: --student-sizes $size: conf/train_student_$size.yaml not found" >&2; exit 2; }
 done
+check_seeds
 if [ -n "$frame_kd_config" ] && [ ! -f "$frame_kd_config" ]; then
   echo "$prog: --frame-kd-config $frame_kd_config not found" >&2
   exit 2
@@ -159,6 +165,10 @@ if awk -v w="$ctc_weight" 'BEGIN { exit !(w > 0) }'; then
   ctc_decode=(--ctc-weight "$ctc_weight" --ctc-pre-beam "$ctc_pre_beam")
 fi
 ctc_sig=${ctc_decode[*]:+ ${ctc_decode[*]}}
+# The seeds in the student stages' signatures, likewise only where they are not the one seed 1: runs
+# from before --seeds keep their finished stages
+seeds_sig=""
+[ "$seeds" = 1 ] || seeds_sig=" seeds $seeds"
 
 asr_data="--set data.train=data/$train_sp --set data.valid=data/$dev_set --set data.tokenizer=$tokens
   --set data.cmvn=data/$train_sp/cmvn.ark"
@@ -268,32 +278,39 @@ mode_opts() {
   return 0
 }
 
-students() {
-  local size mode
-  for size in $student_sizes; do
-    for mode in $student_modes ${frame_kd_config:+ctckd}; do echo "${size}_$mode"; done
-  done
+# A student is a spec SIZE_MODE@SEED (small_nbest_weighted@2), seed by seed; its system name:
+# asr_small_nbest_weighted_s2 (asr_small_nbest_weighted for seed 1).
+student_specs() {
+  local seed size mode
+  for seed in $seeds; do for size in $student_sizes; do
+    for mode in $student_modes ${frame_kd_config:+ctckd}; do echo "${size}_$mode@$seed"; done
+  done; done
 }
+system_of() { echo "asr_${1%@*}$(seed_suffix "${1#*@}")"; }
+student_systems() { local spec; for spec in $(student_specs); do system_of "$spec"; done; }
 
 train_student() {
-  local size=${1%%_*} mode=${1#*_} learnt_from=()
+  local student=${1%@*} seed=${1#*@} system learnt_from=()
+  local size=${student%%_*} mode=${student#*_}
+  system=$(system_of "$1")
   # shellcheck disable=SC2046
-  OMP_NUM_THREADS=$student_threads train_model "exp/asr_$1" "conf/train_student_$size.yaml" \
-    "$asr_data $(mode_opts "$mode")"
+  OMP_NUM_THREADS=$student_threads train_model "exp/$system" "conf/train_student_$size.yaml" \
+    "$asr_data --set train.seed=$seed $(mode_opts "$mode")"
   [ "$mode" = gold ] || learnt_from=(--teacher "$teacher")
-  kdst systems add --name "asr_$1" --task asr --role student --mode "$mode" --arch "$size" \
-    --model "exp/asr_$1/avg_best$n_average.pt" "${learnt_from[@]}"
+  # the seeds of one student make one row of the tables: its group is its name without the seed
+  kdst systems add --name "$system" --task asr --role student --mode "$mode" --arch "$size" \
+    --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}" --group "asr_$student"
 }
 
 train_students() {
   # shellcheck disable=SC2046
-  student_threads=$(threads_for $(students | wc -l)) in_parallel "$student_jobs" train_student $(students)
+  student_threads=$(threads_for $(student_specs | wc -l)) in_parallel "$student_jobs" train_student $(student_specs)
 }
 
 decode_all() {
   local system
   # The teacher again too: every speed in the compression table comes from this one stage.
-  for system in asr_teacher $(students | sed 's/^/asr_/'); do
+  for system in asr_teacher $(student_systems); do
     # shellcheck disable=SC2086
     decode_sets "$system" $test_sets
   done
@@ -301,8 +318,9 @@ decode_all() {
 
 report() {
   local systems
-  systems="asr_teacher $(students | sed 's/^/asr_/' | tr '\n' ' ')"
-  # the teacher, and each student's mode, as the training stages registered them in exp/systems.json
+  systems="asr_teacher $(student_systems | tr '\n' ' ')"
+  # the teacher, each student's mode and its group, as the training stages registered them in
+  # exp/systems.json: a group's seeds are one row, each tested against the gold student's run of its seed
   kdst compression --systems "$systems" --set "$report_set" --other-sets "$test_sets"
 }
 
@@ -315,7 +333,7 @@ run_stage 4 "$(stage_opts "$teacher_config")$hf_sig" train_teacher
 run_stage 5 "$beam $max_len_ratio $test_sets$ctc_sig$hf_sig" evaluate_teacher
 run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig$hf_sig" teacher_nbest
 run_stage 7 "$student_modes $nbest_size $posterior_scale$hf_sig${hf_sig:+ $hf_max_wer}" pseudo_labels
-run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs" train_students
-run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig$hf_sig" decode_all
-run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set" report
+run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs$seeds_sig" train_students
+run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig$hf_sig$seeds_sig" decode_all
+run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set$seeds_sig" report
 log "done: stages $stage-$stop_stage"

@@ -28,8 +28,12 @@
 # per node, so w = 0.5 is alpha ~ 1 / (mean encoder frames) in the papers' RNN-T + alpha sum_{t,u} KL
 # (each recipe's conf/train_student_*.yaml states its mapping; docs/KD_METHODS.md, "Transducer KD").
 # System dirs spell the modes without '+' and '-': rnnt_<arch>_{none,hard,soft_full,soft_collapsed,hard_soft}.
+# --seeds "1 2 3" trains every student once per seed (train.seed); a seed other than 1 adds _s<seed> to
+# the system name (rnnt_streaming_hard_s2), so one-seed runs and seed 1 of a study share their students.
 # The training stages register each system in exp/systems.json (kdst systems add: role, architecture,
-# mode as --kd-modes spells it, teacher): the matrix of stage 10 finds its cells there.
+# mode as --kd-modes spells it, teacher, and the group of a student's seeds: its name without the seed):
+# the matrix of stage 10 finds its cells there, a cell the mean over its seeds, each seed tested against
+# the same seed's none student of its column.
 #
 # Noisy student (stage 8, --ns-iterations N): generation 0 is the stage-4 teacher.  Generation
 # g-1 labels the training pool (and --ns-unlabelled-set) by beam search; the labels are filtered by
@@ -37,7 +41,8 @@
 # and dropout on; speed-perturbed features with --speed-perturb) trains on them (--ns-mode hard),
 # with KD from generation g-1 online (soft: the references where there are some, the pseudo labels
 # of the unlabelled pool), or both (hard+soft); it is then the teacher of generation g+1.  Each
-# generation is decoded on --report-set right away: exp/ns_gen<g>/score_<set>.json.
+# generation is decoded on --report-set right away: exp/ns_gen<g>/score_<set>.json.  The generations are
+# trained once, under --ns-config's train.seed, whatever --seeds says: the matrix has one row per generation.
 #
 # --teacher hf:PATH[,lang=LANG]: a Whisper model (a save_pretrained dir or a hub name in the local
 # cache; docs/HF_TEACHERS.md) gives the hard targets: stage 4 trains nothing, and its decodings
@@ -86,6 +91,7 @@ opt hard_soft_mode full "KD of the hard+soft students and of the noisy students:
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt student_opts "" "extra kdst train options for the students and noisy students only (after --train-opts)"
 opt student_jobs 1 "students trained at the same time (stage 7); on one machine they share its cores" count
+opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed (the noisy students once)"
 opt nbest_beam 4 "beam (= n-best size) of the teacher on the training set (stages 6 and 8)" count
 opt posterior_scale 1.0 "pseudo labels: posterior = softmax(scale * log P) over the n-best" num
 opt min_confidence "" "stage 6: drop training utterances whose teacher confidence is below this (empty: keep all)" num?
@@ -118,6 +124,7 @@ for arch in $student_archs; do
   [[ $arch =~ ^[A-Za-z0-9]+$ ]] || fail "--student-archs $arch: an architecture name is letters and digits only"
   [ -f "conf/train_student_$arch.yaml" ] || fail "--student-archs $arch: conf/train_student_$arch.yaml not found"
 done
+check_seeds
 case $hard_soft_mode in full|collapsed) ;; *) fail "--hard-soft-mode $hard_soft_mode: full or collapsed" ;; esac
 case $ns_mode in hard|soft|hard+soft) ;; *) fail "--ns-mode $ns_mode: hard, soft or hard+soft" ;; esac
 case $confidence in posterior|logprob) ;; *) fail "--confidence $confidence: posterior or logprob" ;; esac
@@ -170,6 +177,10 @@ if [ -n "$hf_model" ]; then
   [ -z "$hf_max_wer" ] || hf_labels+=(--max-wer "$hf_max_wer")
   hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
 fi
+# The seeds in the student stages' signatures, only where they are not the one seed 1: runs from before
+# --seeds keep their finished stages
+seeds_sig=""
+[ "$seeds" = 1 ] || seeds_sig=" seeds $seeds"
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -308,12 +319,16 @@ mode_opts() {
   esac
 }
 
-students() {
-  local arch mode
-  for arch in $student_archs; do
-    for mode in $kd_modes; do echo "${arch}_$(mode_dir "$mode")"; done
-  done
+# A student is a spec ARCH_MODEDIR@SEED (streaming_hard_soft@2), seed by seed; its system name:
+# rnnt_streaming_hard_soft_s2 (rnnt_streaming_hard_soft for seed 1).
+student_specs() {
+  local seed arch mode
+  for seed in $seeds; do for arch in $student_archs; do
+    for mode in $kd_modes; do echo "${arch}_$(mode_dir "$mode")@$seed"; done
+  done; done
 }
+system_of() { echo "rnnt_${1%@*}$(seed_suffix "${1#*@}")"; }
+student_systems() { local spec; for spec in $(student_specs); do system_of "$spec"; done; }
 
 # mode_of ARCH_MODEDIR -> the --kd-modes entry
 mode_of() {
@@ -323,19 +338,22 @@ mode_of() {
 }
 
 train_student() {
-  local arch=${1%%_*} mode learnt_from=()
-  mode=$(mode_of "$1")
+  local student=${1%@*} seed=${1#*@} system mode learnt_from=()
+  local arch=${student%%_*}
+  system=$(system_of "$1")
+  mode=$(mode_of "$student")
   # shellcheck disable=SC2046
-  OMP_NUM_THREADS=$student_threads train_model "exp/rnnt_$1" "conf/train_student_$arch.yaml" \
-    "$rnnt_data $(mode_opts "$mode") $student_opts"
+  OMP_NUM_THREADS=$student_threads train_model "exp/$system" "conf/train_student_$arch.yaml" \
+    "$rnnt_data --set train.seed=$seed $(mode_opts "$mode") $student_opts"
   [ "$mode" = none ] || learnt_from=(--teacher "$teacher")
-  kdst systems add --name "rnnt_$1" --task rnnt --role student --mode "$mode" --arch "$arch" \
-    --model "exp/rnnt_$1/avg_best$n_average.pt" "${learnt_from[@]}"
+  # the seeds of one student make one cell of the matrix: its group is its name without the seed
+  kdst systems add --name "$system" --task rnnt --role student --mode "$mode" --arch "$arch" \
+    --model "exp/$system/avg_best$n_average.pt" "${learnt_from[@]}" --group "rnnt_$student"
 }
 
 train_students() {
   # shellcheck disable=SC2046
-  student_threads=$(threads_for $(students | wc -l)) in_parallel "$student_jobs" train_student $(students)
+  student_threads=$(threads_for $(student_specs | wc -l)) in_parallel "$student_jobs" train_student $(student_specs)
 }
 
 ns_systems() { local g; for ((g = 1; g <= ns_iterations; g++)); do echo "ns_gen$g"; done; }
@@ -409,7 +427,7 @@ noisy_student() {
   for ((g = 1; g <= ns_iterations; g++)); do ns_generation "$g"; done
 }
 
-systems() { echo rnnt_teacher; students | sed 's/^/rnnt_/'; ns_systems; }
+systems() { echo rnnt_teacher; student_systems; ns_systems; }
 
 decode_all() {
   local system
@@ -422,7 +440,8 @@ decode_all() {
 
 report() {
   kdst results --systems "$(systems | paste -sd' ')" --sets "$test_sets" --metrics wer,cer
-  # the cells, the teacher and the generations' teachers as the training stages registered them
+  # the cells (a group's seeds: their mean, each tested against the none student's run of its seed), the
+  # teacher and the generations' teachers, as the training stages registered them
   kdst rnnt-report --exp-dir exp --archs "$student_archs" \
     --modes "$kd_modes" --ns-systems "$(ns_systems | paste -sd' ')" --report-set "$report_set" \
     --sets "$test_sets"
@@ -439,9 +458,9 @@ run_stage 5 "$beam $test_sets$hf_sig" evaluate_teacher
 run_stage 6 "$kd_modes $nbest_beam $posterior_scale $min_confidence $confidence$hf_sig${hf_sig:+ $hf_max_wer}" hard_targets
 kd_settings="$kd_weight $kd_temperature $hard_soft_mode $kd_normalize $kd_node_weights"
 # shellcheck disable=SC2046
-run_stage 7 "$(stage_opts $(student_confs)) $student_opts $student_archs $kd_modes $kd_settings" train_students
+run_stage 7 "$(stage_opts $(student_confs)) $student_opts $student_archs $kd_modes $kd_settings$seeds_sig" train_students
 ns_settings="$ns_iterations $ns_mode $ns_unlabelled_set $ns_min_confidence $confidence $nbest_beam $beam $report_set"
 run_stage 8 "$(stage_opts "$ns_config") $student_opts $ns_settings $kd_settings" noisy_student
-run_stage 9 "$beam $student_archs $kd_modes $ns_iterations $test_sets $decode_nj$hf_sig" decode_all
-run_stage 10 "$student_archs $kd_modes $ns_iterations $test_sets $report_set" report
+run_stage 9 "$beam $student_archs $kd_modes $ns_iterations $test_sets $decode_nj$hf_sig$seeds_sig" decode_all
+run_stage 10 "$student_archs $kd_modes $ns_iterations $test_sets $report_set$seeds_sig" report
 log "done: stages $stage-$stop_stage"

@@ -56,3 +56,21 @@ teacher_features() {
     kdst hf-features --teacher "$teacher" "data/$set" "data/$set$teacher_suffix" --nj "$nj" --cmd "$train_cmd"
   done
 }
+
+# check_seeds: --seeds (the students' training seeds) are whole numbers, each given once, or one line and
+# exit 2; $seeds becomes them one space apart without leading zeros (they go into system names and train.seed).
+check_seeds() {
+  local seed out=""
+  for seed in $seeds; do
+    [[ $seed =~ ^[0-9]+$ ]] || { echo "$prog: --seeds '$seeds': seeds are whole numbers" >&2; exit 2; }
+    seed=$((10#$seed))
+    [[ " $out " != *" $seed "* ]] || { echo "$prog: --seeds '$seeds': seed $seed is given twice" >&2; exit 2; }
+    out+="${out:+ }$seed"
+  done
+  [ -n "$out" ] || { echo "$prog: --seeds is empty" >&2; exit 2; }
+  seeds=$out
+}
+
+# seed_suffix SEED: what a student's system name gets for its seed: nothing for seed 1 (a one-seed run and
+# seed 1 of a study share their students), _s<seed> for any other.
+seed_suffix() { [ "$1" = 1 ] || echo "_s$1"; }
