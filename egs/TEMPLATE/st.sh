@@ -34,7 +34,8 @@
 # ASR pre-training (--pretrain yes|both; Gaido et al. 2020, ESPnet's ST recipes): stage 4 also trains
 # one ASR model (CTC + attention on the transcript, the students' encoder shape: --asr-config),
 # beside the MT teacher, and every pre-trained student starts with its encoder and CTC head
-# (train.init_parts). Systems: st_none (scratch) and st_pt (pre-trained), st_<mode> and
+# (train.init_parts); --decoder-init mt also gives them the MT teacher's decoder (the mini recipe's
+# students have its shape; MuST-C's do not). Systems: st_none (scratch) and st_pt (pre-trained), st_<mode> and
 # st_pt_<mode>. --seeds "1 2 3" trains every student once per seed; a seed other than 1
 # adds _s<seed> to the system name, so one-seed runs and seed 1 of a study share their students.
 #
@@ -76,6 +77,7 @@ opt mt_config conf/train_mt.yaml "training config of the MT teacher"
 opt mt_extra_sets "" "extra parallel text for the MT teacher: data dirs with text.<src> and text (space separated)"
 opt st_config conf/train_st.yaml "training config of the ST students"
 opt pretrain no "ASR pre-training of the students' encoder: no, yes (every student starts from it) or both (each student both ways)"
+opt decoder_init none "decoder of the pre-trained students: none (random) or mt (the MT teacher's, as ESPnet-ST's --dec-init; the students' decoder must have its shape)"
 opt asr_config conf/train_asr.yaml "training config of the ASR pre-training model (the students' encoder shape)"
 opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
@@ -121,6 +123,7 @@ case $pretrain in
   no) pretrain_variants=no ;; yes) pretrain_variants=yes ;; both) pretrain_variants="no yes" ;;
   *) echo "$prog: --pretrain must be no, yes or both" >&2; exit 2 ;;
 esac
+case $decoder_init in none|mt) ;; *) echo "$prog: --decoder-init must be none or mt" >&2; exit 2 ;; esac
 for seed in $seeds; do
   [[ $seed =~ ^[0-9]+$ ]] || { echo "$prog: --seeds '$seeds': seeds are whole numbers" >&2; exit 2; }
 done
@@ -149,6 +152,12 @@ case $teacher in
 esac
 # hf_model: the Hugging Face teacher's spec, empty otherwise; the stage signatures hold either
 hf_model=${hf_model:-}
+if [ "$decoder_init" = mt ] && [ -n "$espnet_model$hf_model" ]; then
+  # a recipe's default that this teacher cannot serve: its decoder has another vocabulary and shape
+  echo "$prog: note: the pre-trained students' decoders start random: --decoder-init mt copies the decoder" \
+    "of the MT teacher stage 4 trains, and the teacher is $teacher" >&2
+  decoder_init=none
+fi
 teacher_sig=$espnet_model$hf_model
 hf_decode=()  # generate()'s rules for a Hugging Face teacher's decodings
 [[ $teacher == hf:* ]] && hf_decode=(--hf-rule)
@@ -314,7 +323,11 @@ mode_opts() {
   local pt=${rest%@*} seed=${rest#*@}
   echo "--set train.seed=$seed"
   # JSON-style quotes: the options are split at spaces, and YAML needs a space after an unquoted key's colon
-  [ "$pt" = yes ] && echo "--set train.init_parts=[{\"checkpoint\":\"$pretrained\",\"modules\":[encoder,ctc]}]"
+  if [ "$pt" = yes ]; then
+    local parts="{\"checkpoint\":\"$pretrained\",\"modules\":[encoder,ctc]}"
+    [ "$decoder_init" = mt ] && parts+=",{\"checkpoint\":\"$teacher\",\"modules\":[decoder]}"
+    echo "--set train.init_parts=[$parts]"
+  fi
   case $mode in
     seqkd*) echo "--set data.text=text.seqkd --set data.valid_text=text" ;;
     seqinter*) echo "--set data.text=text.seqinter --set data.valid_text=text" ;;
@@ -417,8 +430,8 @@ run_stage 5 "$beam $mt_max_len_ratio $test_sets $teacher_sig" evaluate_teacher
 run_stage 6 "$kd_modes $word_kd_source $topk $topk_mode $kd_temperature $teacher_sig" teacher_topk_cache
 run_stage 7 "$kd_modes $nbest_beam $nbest_size $mt_max_len_ratio $teacher_sig" teacher_nbest
 run_stage 8 "$kd_modes $rescore_metric $nbest_size $teacher_sig" rescore_nbest
-run_stage 9 "$(stage_opts "$st_config" $word_kd_config) $kd_modes $word_kd_source $kd_weight $kd_temperature $teacher_sig $pretrain $seeds" train_students
-run_stage 10 "$kd_modes $finetune $finetune_opts $pretrain $seeds" finetune_word_kd
-run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune $pretrain $seeds" decode_students
-run_stage 12 "$kd_modes $finetune $test_sets $pretrain $seeds" score_all
+run_stage 9 "$(stage_opts "$st_config" $word_kd_config) $kd_modes $word_kd_source $kd_weight $kd_temperature $teacher_sig $pretrain $decoder_init $seeds" train_students
+run_stage 10 "$kd_modes $finetune $finetune_opts $pretrain $decoder_init $seeds" finetune_word_kd
+run_stage 11 "$beam $st_max_len_ratio $kd_modes $finetune $pretrain $decoder_init $seeds" decode_students
+run_stage 12 "$kd_modes $finetune $test_sets $pretrain $decoder_init $seeds" score_all
 log "done: stages $stage-$stop_stage"
