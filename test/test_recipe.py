@@ -108,7 +108,8 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     result = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--src-vocab-size", "60", "--tgt-vocab-size", "60",
                         "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
                         "--kd-modes", "none word seqkd seqinter seqinter+word", "--topk", "4",
-                        "--finetune-opts", "--set train.epochs=1", "--beam", "3", "--decode-nj", "2")
+                        "--finetune-opts", "--set train.epochs=1", "--beam", "3", "--decode-nj", "2",
+                        "--pretrain", "no")
     assert result.returncode == 0, result.stderr
     exp, train = recipe / "exp", recipe / "data" / "train"
     systems = {"mt_teacher", "st_none", "st_word", "st_seqkd", "st_seqinter", "st_seqinter_word", "st_word_ft",
@@ -146,8 +147,8 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
     assert train_log.startswith("# kdst train") and "# Ended (code 0)" in train_log
     assert "word-level KD from the topk cache" in train_log
 
-    # ASR pre-training and seeds: stage 4 trains the ASR model (the teacher is done already), then every
-    # student twice per seed; seed 1's students from scratch are the ones trained above.
+    # ASR pre-training (the recipe's default) and seeds: stage 4 trains the ASR model (the teacher is done
+    # already), then every student twice per seed; seed 1's students from scratch are the ones trained above.
     again = run_recipe(recipe, "--corpus-opts", TINY_CORPUS, "--src-vocab-size", "60", "--tgt-vocab-size", "60",
                        "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
                        "--kd-modes", "none word", "--topk", "4", "--finetune", "no", "--beam", "3",
@@ -165,8 +166,10 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
         config = yaml.safe_load((exp / name / "config.yaml").read_text())
         assert config["train"]["seed"] == (2 if name.endswith("_s2") else 1)
         if name in pretrained:
-            assert config["train"]["init_parts"] == [{"checkpoint": "exp/asr_pretrain/avg_best2.pt",
-                                                      "modules": ["encoder", "ctc"]}]
+            # the mini recipe's --decoder-init mt: the decoder comes from the MT teacher
+            assert config["train"]["init_parts"] == [
+                {"checkpoint": "exp/asr_pretrain/avg_best2.pt", "modules": ["encoder", "ctc"]},
+                {"checkpoint": "exp/mt_teacher/avg_best2.pt", "modules": ["decoder"]}]
         else:
             assert config["train"]["init_parts"] is None
     manifest = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}

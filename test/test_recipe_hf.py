@@ -59,7 +59,7 @@ def test_st_recipe_with_a_marian_teacher(tmp_path: Path):
                         "--train-opts", "--set train.epochs=1 --set train.keep_best=1", "--n-average", "1",
                         "--kd-modes", "none word seqkd seqinter+word", "--topk", "4", "--nbest-beam", "3",
                         "--nbest-size", "3", "--finetune-opts", "--set train.epochs=1", "--beam", "2",
-                        "--decode-nj", "1")
+                        "--decode-nj", "1", "--pretrain", "no")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the teacher is the Hugging Face model" in result.stderr
     exp, train = recipe / "exp", data / "train"

@@ -73,12 +73,14 @@ def test_the_other_options_go_to_run_sh(recipe: Path, args: list[str], message: 
 @pytest.mark.slow
 @needs["espeak-ng"]
 def test_a_study_after_the_main_run(recipe: Path, tmp_path: Path):
-    """The main run (two students, one seed), then the study of both with and without pre-training over two
-    seeds: it reuses the main run's students, and writes its document and chart."""
+    """The main run (two pre-trained students, one seed), then the study of both with and without pre-training
+    over two seeds: it reuses the main run's students, and writes its document and chart."""
     main_run = run_recipe(recipe, *TINY, "--kd-modes", "none word", timeout=900)
     assert main_run.returncode == 0, main_run.stderr
     exp = recipe / "exp"
-    trained = {p: p.stat().st_mtime_ns for s in ("st_none", "st_word", "st_word_ft") for p in (exp / s).glob("epoch-*.pt")}
+    # the recipe's default: every student pre-trained (the study adds those from scratch)
+    trained = {p: p.stat().st_mtime_ns for s in ("st_pt", "st_pt_word", "st_pt_word_ft")
+               for p in (exp / s).glob("epoch-*.pt")}
     assert trained
 
     out = tmp_path / "docs" / "results" / "mini_st1.md"
@@ -90,7 +92,7 @@ def test_a_study_after_the_main_run(recipe: Path, tmp_path: Path):
     assert len(log) == 1
     started, seconds, status, commit, cores, cpu, mem_kb, registered, command = log[0].split("\t")
     assert status == "0" and int(seconds) > 0 and int(cores) >= 1 and int(mem_kb) > 0
-    assert sorted(registered.split()) == ["mt_teacher", "st_none", "st_word", "st_word_ft"]  # as their jobs ended
+    assert sorted(registered.split()) == ["asr_pretrain", "mt_teacher", "st_pt", "st_pt_word", "st_pt_word_ft"]
     assert command.startswith("egs/mini/st1/local/study.sh --corpus-opts '--num-train 8 ")
     assert command.endswith(f"--kd-modes 'none word' --seeds '1 2' --out {out}")
 
