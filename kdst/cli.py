@@ -221,8 +221,11 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def add_topk_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_option(p, "--teacher", what="the MT teacher")
+    add_model_option(p, "--teacher", what="the MT teacher (or a Whisper teacher, with --teacher-data-dir)")
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--teacher-data-dir", type=Path, metavar="DIR",
+                   help="a Whisper teacher: the copy of --data-dir with its features (kdst hf-features), joined to "
+                        "--data-dir's targets by utterance id")
     p.add_argument("--out", type=Path, required=True, help="cache directory to write")
     p.add_argument("--k", type=int, default=8, help="entries (topk) or draws (sampled) per target token")
     p.add_argument("--mode", choices=("topk", "sampled"), default="topk")
@@ -231,7 +234,8 @@ def add_topk_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="the word-KD temperature: sampled draws from softmax(z/T); topk measures the mass outside "
                         "the k at T (kd.topk_rest); training refuses a cache made at another T where it matters")
-    p.add_argument("--batch-units", type=int, default=20000, help="padded tokens per batch")
+    p.add_argument("--batch-units", type=int, default=20000,
+                   help="padded tokens per batch (a Whisper teacher: frames, its whole window per utterance)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     add_split_options(p)
 
@@ -246,7 +250,8 @@ def run_topk(args: argparse.Namespace) -> int:
     if nj <= 1:
         write_cache(teacher, args.data_dir, args.out, k=args.k, mode=args.mode, text=args.text,
                     batch_units=args.batch_units, device=args.device, seed=args.seed, src_text=args.src_text,
-                    weights=args.teacher_weights, temperature=args.temperature)
+                    weights=args.teacher_weights, temperature=args.temperature,
+                    teacher_data_dir=args.teacher_data_dir)
     else:
         jobs_dir = args.out.resolve().parent / f"{args.out.name}.split{nj}"
         status = run_split(for_jobs(args, teacher), args.data_dir, nj, cmd=args.cmd,

@@ -27,6 +27,11 @@ def load_hf_teacher(reference: str, device: str | torch.device = "cpu", *, src_t
     return load_seq2seq_teacher(spec, model_dir, device, src_text=src_text, text=text, tokenizer=tokenizer)
 
 
+def is_whisper(reference: str) -> bool:
+    """Whether ``hf:reference`` is a Whisper model, from its config.json alone (no weights loaded)."""
+    return model_type(resolve(parse_spec(reference))) == "whisper"
+
+
 def export_hf_tokenizer(reference: str, out_dir: str | os.PathLike, side: str = "tgt") -> Path:
     """``kdst hf-tokenizer``: the teacher's target or source tokenizer as a kdst tokenizer dir."""
     _, config = load_hf_teacher(reference)

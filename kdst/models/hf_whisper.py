@@ -32,7 +32,11 @@ the beam search inside it (``GenerationMixin.generate`` with the same prompt and
 timestamps, no temperature fallback, no language detection.
 
 Teacher-forced logits (word-level KD of a student that adopts the exported tokenizer): the prompt
-then the target tokens, logits at the target tokens and ``<|endoftext|>``.
+then the target tokens, logits at the target tokens and ``<|endoftext|>``: row j is the distribution
+after the prompt and the first j target tokens, which the student's row j predicts after ``<sos>`` and
+the same j tokens.  ``kdst topk --teacher-data-dir`` (kdst.teacher.topk) caches them, the features
+joined to the student's targets by utterance id; ``audio_sources`` is what such a cache records of the
+speech, and what training compares with the student's data dir.
 """
 
 from __future__ import annotations
@@ -189,6 +193,18 @@ def check_features(data_dir: str | os.PathLike, digest: str, reference: str) -> 
             raise DataError(scp, f"{ark} holds {what}: {reference} reads its own log-mel features ({fix})")
 
 
+def audio_sources(data_dir: str | os.PathLike) -> dict[str, str]:
+    """utterance -> what its speech is read from: its recording's wav.scp entry and, with segments, its start
+    and end.  With the extractor's digest this is what defines its Whisper features (write_features_shard
+    skips a shard on the same record), so two data dirs whose entries agree hold features of the same speech."""
+    data = DataDir(data_dir)
+    wav = data.require("wav.scp")
+    segments = data.segments()
+    if segments is None:
+        return dict(wav)
+    return {utt: f"{s.start!r} {s.end!r} {wav[s.recording]}" for utt, s in segments.items() if s.recording in wav}
+
+
 # --- the model --------------------------------------------------------------------------------
 
 def prompt_ids(generation_config, spec: HfSpec, where: str) -> list[int]:
@@ -311,6 +327,6 @@ def load_whisper_teacher(spec: HfSpec, model_dir: Path, device: str | torch.devi
                      "checkpoint": str(weights_file(model_dir))}
 
 
-__all__ = ["WhisperTeacher", "check_features", "check_output_dir", "extractor_digest", "feature_extractor",
-           "finish_features_dir", "kept_frames", "load_whisper_teacher", "log_mel", "prompt_ids",
+__all__ = ["WhisperTeacher", "audio_sources", "check_features", "check_output_dir", "extractor_digest",
+           "feature_extractor", "finish_features_dir", "kept_frames", "load_whisper_teacher", "log_mel", "prompt_ids",
            "write_features_shard"]

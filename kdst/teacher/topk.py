@@ -2,7 +2,14 @@
 
 For every utterance and every target position (each target token and the final
 <eos>), the MT teacher reads the transcript, is forced with the reference prefix,
-and its distribution is stored compactly (kdst.data.teacher_cache):
+and its distribution is stored compactly (kdst.data.teacher_cache).  A Whisper
+teacher (``hf:PATH``, kdst.models.hf_whisper) hears the speech instead, through its
+own log-mel features: ``teacher_data_dir`` is the copy of the data dir that ``kdst
+hf-features`` made, and the teacher is forced, after its decoder prompt, with the
+targets of the data dir the student trains on (its text, tokenized by the teacher's
+exported tokenizer, which the student adopts), joined by utterance id.  The two data
+dirs must name the same audio per utterance (wav.scp, segments), so the features are
+those of the speech the student hears.
 
 - ``topk``: the k most likely vocabulary entries and their logits (word-level KD
   renormalises over them, as FBK-fairseq does), and per token the log of the
@@ -20,7 +27,13 @@ Sampling is seeded per utterance id, so the cache does not depend on how the dat
 dir was split into jobs.  The cache records a fingerprint of the teacher's weights,
 the target and source tokenizers, k, the mode, the temperature (and the seed when
 sampled), and the content the teacher saw: the target token ids it was forced with
-and the source text it read, per utterance; training checks it.
+and the source text it read, per utterance; training checks it.  A Whisper teacher's
+records its features instead of a source text: the extractor's digest (``features``),
+the decoder prompt (``prompt``: ``lang=`` and ``task=`` change it, not the weights) and
+per utterance the audio the features were computed from (``source``,
+kdst.models.hf_whisper.audio_sources), which training compares with its own data dir.
+A Whisper teacher's batches hold ``batch_units`` frames of its window (30 s each,
+whatever the speech's length), what its encoder computes.
 """
 
 from __future__ import annotations
@@ -36,12 +49,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kdst.data.dataset import iterate, make_batches, make_dataset
+from kdst.config import DataConfig
+from kdst.data.dataset import Example, iterate, make_batches, make_dataset
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import (CacheWriter, TeacherCache, cache_fingerprint, low_kept_mass_warning,
                                      source_digest, targets_digest)
+from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
-from kdst.models.ensemble import load_teachers
+from kdst.models.ensemble import load_teachers, references_of
+from kdst.models.hf_whisper import WhisperTeacher, audio_sources
+from kdst.models.teacher import Teacher
 
 log = logging.getLogger("kdst.topk")
 MODES = ("topk", "sampled")
@@ -72,14 +89,78 @@ def utterance_seed(utt: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{utt}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+class SpeechTargets:
+    """A Whisper teacher's inputs: its features (``features``, the dataset of its data dir) and the student's
+    targets (``targets``: token ids by utterance), joined by utterance id."""
+
+    def __init__(self, features, targets: dict[str, list[int]]):
+        self.features, self.targets = features, targets
+        self.ids = sorted(targets)
+        self.src_lengths = {utt: features.src_lengths[utt] for utt in self.ids}
+
+    def __getitem__(self, utt: str) -> Example:
+        return Example(utt, self.features[utt].src, self.targets[utt])
+
+
+def transcript_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_dir) -> tuple[object, dict, dict]:
+    """An MT teacher's dataset (the transcript and the targets of ``data_dir``), what the fingerprint records of
+    what it read, and the lengths its batches count (source tokens)."""
+    if teacher_data_dir is not None:
+        raise KdstError(f"--teacher-data-dir {teacher_data_dir}: {loaded.reference} reads the transcript "
+                        f"({data.src_text}), not speech features (the option is for a Whisper teacher)")
+    dataset = make_dataset(data, data_dir)
+    read = {"source_text": data.src_text, "src_tokenizer": data.src_tokenizer,
+            "source": source_digest(DataDir(data_dir).require(data.src_text), dataset.ids)}
+    return dataset, read, dataset.src_lengths
+
+
+def speech_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_dir) -> tuple[SpeechTargets, dict, dict]:
+    """A Whisper teacher's dataset: its features from ``teacher_data_dir``, the targets from ``data_dir``'s text,
+    for every utterance of that text; what the fingerprint records of what it read; the lengths its batches
+    count (its window, which its encoder computes whatever the speech's length)."""
+    model, name = loaded.model, loaded.reference
+    if not isinstance(model, WhisperTeacher):
+        raise KdstError(f"{name}: the top-k cache takes an MT teacher (it reads the transcript) or one Whisper "
+                        "teacher (hf:PATH, its own features: --teacher-data-dir)")
+    if teacher_data_dir is None:
+        raise KdstError(f"{name} reads its own log-mel features: give --teacher-data-dir, the data dir made by kdst "
+                        f"hf-features --teacher {name} {data_dir} DIR")
+    model.check_data_dir(teacher_data_dir)
+    features = make_dataset(data, teacher_data_dir, with_targets=False)
+    text_file = Path(data_dir) / data.text
+    texts = DataDir(data_dir).require(data.text)
+    missing = [utt for utt in sorted(texts) if utt not in features.src_lengths]
+    if missing:
+        raise KdstError(f"{teacher_data_dir}: no features for {len(missing)} of the {len(texts)} utterances of "
+                        f"{text_file}, e.g. '{missing[0]}' (make them with kdst hf-features --teacher {name} "
+                        f"{data_dir} {teacher_data_dir})")
+    heard, read = audio_sources(data_dir), audio_sources(teacher_data_dir)
+    silent = [utt for utt in sorted(texts) if utt not in heard]
+    if silent:
+        raise KdstError(f"{data_dir}: no audio (wav.scp, segments) for {len(silent)} utterance(s) of {text_file}, "
+                        f"e.g. '{silent[0]}'")
+    other = [utt for utt in sorted(texts) if read.get(utt) != heard[utt]]
+    if other:  # the join by id would pair a target with another recording's features
+        raise KdstError(f"{teacher_data_dir}: the features of {len(other)} utterance(s) are of other audio than "
+                        f"{data_dir} has (wav.scp, segments), e.g. '{other[0]}': make them with kdst hf-features "
+                        f"--teacher {name} {data_dir} DIR")
+    tokenizer = load_tokenizer(data.tokenizer)
+    dataset = SpeechTargets(features, {utt: tokenizer.encode(texts[utt]) for utt in texts})
+    read = {"source_text": None, "source": source_digest(heard, dataset.ids), "features": model.features_digest,
+            "prompt": list(model.prompt)}
+    return dataset, read, {utt: model.window for utt in dataset.ids}
+
+
 def write_cache(teacher: str | list[str], data_dir: str | Path, out: str | Path, *, k: int = 8, mode: str = "topk",
                 text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1,
-                src_text: str | None = None, weights: list[float] | None = None, temperature: float = 1.0) -> dict:
-    """Run the MT ``teacher`` (a teacher reference, kdst.models.teacher) over ``data_dir`` and write the
-    cache to ``out``; returns a summary.  Several teachers: their ensemble (kdst.models.ensemble), weighted
+                src_text: str | None = None, weights: list[float] | None = None, temperature: float = 1.0,
+                teacher_data_dir: str | Path | None = None) -> dict:
+    """Run ``teacher`` (a teacher reference, kdst.models.teacher: MT, or Whisper) over ``data_dir`` and write
+    the cache to ``out``; returns a summary.  Several teachers: their ensemble (kdst.models.ensemble), weighted
     by ``weights``.  ``src_text``: the data dir's source text file, if not the
     teacher's own; ``text``: its target text file (default: the teacher's); ``temperature``: of the draws
-    (sampled) and of the mass outside the top k (topk), which training at another T cannot use."""
+    (sampled) and of the mass outside the top k (topk), which training at another T cannot use.  A Whisper
+    ``teacher`` reads its features from ``teacher_data_dir`` (kdst hf-features of ``data_dir``)."""
     if mode not in MODES:
         raise KdstError(f"unknown cache mode '{mode}' ({', '.join(MODES)})")
     if k < 1:
@@ -89,18 +170,23 @@ def write_cache(teacher: str | list[str], data_dir: str | Path, out: str | Path,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_teachers(teacher, device, weights, src_text=src_text)
     model = loaded.model
-    if loaded.data.input != "text":
-        raise KdstError(f"{teacher}: the top-k cache needs an MT teacher (it reads the transcript)")
     data = replace(loaded.data, text=text or loaded.data.text)
-    dataset = make_dataset(data, data_dir)
+    if data.input == "text":
+        dataset, read, units = transcript_inputs(loaded, data, data_dir, teacher_data_dir)
+    elif len(references_of(teacher)) > 1:
+        raise KdstError(f"{loaded.reference}: the top-k cache of speech teachers takes one (Whisper) teacher")
+    else:
+        dataset, read, units = speech_inputs(loaded, data, data_dir, teacher_data_dir)
     if k > model.vocab_size:
         raise KdstError(f"k={k} is larger than the teacher's vocabulary ({model.vocab_size})")
     fingerprint = cache_fingerprint(loaded.digest, data.tokenizer, k=k, mode=mode, text=data.text,
-                                    targets=targets_digest(dataset.targets, dataset.ids), source_text=data.src_text,
-                                    source=source_digest(DataDir(data_dir).require(data.src_text), dataset.ids),
-                                    temperature=temperature, src_tokenizer=data.src_tokenizer,
+                                    targets=targets_digest(dataset.targets, dataset.ids),
+                                    source_text=read.pop("source_text"), source=read.pop("source"),
+                                    temperature=temperature, src_tokenizer=read.pop("src_tokenizer", None),
                                     seed=seed if mode == "sampled" else None)
-    batches = make_batches(dataset.src_lengths, batch_units, shuffle=False)
+    # Where the teacher's vocabulary is, for the line that refuses a student with another one.
+    fingerprint.update(read, tokenizer_dir=str(data.tokenizer))
+    batches = make_batches(units, batch_units, shuffle=False)
     start, tokens = time.perf_counter(), 0
     bar = tqdm(total=len(dataset.ids), desc="topk", disable=not sys.stderr.isatty(), mininterval=1.0)
     with CacheWriter(out, k=k, vocab_size=model.vocab_size, mode=mode, fingerprint=fingerprint,

@@ -18,7 +18,13 @@ The teacher's distribution comes from one of two places (the ``kd`` config secti
 
 The section's variant (kdst.config.sections) follows from the student and ``cache``.
 An ESPnet teacher (kdst.models.espnet_bridge) brings its own vocabulary: the student's
-``data.tokenizer`` must be the one ``kdst espnet-tokenizer`` exported from it.
+``data.tokenizer`` must be the one ``kdst espnet-tokenizer`` exported from it.  A Whisper
+teacher (``hf:PATH``, kdst.models.hf_whisper) distils through the cache only (``kdst topk
+--teacher-data-dir``): it hears its own log-mel features, which the student's batches do not
+carry, and its encoder would run over a 30 s window for every utterance at every epoch where
+the cache runs it once; ``kd.teacher: hf:WHISPER`` without ``cache`` is refused saying so.
+A student adopts its exported tokenizer (``kdst hf-tokenizer``); its cache records the speech
+it heard (wav.scp and segments per utterance), which must be the training data dir's.
 
 With ``cache`` the teacher's forward pass was run once (stage 6) and its top-k (or
 sampled tokens with counts) are read per utterance id; with only ``teacher`` it runs
@@ -57,11 +63,13 @@ from kdst.config import CachedWordKDConfig, DataConfig, KdConfig, LatticeKDConfi
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import TeacherCache, low_kept_mass_warning, source_digest, targets_digest
 from kdst.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-from kdst.errors import KdstError
+from kdst.errors import DataError, KdstError
 from kdst.models import Transducer
 from kdst.models.decoder import TransformerDecoder
 from kdst.models.protocol import TeacherOutputs
-from kdst.models.ensemble import load_teachers, teachers_digest
+from kdst.models.ensemble import load_teachers, references_of, teachers_digest
+from kdst.models.hf_teacher import is_whisper
+from kdst.models.hf_whisper import audio_sources
 from kdst.train.schedule import KDSchedule, ScheduledKD
 from kdst.train.transducer_kd import setup_transducer_distillation
 
@@ -179,6 +187,7 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
         return (WordKD(student, None, sampled=cache.mode == "sampled", topk_rest=kd.topk_rest, **common),
                 TeacherInputs(train_set, cache=cache, rest=kd.topk_rest))
 
+    refuse_online_whisper(kd.teacher)
     teacher = load_teachers(kd.teacher, device, kd.teacher_weights, src_text=kd.src_text)
     if teacher.data.input != "text":
         raise KdstError(f"{teacher_names(kd.teacher)}: an online teacher must be an MT model reading the transcript")
@@ -196,6 +205,16 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
     teacher_src = {u: src_tokenizer.encode(sources[u]) for u in train_set.ids}
     log.info("word-level KD from the online teacher %s", kd.teacher)
     return WordKD(student, model, **common), TeacherInputs(train_set, teacher_src=teacher_src)
+
+
+def refuse_online_whisper(references) -> None:
+    """A Whisper teacher hears its own features, which the student's batches do not carry: its word-level KD goes
+    through the top-k cache (one line saying how), before the model is loaded."""
+    for reference in references_of(references):
+        if reference.startswith("hf:") and is_whisper(reference[3:]):
+            raise KdstError(f"kd.teacher {reference}: a Whisper teacher distils through the top-k cache, not online "
+                            f"(it reads its own features): kdst topk --teacher {reference} --data-dir DATA "
+                            "--teacher-data-dir DATA_whisper --out DIR (docs/HF_TEACHERS.md), then kd.cache: DIR")
 
 
 def check_cache_temperature(cache: TeacherCache, kd: CachedWordKDConfig) -> None:
@@ -234,6 +253,11 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
     if any(key not in made for key in ("targets", "source_text", "source")):
         raise KdstError(f"{kd.cache}: made by an older kdst, without digests of the texts it was made from: "
                         "re-run the top-k stage")
+    if made.get("tokenizer") != tokenizer_fingerprint(data.tokenizer):
+        teacher_vocab = made.get("tokenizer_dir") or "the teacher's tokenizer"
+        raise KdstError(f"{kd.cache}: made over the vocabulary of {teacher_vocab}, the student's data.tokenizer "
+                        f"{data.tokenizer} is another: word-level KD needs one vocabulary (the student adopts the "
+                        "teacher's: kdst hf-tokenizer, kdst espnet-tokenizer)")
     missing = [utt for utt in train_set.ids if utt not in cache]
     if missing:
         raise KdstError(f"{kd.cache}: no teacher outputs for {len(missing)} of the {len(train_set.ids)} training "
@@ -244,16 +268,22 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
         raise KdstError(f"{kd.cache}: holds utterances that {Path(data.train) / data.text} has not: made for "
                         "another data dir (re-run the top-k stage)")
     wrong = []
-    if made.get("tokenizer") != tokenizer_fingerprint(data.tokenizer):
-        wrong.append(f"tokenizer (not {data.tokenizer})")
     if kd.teacher and made.get("teacher") != teachers_digest(kd.teacher, kd.teacher_weights):
         wrong.append(f"teacher (not {teacher_names(kd.teacher)})")
     if made["targets"] != targets_digest(targets, ids):
         wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")
-    source_path = Path(data.train) / made["source_text"]
-    sources = DataDir(data.train).read(made["source_text"]) or {}
-    if any(utt not in sources for utt in ids) or made["source"] != source_digest(sources, ids):
-        wrong.append(f"source (the text of {source_path} differs)")
+    if "features" in made:  # a Whisper teacher's: it heard the audio the student's data dir names
+        try:
+            sources = audio_sources(data.train)
+        except DataError:
+            sources = {}
+        if any(utt not in sources for utt in ids) or made["source"] != source_digest(sources, ids):
+            wrong.append(f"source (the audio of {data.train}, wav.scp and segments, differs)")
+    else:
+        source_path = Path(data.train) / made["source_text"]
+        sources = DataDir(data.train).read(made["source_text"]) or {}
+        if any(utt not in sources for utt in ids) or made["source"] != source_digest(sources, ids):
+            wrong.append(f"source (the text of {source_path} differs)")
     if wrong:
         raise KdstError(f"{kd.cache}: the teacher cache does not match this training run: {', '.join(wrong)} "
                         "(re-run the top-k stage)")
