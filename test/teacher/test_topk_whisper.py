@@ -163,14 +163,17 @@ def test_fingerprint_covers_the_teacher_its_prompt_and_features(task, tmp_path):
     assert torch.equal(torch.from_numpy(indices), expected["utt00"].topk(K, dim=-1).indices)
 
 
-def test_jobs_and_sampled_mode(task, tmp_path):
-    """Two jobs write the cache one job wrote; sampled draws k tokens per target position."""
+@pytest.mark.slow  # two job processes, each importing torch and transformers: ~12 s on a shared 2-core CPU
+def test_two_jobs_write_the_cache_one_job_wrote(task, tmp_path):
     assert main(["topk", "--teacher", task["teacher"], "--data-dir", str(task["data"]), "--teacher-data-dir",
                  str(task["features"]), "--out", str(tmp_path / "two"), "--k", str(K), "--device", "cpu",
                  "--nj", "2"]) == 0
     for name in ("index.tsv", "indices.bin", "values.bin", "rest.bin"):
         assert (tmp_path / "two" / name).read_bytes() == (task["cache"] / name).read_bytes(), name
     assert TeacherCache(tmp_path / "two").fingerprint == TeacherCache(task["cache"]).fingerprint
+
+
+def test_sampled_mode_draws_k_tokens_per_position(task, tmp_path):
     write_cache(task["teacher"], task["data"], tmp_path / "s", k=7, mode="sampled", device="cpu",
                 teacher_data_dir=task["features"])
     sampled = TeacherCache(tmp_path / "s")
@@ -209,6 +212,26 @@ def test_features_of_other_audio_and_missing_options_are_refused(task, tmp_path)
     with pytest.raises(KdstError, match=r"--teacher-data-dir .* reads the transcript \(text.en\), not speech"):
         write_cache(f"hf:{marian}", student, tmp_path / "c", device="cpu", teacher_data_dir=task["features"])
     assert not (tmp_path / "c").exists()
+
+
+def test_audio_sources_name_the_recording_and_the_segment(segmented_dir, tmp_path):
+    from kdst.models.hf_whisper import audio_sources
+
+    sources = audio_sources(segmented_dir)
+    wavs, segments = read_kv(segmented_dir / "wav.scp"), read_kv(segmented_dir / "segments")
+    assert sorted(sources) == sorted(segments)
+    for utt, line in segments.items():
+        rec, start, end = line.split()
+        assert sources[utt] == f"{float(start)!r} {float(end)!r} {wavs[rec]}"
+    # the same segment written another way is the same audio; another recording is not
+    copy = shutil.copytree(segmented_dir, tmp_path / "copy")
+    utt = sorted(segments)[0]
+    rec, start, end = segments[utt].split()
+    other = next(r for r in wavs if r != rec)
+    write_kv(copy / "segments", {**segments, utt: f"{rec} {start}00 {end}"})
+    assert audio_sources(copy) == sources
+    write_kv(copy / "segments", {**segments, utt: f"{other} {start} {end}"})
+    assert audio_sources(copy)[utt] != sources[utt]
 
 
 # --- the student ----------------------------------------------------------------------------------------------
