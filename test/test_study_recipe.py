@@ -264,4 +264,5 @@ def test_an_asr_study(tmp_path: Path):
     assert list(verdicts) == ["Several teacher hypotheses beat the 1-best (the 5-best weighted by the teacher's "
                               "posterior)"]
     assert next(iter(verdicts.values())) in {"**holds**", "**does not hold**", "**not significant**"}
+    assert "len ratio" not in out.read_text()  # no BLEU, no length ratio: neither column nor footnote
     assert (out.parent / "mini_asr1.png").read_bytes().startswith(b"\x89PNG")

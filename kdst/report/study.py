@@ -549,7 +549,7 @@ def write_report(exp_root: str | Path, spec_path: str | Path, out: str | Path, i
     n = rows[0]["entries"][0].get("n")
     lines = [f"# {spec.title}", "", *run_lines(invocations), "",
              f"## Results ({test_set}{f', {n} utterances' if n else ''})", "", *table_lines(rows, spec), ""]
-    lines += _footnote(bootstrap)
+    lines += _footnote(bootstrap, any("len_ratio" in r for r in rows))
     lines += ["", chart_link(chart.name, f"{metrics.LABELS[spec.metrics[0]]} per system"), ""]
     if found:
         spec_path = Path(os.path.relpath(Path(spec_path).resolve(), out.resolve().parent))
@@ -558,9 +558,11 @@ def write_report(exp_root: str | Path, spec_path: str | Path, out: str | Path, i
     return {"rows": rows, "findings": found}
 
 
-def _footnote(bootstrap: significance.Bootstrap | None) -> list[str]:
-    lines = ["mean ± sd: over the seeds of a system (sample standard deviation; no ± for a system trained once). "
-             "len ratio: hypothesis / reference length in BLEU tokens (below 1: outputs too short), mean ± sd."]
+def _footnote(bootstrap: significance.Bootstrap | None, with_ratio: bool = True) -> list[str]:
+    """``with_ratio``: the table has the length ratio column (BLEU was scored; not in an ASR or RNN-T study)."""
+    lines = ["mean ± sd: over the seeds of a system (sample standard deviation; no ± for a system trained once)." +
+             (" len ratio: hypothesis / reference length in BLEU tokens (below 1: outputs too short), mean ± sd."
+              if with_ratio else "")]
     if bootstrap is None:
         return lines + ["No confidence intervals or tests: results.json was scored with --bootstrap-samples 0."]
     return lines + [

@@ -15,9 +15,10 @@
 #
 # 1. It runs ./run.sh --seeds "1 2 3" --kd-modes "none hard soft-full": every stage, 0-10, with these
 #    options after any other run.sh option given here (--corpus-opts, --student-opts, ...), timing the
-#    wall clock.  What an earlier ./run.sh with the same other options did is reused: stages 0-6 (data,
-#    teacher, hard targets) are done, and the students of seed 1 (rnnt_same_none, ...) and ns_gen1 are
-#    resumed at their end, not trained again.  So after ./run.sh the study trains 12 students (seeds 2
+#    wall clock.  What an earlier ./run.sh with the same other options did is reused: stages 0-5 (data,
+#    teacher) are done, stage 6 (the teacher's n-best on the training set, about a minute) runs again
+#    because --kd-modes is not ./run.sh's, and the students of seed 1 (rnnt_same_none, ...) and ns_gen1
+#    are resumed at their end, not trained again.  So after ./run.sh the study trains 12 students (seeds 2
 #    and 3 of 2 architectures x 3 modes, two at a time) and decodes them: about 15 minutes on 2 idle
 #    cores, estimated from the README's timing of ./run.sh (21 minutes for the teacher, 10 students and
 #    the noisy student, about a minute of wall clock per student); about 35 minutes for the whole study
