@@ -36,7 +36,7 @@ def test_help_says_the_study_options_and_where_the_others_go(recipe: Path):
     result = study(recipe, "--seeds", "1 2", "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: egs/mini/st1/local/study.sh [options] [run.sh options]")
-    assert "--seeds V       training seeds of every student (now: 1 2)" in result.stdout
+    assert "--seeds V          training seeds of every student (now: 1 2)" in result.stdout
     assert "(now: none word seqkd seqinter)" in result.stdout and "egs/mini/st1/run.sh --help" in result.stdout
 
 
@@ -208,7 +208,7 @@ def test_options_of_the_asr_and_rnnt_studies(tmp_path: Path, name: str, args: li
 
 @pytest.mark.parametrize("name, entry, message", [
     ("asr1", "gold nbest", "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample "
-                           "nbest_weighted)"),
+                           "nbest_weighted word)"),
     ("rnnt1", "none word", "unknown --kd-modes entry 'word' (none hard soft-full soft-collapsed hard+soft)"),
 ])
 def test_the_studied_students_are_run_sh_options(tmp_path: Path, name: str, entry: str, message: str):
