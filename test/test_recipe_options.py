@@ -56,6 +56,9 @@ def bad_options(name: str) -> list[tuple[list[str], str]]:
         (["--beam", "2.5"], "--beam '2.5': not a whole number (see --help)"),
         (["--decode-nj="], "--decode-nj '': not a whole number (see --help)"),
         ([number, "high"], f"{number} 'high': not a number (see --help)"),
+        (["--seeds", "1 x"], "--seeds '1 x': seeds are whole numbers"),
+        (["--seeds", "2 1 02"], "--seeds '2 1 02': seed 2 is given twice"),
+        (["--seeds", " "], "--seeds is empty"),
     ]
 
 
@@ -83,6 +86,26 @@ def test_the_corpus_recipes_check_their_options_too(recipes, name: str):
         assert len(result.stderr.splitlines()) == 1
         assert result.stderr.startswith(f"egs/{name}/run.sh: {message}")
 
+
+def test_word_students_need_a_whisper_teacher(recipes):
+    """kdst topk caches MT and Whisper teachers: word students of the teacher stage 4 trains are refused at once."""
+    recipe = recipes["mini/asr1"]
+    before = listing(recipe)
+    for args in (["--student-modes", "gold word"], ["--student-modes", "word", "--teacher", ""]):
+        result = helpers.run_recipe(recipe, *args, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            "egs/mini/asr1/run.sh: --student-modes word: word-level KD needs a Whisper teacher (--teacher hf:PATH): "
+            "kdst topk caches the distributions of MT and Whisper teachers, not of the ASR teacher stage 4 trains"]
+    for value in ("1.5", "-0.1"):
+        result = helpers.run_recipe(recipe, "--kd-weight", value, timeout=60)
+        assert result.returncode == 2 and result.stderr.splitlines() == [
+            f"egs/mini/asr1/run.sh: --kd-weight {value}: must be between 0 and 1"]
+    unknown = helpers.run_recipe(recipe, "--student-modes", "gold words", timeout=60)
+    assert unknown.returncode == 2 and unknown.stderr.splitlines() == [
+        "egs/mini/asr1/run.sh: unknown --student-modes entry 'words' "
+        "(gold 1best nbest_expand nbest_sample nbest_weighted word)"]
+    assert listing(recipe) == before  # nothing written: the checks come before any stage
 
 def test_options_declare_their_types(tmp_path: Path):
     """opt NAME DEFAULT HELP TYPE: int, count, num and their '?' forms (empty allowed)."""

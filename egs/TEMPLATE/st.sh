@@ -124,11 +124,8 @@ case $pretrain in
   *) echo "$prog: --pretrain must be no, yes or both" >&2; exit 2 ;;
 esac
 case $decoder_init in none|mt) ;; *) echo "$prog: --decoder-init must be none or mt" >&2; exit 2 ;; esac
-for seed in $seeds; do
-  [[ $seed =~ ^[0-9]+$ ]] || { echo "$prog: --seeds '$seeds': seeds are whole numbers" >&2; exit 2; }
-done
-first_seed=$(echo $seeds | cut -d' ' -f1)  # unquoted: the first word
-[ -n "$first_seed" ] || { echo "$prog: --seeds is empty" >&2; exit 2; }
+check_seeds
+first_seed=${seeds%% *}
 if [ -n "$teacher_espnet" ]; then
   if [ -n "$teacher" ] && [ "$teacher" != "espnet:$teacher_espnet" ]; then
     echo "$prog: --teacher $teacher and --teacher-espnet $teacher_espnet name two teachers: give one" >&2
@@ -313,8 +310,7 @@ system_of() {
   local pt=${rest%@*} seed=${rest#*@}
   [ "$pt" = yes ] && name=st_pt
   if [ "$mode" != none ] || [ "$pt" != yes ]; then name="${name}_${mode//+/_}"; fi
-  [ "$seed" = 1 ] || name="${name}_s$seed"
-  echo "$name"
+  echo "$name$(seed_suffix "$seed")"
 }
 
 # The kdst train options of a student spec.
