@@ -39,7 +39,7 @@ def test_help_lists_the_stages_and_options(recipe: Path):
 
 @pytest.mark.parametrize("args, message", [
     (["--student-modes", "gold nbest"],
-     "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample nbest_weighted)"),
+     "unknown --student-modes entry 'nbest' (gold 1best nbest_expand nbest_sample nbest_weighted word)"),
     (["--student-sizes", "huge"], "--student-sizes huge: conf/train_student_huge.yaml not found"),
     (["--nbest-size", "8", "--nbest-beam", "4"], "--nbest-size 8 exceeds --nbest-beam 4"),
     (["--seeds", "1 two"], "--seeds '1 two': seeds are whole numbers"),

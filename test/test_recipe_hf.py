@@ -9,7 +9,8 @@ saved with save_pretrained; nothing is downloaded, and the plumbing is under tes
   decoded and scored (stages 9-12);
 - egs/mini/asr1 and egs/mini/rnnt1 with a Whisper teacher: its features (data/<set>_whisper), its
   decodings and n-best, the pseudo labels normalised and filtered by WER (the students of the dropped
-  utterances' complement train on data/<train>_pl), the students, decoding and the reports.
+  utterances' complement train on data/<train>_pl), the students, decoding and the reports; in asr1 also
+  the word student, from the teacher's top-k cache over Whisper's vocabulary, which every student adopts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("transformers", reason="transformers is not installed (pip install 'kdst[hf]')")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'kdst[hf]')")
 
 import helpers  # noqa: E402
 from helpers import copy_recipe, needs  # noqa: E402
@@ -127,20 +128,45 @@ def test_asr_recipe_with_a_whisper_teacher(tmp_path: Path):
     result = run_recipe(recipe, "--stage", "3", "--teacher", f"hf:{whisper},lang=en", "--vocab-size", "60",
                         "--hf-normalize", "lower", "--hf-max-len", "40", "--hf-max-wer", str(max_wer),
                         "--train-opts", "--set train.epochs=1 --set train.keep_best=1", "--n-average", "1",
-                        "--student-modes", "gold 1best nbest_weighted", "--nbest-beam", "3", "--nbest-size", "3",
-                        "--beam", "2", "--decode-nj", "1")
+                        "--student-modes", "gold 1best nbest_weighted word", "--nbest-beam", "3", "--nbest-size", "3",
+                        "--topk", "4", "--beam", "2", "--decode-nj", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the teacher is the Whisper model" in result.stderr
-    exp = recipe / "exp"
-    check_whisper_stages(recipe, "asr_teacher", recipe / "data" / "train_pl", max_wer)
+    exp, data = recipe / "exp", recipe / "data"
+    check_whisper_stages(recipe, "asr_teacher", data / "train_pl", max_wer)
+    # Stage 3: with word students every student adopts Whisper's vocabulary (--vocab-size is unused)
+    tokens = load_tokenizer(data / "tokens" / "whisper")
+    [exported] = (whisper / "kdst_tokens").glob("*/tgt")
+    assert tokens.tokens == load_tokenizer(exported).tokens
+    assert not (data / "tokens" / "bpe60").exists()
+    # Stage 6: Whisper forced with the references of every training utterance, its top 4 at each position
+    cache = TeacherCache(exp / "asr_teacher" / "topk_train")
+    assert cache.ids == DataDir(data / "train").utterances() and cache.k == 4 and cache.mode == "topk"
+    prompt = transformers.AutoTokenizer.from_pretrained(whisper).convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])  # lang=en, in HF's ids
+    assert cache.fingerprint["source_text"] is None and cache.fingerprint["prompt"] == prompt
+    references = DataDir(data / "train").require("text")
+    assert cache.num_tokens == sum(len(tokens.encode(references[u])) + 1 for u in cache.ids)
+    word = yaml.safe_load((exp / "asr_small_word" / "config.yaml").read_text())
+    assert word["kd"]["cache"] == "exp/asr_teacher/topk_train" and word["kd"]["weight"] == 0.5
+    assert word["data"]["train"] == "data/train" and word["data"]["tokenizer"] == "data/tokens/whisper"
+    assert "word-level KD from the topk cache exp/asr_teacher/topk_train (k=4" in \
+        (exp / "asr_small_word" / "train.log").read_text()
     one_best = yaml.safe_load((exp / "asr_small_1best" / "config.yaml").read_text())
     assert one_best["data"]["train"] == "data/train_pl" and one_best["data"]["text"] == "text.1best"
     gold = yaml.safe_load((exp / "asr_small_gold" / "config.yaml").read_text())
-    assert gold["data"]["train"] == "data/train"
+    assert gold["data"]["train"] == "data/train" and gold["data"]["tokenizer"] == "data/tokens/whisper"
+    assert "kd" not in gold or gold["kd"] is None
     registered = {s["name"]: s for s in json.loads((exp / "systems.json").read_text())["systems"]}
-    assert registered["asr_teacher"]["model"] == f"hf:{whisper.resolve()},lang=en"
+    teacher = f"hf:{whisper.resolve()},lang=en"
+    assert registered["asr_teacher"]["model"] == teacher
+    assert (registered["asr_small_word"]["mode"], registered["asr_small_word"]["teacher"]) == ("word", teacher)
+    assert word["kd"]["teacher"] == teacher
     compression = json.loads((exp / "results.json").read_text())
-    assert {"asr_teacher", "asr_small_gold", "asr_small_1best", "asr_small_nbest_weighted"} <= set(compression)
+    assert {"asr_teacher", "asr_small_gold", "asr_small_1best", "asr_small_nbest_weighted",
+            "asr_small_word"} <= set(compression)
+    assert compression["asr_small_word"]["n"] == 4  # decoded and scored on the 4 test utterances
+    assert "asr_small_word" in (exp / "RESULTS.md").read_text()
 
 
 @pytest.mark.slow

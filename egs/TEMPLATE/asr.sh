@@ -7,9 +7,9 @@
 # cmd.sh, path.sh, local/get_corpus.sh and local/prepare_data.sh.
 #
 #   0 corpus (mini: synthesise it)      1 data prep -> data/{<train>,<dev>,<test sets>}
-#   2 features + global CMVN            3 tokenizer
+#   2 features + global CMVN            3 tokenizer (Whisper's, for word students of a Whisper teacher)
 #   4 teacher training                  5 teacher evaluation (decode + WER)
-#   6 teacher n-best on the training set
+#   6 teacher n-best on the training set, and its top-k cache there for word students
 #   7 pseudo-label sets: data/<train>/text.1best and pseudo_nbest<N>.txt (posterior weights)
 #   8 students: every --student-sizes entry x every --student-modes entry
 #   9 decoding of the teacher and every student on the test sets (speed measured side by side)
@@ -17,7 +17,9 @@
 #
 # Student modes: gold (the references: the baseline), 1best (the teacher's best hypothesis),
 # nbest_expand (each of the N best an example of its own), nbest_sample (one of the N drawn per
-# epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss).
+# epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss), word
+# (word-level KD: the references' CE and the KL to the teacher's top-k at every target position, from
+# stage 6's cache, weighted (1 - --kd-weight) and --kd-weight; a Whisper teacher only, see below).
 # --gold-weight mixes the reference into the N-best modes.  --frame-kd-config FILE adds a ctckd student
 # per size: gold targets plus frame-level KD from the teacher's CTC posteriors (kd.frame, docs/KD_METHODS.md).
 # Students are exp/asr_<size>_<mode>,
@@ -35,6 +37,11 @@
 # generate()'s rules (--hf-rule, at most --hf-max-len tokens), their text normalised as the
 # references are written (--hf-normalize); stage 7 drops the pseudo labels above --hf-max-wer % WER
 # (distil-whisper's filter), and the pseudo-label students then train on data/<train>_pl.
+# With word students, stage 3 exports Whisper's tokenizer (kdst hf-tokenizer) into data/tokens/whisper
+# instead of training one (--token-type and --vocab-size are unused): word-level KD needs the teacher's
+# vocabulary, and every student adopts it so that the modes differ in their targets alone.  The word
+# students need a Whisper teacher: kdst topk caches the distributions of MT and Whisper teachers only,
+# and a kdst-trained ASR teacher is refused at option time.
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -42,7 +49,7 @@ prog="egs/$(basename "$(dirname "$PWD")")/$(basename "$PWD")/run.sh"  # run.sh c
 usage_header="Usage: $prog [--stage N] [--stop-stage M] [options]
 
 Stages: 0 corpus, 1 data prep, 2 features + CMVN, 3 tokenizer, 4 teacher, 5 teacher evaluation,
-6 teacher n-best on train, 7 pseudo-label sets, 8 students (--student-sizes x --student-modes),
+6 teacher n-best and top-k cache on train, 7 pseudo-label sets, 8 students (--student-sizes x --student-modes),
 9 decoding, 10 scoring + compression report."
 . "$template/utils/options.sh"
 . "$template/utils/stages.sh"
@@ -62,17 +69,22 @@ opt report_set "" "the split of the compression table (default: the last of --te
 opt speed_perturb "" "speed factors for the training set, e.g. 0.9,1.0,1.1 (empty: none)"
 opt fbank_config "$template/../../conf/fbank.yaml" "fbank options"
 opt feat_dir dump/fbank "where feature archives go"
-opt token_type bpe "tokenizer: bpe, unigram or char"
+opt token_type bpe "tokenizer: bpe, unigram or char (word students of a Whisper teacher: Whisper's)"
 opt vocab_size 300 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher"
 opt student_sizes "small" "student sizes: conf/train_student_<size>.yaml each"
-opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted"
+opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted word (word: a Whisper --teacher only)"
 opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt nbest_beam 5 "teacher beam for the n-best on the training set" count
 opt nbest_size 5 "N: hypotheses per utterance in the N-best pseudo labels (at most --nbest-beam)" count
 opt posterior_scale 1.0 "N-best weights = softmax(scale * the teacher's length-normalised score on the 1-best's scale) over the N (kdst pseudo-labels --posterior score)" num
 opt gold_weight 0.0 "share of the reference mixed into the N-best modes (0: pseudo labels only)" num
+# lambda = 0.5, Kim & Rush's best for MT: unlike st.sh's word students (lambda 1, then fine-tuned on the
+# references) nothing here fine-tunes them, so the references' CE stays in the loss, and it is what teaches
+# the references' style, which a Whisper teacher forced with them does not write (docs/HF_TEACHERS.md)
+opt kd_weight 0.5 "word students: share of the KD term, (1 - lambda) CE + lambda KD" num
+opt topk 8 "word students: teacher entries per target token in the stage-6 cache" count
 opt frame_kd_config "" "also train a ctckd student per size: kd.frame settings from this file (flat 'key: value' lines, e.g. conf/kd_frame.yaml)"
 opt expand_epochs "" "train.epochs of nbest_expand students (empty: the config's; each of their epochs is ~N times longer)" count?
 opt student_jobs 1 "students trained at the same time (stage 8); on one machine they share its cores" count
@@ -92,8 +104,8 @@ implemented=" 0 1 2 3 4 5 6 7 8 9 10 "
 check_stages
 for mode in $student_modes; do
   case $mode in
-    gold|1best|nbest_expand|nbest_sample|nbest_weighted) ;;
-    *) echo "$prog: unknown --student-modes entry '$mode' (gold 1best nbest_expand nbest_sample nbest_weighted)" >&2
+    gold|1best|nbest_expand|nbest_sample|nbest_weighted|word) ;;
+    *) echo "$prog: unknown --student-modes entry '$mode' (gold 1best nbest_expand nbest_sample nbest_weighted word)" >&2
        exit 2 ;;
   esac
 done
@@ -114,6 +126,10 @@ if ! awk -v w="$ctc_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }'; then
   echo "$prog: --ctc-weight $ctc_weight: must be between 0 and 1" >&2
   exit 2
 fi
+if ! awk -v w="$kd_weight" 'BEGIN { exit !(w >= 0 && w <= 1) }'; then
+  echo "$prog: --kd-weight $kd_weight: must be between 0 and 1" >&2
+  exit 2
+fi
 [ -n "$report_set" ] || report_set=${test_sets##* }
 case $hf_normalize in none|upper|lower) ;; *) echo "$prog: --hf-normalize $hf_normalize: none, upper or lower" >&2; exit 2 ;; esac
 hf_model=""  # a Whisper teacher's spec (a local directory made absolute), for the stage signatures
@@ -127,6 +143,12 @@ case $teacher in
     fi ;;
   *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher) or hf:PATH (a Whisper model)" >&2; exit 2 ;;
 esac
+wants_word() { [[ " $student_modes " == *" word "* ]]; }
+if wants_word && [ -z "$hf_model" ]; then
+  echo "$prog: --student-modes word: word-level KD needs a Whisper teacher (--teacher hf:PATH): kdst topk caches" \
+    "the distributions of MT and Whisper teachers, not of the ASR teacher stage 4 trains" >&2
+  exit 2
+fi
 
 . ./path.sh
 . ./cmd.sh
@@ -136,6 +158,10 @@ train_sp=$train_set
 all_sets="$train_sp $dev_set $test_sets"
 tokens=data/tokens/${token_type}${vocab_size}
 [ "$token_type" = char ] && tokens=data/tokens/char
+tokens_sig=""  # stage 3's signature part, only where the students adopt Whisper's vocabulary
+if [ -n "$hf_model" ] && wants_word; then
+  tokens=data/tokens/whisper tokens_sig=" hf-tokenizer $hf_model"
+fi
 
 get_corpus() {
   # shellcheck disable=SC2086  # corpus_opts is a list of options
@@ -152,6 +178,11 @@ prepare_data() {
 }
 
 train_tokenizer() {
+  if [ -n "$tokens_sig" ]; then  # word-level KD needs one vocabulary: the students adopt the teacher's
+    rm -rf "$tokens"  # another teacher's export must not leave a file behind
+    kdst hf-tokenizer --teacher "$teacher" --out "$tokens"
+    return 0
+  fi
   local symbols=()
   [ -s data/nlsyms.txt ] && symbols=(--user-symbols data/nlsyms.txt)  # kept whole, never split
   kdst tokenizer train "$tokens" "data/$train_set/text" --type "$token_type" --vocab-size "$vocab_size" \
@@ -187,9 +218,14 @@ if [ -n "$hf_model" ]; then
   hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
 fi
 
+# Students over Whisper's vocabulary write their text normalised as the teacher's is: its byte-level tokens
+# can spell anything, a line break too, which would split a line of hyp.txt (and the table scores alike).
+student_decode=(--max-len-ratio "$max_len_ratio" "${ctc_decode[@]}")
+[ -z "$tokens_sig" ] || student_decode+=(--normalize "$hf_normalize")
+
 # decode_sets SYSTEM SETS...
 decode_sets() {
-  local exp=exp/$1 set model=exp/$1/avg_best$n_average.pt suffix="" opts=(--max-len-ratio "$max_len_ratio" "${ctc_decode[@]}")
+  local exp=exp/$1 set model=exp/$1/avg_best$n_average.pt suffix="" opts=("${student_decode[@]}")
   if [ "$1" = asr_teacher ]; then model=$teacher suffix=$teacher_suffix opts=("${teacher_decode[@]}"); fi
   shift
   [ "$model" != "$teacher" ] || teacher_features "$@"
@@ -202,6 +238,10 @@ decode_sets() {
 
 [ -n "$teacher" ] || teacher=exp/asr_teacher/avg_best$n_average.pt
 nbest_dir=exp/asr_teacher/nbest_$train_sp
+topk_cache=exp/asr_teacher/topk_$train_sp
+# The word students' parts of the stage signatures, only with word students: other runs keep their stages
+topk_sig="" kd_sig=""
+if wants_word; then topk_sig=" topk $topk" kd_sig=" kd $kd_weight"; fi
 
 train_teacher() {
   if [ -n "$hf_model" ]; then
@@ -220,15 +260,21 @@ evaluate_teacher() {
 
 wants_pseudo_labels() { [[ " $student_modes " == *" 1best "* || " $student_modes " == *" nbest_"* ]]; }
 
-teacher_nbest() {
-  if ! wants_pseudo_labels; then
+teacher_outputs() {
+  if ! wants_pseudo_labels && ! wants_word; then
     log "every student trains on gold references; no teacher n-best needed"
     return 0
   fi
   teacher_features "$train_sp"
-  kdst decode --model "$teacher" --data-dir "data/$train_sp$teacher_suffix" --output-dir "$nbest_dir" \
-    --beam "$nbest_beam" --nbest "$nbest_beam" "${teacher_decode[@]}" \
-    --nj "$decode_nj" --cmd "$decode_cmd"
+  if wants_pseudo_labels; then
+    kdst decode --model "$teacher" --data-dir "data/$train_sp$teacher_suffix" --output-dir "$nbest_dir" \
+      --beam "$nbest_beam" --nbest "$nbest_beam" "${teacher_decode[@]}" \
+      --nj "$decode_nj" --cmd "$decode_cmd"
+  fi
+  if wants_word; then  # Whisper hears its own features, forced with the references the word students learn
+    kdst topk --teacher "$teacher" --data-dir "data/$train_sp" --teacher-data-dir "data/$train_sp$teacher_suffix" \
+      --text text --out "$topk_cache" --k "$topk" --nj "$decode_nj" --cmd "$decode_cmd"
+  fi
 }
 
 pseudo_labels() {
@@ -269,6 +315,8 @@ mode_opts() {
       echo "--set data.train=$(labels_dir) --set data.nbest_targets.file=pseudo_nbest$nbest_size.txt"
       echo "--set data.nbest_targets.mode=${1#nbest_}"
       echo "--set data.nbest_targets.gold_weight=$gold_weight --set data.valid_text=text" ;;
+    word)  # the references of every training utterance, and the teacher's top-k at each of their positions
+      echo "--set kd.cache=$topk_cache --set kd.teacher=$teacher --set kd.weight=$kd_weight" ;;
     ctckd)  # each 'key: value' line of the file is one --set kd.frame.key=value; the teacher is this recipe's
       awk '!/^[[:space:]]*(#|$)/ { sub(/[[:space:]]*#.*/, ""); split($0, kv, /:[[:space:]]*/);
                                   printf "--set kd.frame.%s=%s\n", kv[1], kv[2] }' "$frame_kd_config"
@@ -328,12 +376,12 @@ stage_opts() { cat "$@" 2>/dev/null; echo "$train_opts $n_average"; }
 run_stage 0 "$corpus_dir $corpus_opts" get_corpus
 run_stage 1 "$corpus_dir $prepared_sets" prepare_data
 run_stage 2 "$speed_perturb $(cat "$fbank_config") $feat_dir $all_sets" make_features
-run_stage 3 "$token_type $vocab_size $train_set" train_tokenizer
+run_stage 3 "$token_type $vocab_size $train_set$tokens_sig" train_tokenizer
 run_stage 4 "$(stage_opts "$teacher_config")$hf_sig" train_teacher
 run_stage 5 "$beam $max_len_ratio $test_sets$ctc_sig$hf_sig" evaluate_teacher
-run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig$hf_sig" teacher_nbest
+run_stage 6 "$student_modes $nbest_beam $max_len_ratio$ctc_sig$hf_sig$topk_sig" teacher_outputs
 run_stage 7 "$student_modes $nbest_size $posterior_scale$hf_sig${hf_sig:+ $hf_max_wer}" pseudo_labels
-run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs$seeds_sig" train_students
+run_stage 8 "$(stage_opts $(for s in $student_sizes; do echo "conf/train_student_$s.yaml"; done) $frame_kd_config) $student_sizes $student_modes $gold_weight $expand_epochs$seeds_sig$kd_sig" train_students
 run_stage 9 "$beam $max_len_ratio $student_sizes $student_modes $frame_kd_config $decode_nj$ctc_sig$hf_sig$seeds_sig" decode_all
 run_stage 10 "$student_sizes $student_modes $frame_kd_config $test_sets $report_set$seeds_sig" report
 log "done: stages $stage-$stop_stage"
