@@ -90,7 +90,7 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
             else:
                 results = beam_search(model, src, lengths, options)
             for utt, nbest in zip(batch["ids"], results):
-                texts = [normalize_text(tokenizer.decode(h.tokens), normalize) for h in nbest]
+                texts = [one_line(normalize_text(tokenizer.decode(h.tokens), normalize)) for h in nbest]
                 hyps[utt] = texts[0] if texts else ""
                 for rank, (h, text) in enumerate(zip(nbest, texts), start=1):
                     nbest_lines.append((f"{utt}-{rank}", f"{h.score:.6f} {h.logprob:.6f} {text}".rstrip()))
@@ -112,6 +112,12 @@ def decode_data_dir(model: str | list[str], data_dir: str | Path, out_dir: str |
     atomic_write_text(out / "decode_stats.json", json.dumps(stats, indent=1) + "\n")
     log.info("%s: %d utterances in %.1f s (%.1f sentences/s)", out, len(hyps), seconds, stats["sentences_per_s"])
     return stats
+
+
+def one_line(text: str) -> str:
+    """A hypothesis as one line of a Kaldi text file: a byte-level vocabulary (Whisper's, GPT-2's) can decode to
+    line breaks and tabs, which would split the line and shift every utterance after it."""
+    return " ".join(text.split())
 
 
 def check_joint_decoding(loaded, greedy: bool) -> None:

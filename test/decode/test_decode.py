@@ -143,3 +143,22 @@ def test_ctc_weight_refuses_a_ctc_branch_on_another_text():
         check_joint_decoding(SimpleNamespace(reference="st.pt", model=model, data=st), greedy=False)
     asr = SimpleNamespace(ctc_text="text", ctc_tokenizer="tok", text="text", tokenizer="tok")  # the same text
     check_joint_decoding(SimpleNamespace(reference="asr.pt", model=model, data=asr), greedy=False)
+
+
+def test_hypotheses_with_line_breaks_stay_on_their_line(trained, tmp_path: Path, monkeypatch):
+    """A byte-level vocabulary (Whisper's) can decode to line breaks and tabs: hyp.txt and nbest.txt keep one line
+    per hypothesis, its words those of the plain decoding."""
+    root, checkpoint = trained
+    common = ["decode", "--checkpoint", str(checkpoint), "--data-dir", str(root / "dev"), "--beam", "2",
+              "--nbest", "2", "--max-len-ratio", "2.0"]
+    assert main([*common, "--output-dir", str(tmp_path / "plain")]) == 0
+    from kdst.data import tokenizer as tokenizers
+    for name in ("SentencePieceTokenizer", "CharTokenizer"):
+        cls = getattr(tokenizers, name)
+        plain = cls.decode
+        monkeypatch.setattr(cls, "decode", lambda self, ids, plain=plain: "\n" + plain(self, ids).replace(" ", "\n\t"))
+    assert main([*common, "--output-dir", str(tmp_path / "broken")]) == 0
+    for name in ("hyp.txt", "nbest.txt"):
+        plain_lines = (tmp_path / "plain" / name).read_text().splitlines()
+        broken_lines = (tmp_path / "broken" / name).read_text().splitlines()
+        assert broken_lines == plain_lines  # every decoding began with a line break
