@@ -38,7 +38,7 @@ def test_sections_and_variants():
     cached = load_config(ST, PATHS + ["kd.cache=c", "kd.weight=0.3"]).kd
     assert isinstance(cached, CachedWordKDConfig) and cached.weight == 0.3 and cached.teacher is None
     assert load_config(ST, PATHS + ["optim.lr=1e-3"]).optim.lr == 0.001  # YAML 1.1 reads 1e-3 as a string
-    assert load_config(ST, PATHS).train.epochs == 12 and load_config(ST, PATHS).data.max_items == 10_000  # a default
+    assert load_config(ST, PATHS).train.epochs == 8 and load_config(ST, PATHS).data.max_items == 10_000  # a default
 
 
 @pytest.mark.parametrize("override, message", [
@@ -102,7 +102,7 @@ def test_resume_compares_the_dataclasses():
     old = load_config(ST, PATHS)
     longer = load_config(ST, PATHS + ["train.epochs=30", "train.log_interval=5"])
     assert resume_differences(old, longer) == []
-    other = load_config(ST, PATHS + ["optim.lr=0.1", "model.encoder.layers=2"])
+    other = load_config(ST, PATHS + ["optim.lr=0.1", "model.encoder.layers=3"])
     assert resume_differences(old, other) == ["model.encoder.layers", "optim.lr"]
 
 
