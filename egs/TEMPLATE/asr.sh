@@ -218,8 +218,9 @@ if [ -n "$hf_model" ]; then
   hf_sig=" hf $hf_model $hf_max_len $hf_normalize"
 fi
 
-# Students over Whisper's vocabulary write their text normalised as the teacher's is: its byte-level tokens
-# can spell anything, a line break too, which would split a line of hyp.txt (and the table scores alike).
+# Students over Whisper's vocabulary write their text normalised as the teacher's is, so that the table
+# scores them alike: its byte-level tokens spell case and punctuation the references may not have (a line
+# break, too, is one line of hyp.txt since kdst decode writes every hypothesis on one line).
 student_decode=(--max-len-ratio "$max_len_ratio" "${ctc_decode[@]}")
 [ -z "$tokens_sig" ] || student_decode+=(--normalize "$hf_normalize")
 
