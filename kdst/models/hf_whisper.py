@@ -232,6 +232,20 @@ def prompt_ids(generation_config, spec: HfSpec, where: str) -> list[int]:
     return [int(start), int(lang_to_id[token]), int(task_to_id[task]), int(no_timestamps)]
 
 
+def reference_prompt(reference: str) -> list[int]:
+    """The decoder prompt ``hf:reference`` (``lang=``, ``task=``) feeds, from its generation config alone (no
+    weights loaded): what a cache made by that teacher records as ``prompt``."""
+    spec = parse_spec(reference)
+    where, model_dir = f"hf:{reference}", resolve(spec)
+    transformers = import_transformers()
+    try:
+        config = transformers.GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:  # no generation_config.json: generate() derives it from config.json
+        config = transformers.GenerationConfig.from_model_config(
+            transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True))
+    return prompt_ids(config, spec, where)
+
+
 class WhisperTeacher(nn.Module):
     """A Whisper model behind kdst's teacher interface, in kdst ids, reading kdst hf-features' features."""
 
@@ -329,4 +343,4 @@ def load_whisper_teacher(spec: HfSpec, model_dir: Path, device: str | torch.devi
 
 __all__ = ["WhisperTeacher", "audio_sources", "check_features", "check_output_dir", "extractor_digest",
            "feature_extractor", "finish_features_dir", "kept_frames", "load_whisper_teacher", "log_mel", "prompt_ids",
-           "write_features_shard"]
+           "reference_prompt", "write_features_shard"]

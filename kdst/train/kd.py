@@ -69,7 +69,7 @@ from kdst.models.decoder import TransformerDecoder
 from kdst.models.protocol import TeacherOutputs
 from kdst.models.ensemble import load_teachers, references_of, teachers_digest
 from kdst.models.hf_teacher import is_whisper
-from kdst.models.hf_whisper import audio_sources
+from kdst.models.hf_whisper import audio_sources, reference_prompt
 from kdst.train.schedule import KDSchedule, ScheduledKD
 from kdst.train.transducer_kd import setup_transducer_distillation
 
@@ -270,6 +270,12 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
     wrong = []
     if kd.teacher and made.get("teacher") != teachers_digest(kd.teacher, kd.teacher_weights):
         wrong.append(f"teacher (not {teacher_names(kd.teacher)})")
+    elif kd.teacher and "prompt" in made and len(references_of(kd.teacher)) == 1:
+        # the same Whisper weights with another lang= or task= are another teacher: the digest is the weights'
+        prompt = reference_prompt(references_of(kd.teacher)[0].removeprefix("hf:"))
+        if made["prompt"] != prompt:
+            wrong.append(f"teacher's prompt (made with the decoder prompt {made['prompt']}, {kd.teacher} feeds "
+                         f"{prompt}: another lang= or task=)")
     if made["targets"] != targets_digest(targets, ids):
         wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")
     if "features" in made:  # a Whisper teacher's: it heard the audio the student's data dir names

@@ -290,3 +290,12 @@ def test_online_kd_from_whisper_is_refused_pointing_at_the_cache(task):
     with pytest.raises(KdstError, match=r"^kd.teacher hf:.*: a Whisper teacher distils through the top-k cache, "
                                         r"not online .*kdst topk --teacher hf:.* --teacher-data-dir"):
         setup(student_config(task, kd={"teacher": task["teacher"], "weight": 0.5}))
+
+
+def test_kd_teacher_beside_the_cache_must_feed_the_prompt_it_was_made_with(task):
+    # the weights are the same, so only the prompt tells lang=de from the cache's default lang=en
+    setup(student_config(task, kd={"cache": str(task["cache"]), "teacher": task["teacher"], "weight": 0.5}))
+    with pytest.raises(KdstError, match=r"does not match this training run: teacher's prompt \(made with the decoder "
+                                        r"prompt \[.*\], hf:.*,lang=de feeds \[.*\]: another lang= or task=\)"):
+        setup(student_config(task, kd={"cache": str(task["cache"]), "teacher": f"{task['teacher']},lang=de",
+                                       "weight": 0.5}))
