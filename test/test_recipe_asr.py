@@ -15,7 +15,7 @@ from helpers import copy_recipe, needs
 from kdst.data.nbest_targets import read_pseudo_nbest
 
 TINY_CORPUS = "--num-train 8 --num-dev 4 --num-test 4 --utts-per-talk 4 --seed 3"
-MODES = ("gold", "1best", "nbest_expand", "nbest_sample", "nbest_weighted")
+MODES = ("gold", "1best", "nbest_expand", "nbest_sample", "nbest_weighted", "word")
 TINY = ["--corpus-opts", TINY_CORPUS, "--vocab-size", "60",
         "--train-opts", "--set train.epochs=2 --set train.keep_best=2", "--n-average", "2",
         "--nbest-beam", "3", "--nbest-size", "3", "--gold-weight", "0.2", "--beam", "3", "--decode-nj", "2"]
@@ -78,6 +78,14 @@ def test_all_stages_on_a_tiny_corpus(recipe: Path):
         assert bool(data.get("nbest_targets")) == mode.startswith("nbest_")
         assert (data["text"] == "text.1best") == (mode == "1best")
     assert "gold_weight: 0.2" in (exp / "asr_small_nbest_weighted" / "config.yaml").read_text()
+    # word: the references and the top-k cache of the teacher stage 4 trained, over the training set's features
+    kd = yaml.safe_load((exp / "asr_small_word" / "config.yaml").read_text())["kd"]
+    assert (kd["cache"], kd["teacher"], kd["weight"]) == ("exp/asr_teacher/topk_train", "exp/asr_teacher/avg_best2.pt",
+                                                          0.5)
+    cache = json.loads((exp / "asr_teacher" / "topk_train" / "meta.json").read_text())
+    assert cache["k"] == 8 and cache["fingerprint"]["features"].startswith("feats.scp, CMVN ")
+    assert "word-level KD from the topk cache exp/asr_teacher/topk_train" in \
+        (exp / "asr_small_word" / "train.log").read_text()
     # expand: 8 utterances become their hypotheses (plus the reference where it differs)
     log = (exp / "asr_small_nbest_expand" / "train.log").read_text()
     expanded = int(log.split(" training utterances")[0].rsplit(" ", 1)[1])

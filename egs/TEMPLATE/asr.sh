@@ -19,7 +19,7 @@
 # nbest_expand (each of the N best an example of its own), nbest_sample (one of the N drawn per
 # epoch by the teacher's posterior), nbest_weighted (all N in one posterior-weighted loss), word
 # (word-level KD: the references' CE and the KL to the teacher's top-k at every target position, from
-# stage 6's cache, weighted (1 - --kd-weight) and --kd-weight; a Whisper teacher only, see below).
+# stage 6's cache, weighted (1 - --kd-weight) and --kd-weight: Kim & Rush's word-level KD).
 # --gold-weight mixes the reference into the N-best modes.  --frame-kd-config FILE adds a ctckd student
 # per size: gold targets plus frame-level KD from the teacher's CTC posteriors (kd.frame, docs/KD_METHODS.md).
 # Students are exp/asr_<size>_<mode>,
@@ -39,9 +39,9 @@
 # (distil-whisper's filter), and the pseudo-label students then train on data/<train>_pl.
 # With word students, stage 3 exports Whisper's tokenizer (kdst hf-tokenizer) into data/tokens/whisper
 # instead of training one (--token-type and --vocab-size are unused): word-level KD needs the teacher's
-# vocabulary, and every student adopts it so that the modes differ in their targets alone.  The word
-# students need a Whisper teacher: kdst topk caches the distributions of MT and Whisper teachers only,
-# and a kdst-trained ASR teacher is refused at option time.
+# vocabulary, and every student adopts it so that the modes differ in their targets alone.  The
+# teacher stage 4 trains shares the students' tokenizer already; its cache reads the training set's own
+# features (feats.scp and the teacher's CMVN).
 set -euo pipefail
 
 template=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -73,7 +73,7 @@ opt token_type bpe "tokenizer: bpe, unigram or char (word students of a Whisper 
 opt vocab_size 300 "vocabulary (bpe/unigram)" count
 opt teacher_config conf/train_teacher.yaml "training config of the teacher"
 opt student_sizes "small" "student sizes: conf/train_student_<size>.yaml each"
-opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted word (word: a Whisper --teacher only)"
+opt student_modes "gold 1best nbest_expand nbest_sample nbest_weighted" "student targets: gold 1best nbest_expand nbest_sample nbest_weighted word"
 opt seeds 1 "training seeds of the students (space separated): each student is trained once per seed"
 opt train_opts "" "extra kdst train options for every model, e.g. '--set train.epochs=5'"
 opt nbest_beam 5 "teacher beam for the n-best on the training set" count
@@ -144,11 +144,6 @@ case $teacher in
   *) echo "$prog: --teacher $teacher: empty (stage 4 trains the teacher) or hf:PATH (a Whisper model)" >&2; exit 2 ;;
 esac
 wants_word() { [[ " $student_modes " == *" word "* ]]; }
-if wants_word && [ -z "$hf_model" ]; then
-  echo "$prog: --student-modes word: word-level KD needs a Whisper teacher (--teacher hf:PATH): kdst topk caches" \
-    "the distributions of MT and Whisper teachers, not of the ASR teacher stage 4 trains" >&2
-  exit 2
-fi
 
 . ./path.sh
 . ./cmd.sh
@@ -272,8 +267,10 @@ teacher_outputs() {
       --beam "$nbest_beam" --nbest "$nbest_beam" "${teacher_decode[@]}" \
       --nj "$decode_nj" --cmd "$decode_cmd"
   fi
-  if wants_word; then  # Whisper hears its own features, forced with the references the word students learn
-    kdst topk --teacher "$teacher" --data-dir "data/$train_sp" --teacher-data-dir "data/$train_sp$teacher_suffix" \
+  if wants_word; then  # forced with the references the word students learn; Whisper hears its own features
+    local heard=()
+    [ -z "$hf_model" ] || heard=(--teacher-data-dir "data/$train_sp$teacher_suffix")
+    kdst topk --teacher "$teacher" --data-dir "data/$train_sp" "${heard[@]}" \
       --text text --out "$topk_cache" --k "$topk" --nj "$decode_nj" --cmd "$decode_cmd"
   fi
 }

@@ -9,7 +9,10 @@ hf-features`` made, and the teacher is forced, after its decoder prompt, with th
 targets of the data dir the student trains on (its text, tokenized by the teacher's
 exported tokenizer, which the student adopts), joined by utterance id.  The two data
 dirs must name the same audio per utterance (wav.scp, segments), so the features are
-those of the speech the student hears.
+those of the speech the student hears.  Any other speech teacher (a kdst ASR or ST
+model, an ensemble of them, an ESPnet one without a frontend) reads the data dir's own
+features (feats.scp, with its CMVN) and is forced with its targets: word-level KD of an
+ASR student from the recipe's ASR teacher.
 
 - ``topk``: the k most likely vocabulary entries and their logits (word-level KD
   renormalises over them, as FBK-fairseq does), and per token the log of the
@@ -31,9 +34,11 @@ and the source text it read, per utterance; training checks it.  A Whisper teach
 records its features instead of a source text: the extractor's digest (``features``),
 the decoder prompt (``prompt``: ``lang=`` and ``task=`` change it, not the weights) and
 per utterance the audio the features were computed from (``source``,
-kdst.models.hf_whisper.audio_sources), which training compares with its own data dir.
-A Whisper teacher's batches hold ``batch_units`` frames of its window (30 s each,
-whatever the speech's length), what its encoder computes.
+kdst.models.hf_whisper.audio_sources), which training compares with its own data dir;
+another speech teacher's likewise, ``features`` saying how it read them (the data dir's
+feats.scp, its CMVN statistics' digest).  A Whisper teacher's batches hold
+``batch_units`` frames of its window (30 s each, whatever the speech's length), what
+its encoder computes.
 """
 
 from __future__ import annotations
@@ -51,12 +56,13 @@ from tqdm import tqdm
 
 from kdst.config import DataConfig
 from kdst.data.dataset import Example, iterate, make_batches, make_dataset
+from kdst.data.files import file_digest
 from kdst.data.kaldi_dir import DataDir
 from kdst.data.teacher_cache import (CacheWriter, TeacherCache, cache_fingerprint, low_kept_mass_warning,
                                      source_digest, targets_digest)
 from kdst.data.tokenizer import load_tokenizer
 from kdst.errors import KdstError
-from kdst.models.ensemble import load_teachers, references_of
+from kdst.models.ensemble import load_teachers
 from kdst.models.hf_whisper import WhisperTeacher, audio_sources
 from kdst.models.teacher import Teacher
 
@@ -114,14 +120,35 @@ def transcript_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_
     return dataset, read, dataset.src_lengths
 
 
-def speech_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_dir) -> tuple[SpeechTargets, dict, dict]:
+def feature_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_dir) -> tuple[object, dict, dict]:
+    """A speech teacher that reads the data dir's own features (a kdst ASR or ST model, an ESPnet one without a
+    frontend): the features and targets of ``data_dir`` as the teacher's data section reads them (its CMVN), and
+    what the fingerprint records: the audio heard per utterance, as for Whisper (the student may read other
+    features of the same speech), and ``features``, how it read them (feats.scp, the CMVN statistics' digest)."""
+    if teacher_data_dir is not None:
+        raise KdstError(f"--teacher-data-dir {teacher_data_dir}: {loaded.reference} reads the features of the data "
+                        "dir itself (feats.scp); the option is for a Whisper teacher's own features")
+    if not callable(getattr(loaded.model, "decoder_logits", None)):
+        raise KdstError(f"{loaded.reference}: a transducer has no decoder distribution per target token for the "
+                        "top-k cache (RNN-T students distil over the lattice: kd.mode soft-full)")
+    # the teacher's CTC targets are no part of its decoder's distribution, and may be a file this dir lacks
+    dataset = make_dataset(replace(data, ctc_text=None), data_dir)
+    heard = audio_sources(data_dir)
+    silent = [utt for utt in dataset.ids if utt not in heard]
+    if silent:
+        raise KdstError(f"{data_dir}: no audio (wav.scp, segments) for {len(silent)} utterance(s) with features, "
+                        f"e.g. '{silent[0]}': the cache records the speech the teacher heard")
+    # how it read them, the same in every job of a split data dir (the parts' fingerprints must agree)
+    features = f"feats.scp, CMVN {file_digest(data.cmvn) if data.cmvn else 'none'}"
+    read = {"source_text": None, "source": source_digest(heard, dataset.ids), "features": features}
+    return dataset, read, dataset.src_lengths
+
+
+def whisper_inputs(loaded: Teacher, data: DataConfig, data_dir, teacher_data_dir) -> tuple[SpeechTargets, dict, dict]:
     """A Whisper teacher's dataset: its features from ``teacher_data_dir``, the targets from ``data_dir``'s text,
     for every utterance of that text; what the fingerprint records of what it read; the lengths its batches
     count (its window, which its encoder computes whatever the speech's length)."""
     model, name = loaded.model, loaded.reference
-    if not isinstance(model, WhisperTeacher):
-        raise KdstError(f"{name}: the top-k cache takes an MT teacher (it reads the transcript) or one Whisper "
-                        "teacher (hf:PATH, its own features: --teacher-data-dir)")
     if teacher_data_dir is None:
         raise KdstError(f"{name} reads its own log-mel features: give --teacher-data-dir, the data dir made by kdst "
                         f"hf-features --teacher {name} {data_dir} DIR")
@@ -155,7 +182,7 @@ def write_cache(teacher: str | list[str], data_dir: str | Path, out: str | Path,
                 text: str | None = None, batch_units: int = 20000, device: str | None = None, seed: int = 1,
                 src_text: str | None = None, weights: list[float] | None = None, temperature: float = 1.0,
                 teacher_data_dir: str | Path | None = None) -> dict:
-    """Run ``teacher`` (a teacher reference, kdst.models.teacher: MT, or Whisper) over ``data_dir`` and write
+    """Run ``teacher`` (a teacher reference, kdst.models.teacher: MT, speech, or Whisper) over ``data_dir`` and write
     the cache to ``out``; returns a summary.  Several teachers: their ensemble (kdst.models.ensemble), weighted
     by ``weights``.  ``src_text``: the data dir's source text file, if not the
     teacher's own; ``text``: its target text file (default: the teacher's); ``temperature``: of the draws
@@ -173,10 +200,13 @@ def write_cache(teacher: str | list[str], data_dir: str | Path, out: str | Path,
     data = replace(loaded.data, text=text or loaded.data.text)
     if data.input == "text":
         dataset, read, units = transcript_inputs(loaded, data, data_dir, teacher_data_dir)
-    elif len(references_of(teacher)) > 1:
-        raise KdstError(f"{loaded.reference}: the top-k cache of speech teachers takes one (Whisper) teacher")
+    elif isinstance(model, WhisperTeacher):
+        dataset, read, units = whisper_inputs(loaded, data, data_dir, teacher_data_dir)
+    elif any(isinstance(member.model, WhisperTeacher) for member in getattr(loaded, "members", ())):
+        raise KdstError(f"{loaded.reference}: a Whisper teacher hears its own features: its top-k cache takes it "
+                        "alone, not in an ensemble")
     else:
-        dataset, read, units = speech_inputs(loaded, data, data_dir, teacher_data_dir)
+        dataset, read, units = feature_inputs(loaded, data, data_dir, teacher_data_dir)
     if k > model.vocab_size:
         raise KdstError(f"k={k} is larger than the teacher's vocabulary ({model.vocab_size})")
     fingerprint = cache_fingerprint(loaded.digest, data.tokenizer, k=k, mode=mode, text=data.text,

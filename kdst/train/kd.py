@@ -190,7 +190,9 @@ def setup_distillation(kd: KdConfig, student: nn.Module, train_set, data: DataCo
     refuse_online_whisper(kd.teacher)
     teacher = load_teachers(kd.teacher, device, kd.teacher_weights, src_text=kd.src_text)
     if teacher.data.input != "text":
-        raise KdstError(f"{teacher_names(kd.teacher)}: an online teacher must be an MT model reading the transcript")
+        raise KdstError(f"{teacher_names(kd.teacher)}: an online teacher must be an MT model reading the transcript; "
+                        f"a speech teacher distils through the top-k cache: kdst topk --teacher "
+                        f"{teacher_names(kd.teacher)} --data-dir DATA --out DIR, then kd.cache: DIR")
     if tokenizer_fingerprint(teacher.data.tokenizer) != student_vocab:
         raise KdstError(f"{teacher_names(kd.teacher)}: the teacher's target tokenizer {teacher.data.tokenizer} is "
                         f"not the student's {data.tokenizer}: word-level KD needs one vocabulary (an ESPnet teacher's: "
