@@ -264,3 +264,49 @@ def test_online_word_kd_from_an_espnet_teacher(mt, tmp_path):
     train_tokenizer(other, [tmp_path / "train" / "text"], type="char")
     with pytest.raises(KdstError, match="kdst espnet-tokenizer"):
         setup_distillation(kd, student, train_set, replace(config.data, tokenizer=str(other)), torch.device("cpu"))
+
+
+def test_top_k_cache_of_an_espnet_asr_teacher_is_espnets_decoder_top_k(tmp_path):
+    """kdst topk --teacher espnet:PATH over a data dir of features: the cache's k entries per target position are
+    the top k of ESPnet's own decoder forward on that utterance (kdst order), and it records the audio heard."""
+    import kaldiio
+
+    from kdst.data.kaldi_dir import write_data_dir
+    from kdst.data.teacher_cache import TeacherCache
+    from kdst.teacher.topk import write_cache
+
+    texts = _sentences(WORDS_EN, 60, 4)
+    exp, model = build_asr(tmp_path, texts, input_size=20)
+    model.eval()
+    teacher, config = load_espnet_teacher(exp)
+    tok = load_tokenizer(config["data"]["tokenizer"])
+    data, feats = tmp_path / "train", {}
+    data.mkdir()
+    rng = torch.Generator().manual_seed(5)
+    with kaldiio.WriteHelper(f"ark,scp:{data / 'feats.ark'},{data / 'feats.scp'}") as writer:
+        for i in range(6):
+            feats[f"u{i}"] = torch.randn(30 + 4 * i, 20, generator=rng)
+            writer(f"u{i}", feats[f"u{i}"].numpy())
+    ids = sorted(feats)
+    write_data_dir(data, {"text": {u: texts[i] for i, u in enumerate(ids)}, "utt2spk": {u: u for u in ids},
+                          "utt2num_frames": {u: str(len(feats[u])) for u in ids},
+                          "wav.scp": {u: f"/corpus/{u}.wav" for u in ids}})
+    write_cache(f"espnet:{exp}", data, tmp_path / "topk", k=4, device="cpu")
+    cache = TeacherCache(tmp_path / "topk")
+    assert sorted(cache.ids) == ids and cache.fingerprint["features"] == "feats.scp, CMVN none"
+    # ESPnet's forward on the batch the cache ran (all six, padded to the longest): ESPnet's subsampled mask
+    # keeps up to two frames more of a padded utterance than the utterance alone has (its own batched training
+    # and decoding do the same), so the distributions depend on the padding and the oracle pads alike
+    lengths = torch.tensor([len(feats[u]) for u in ids])
+    padded = torch.nn.utils.rnn.pad_sequence([feats[u] for u in ids], batch_first=True)
+    ys = [torch.cat([torch.tensor([model.sos]), _espnet_ids(teacher, tok.encode(texts[i]))]) for i in range(6)]
+    ys_lengths = torch.tensor([len(y) for y in ys])
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(padded, lengths)
+        logits, _ = model.decoder(enc, enc_lengths, torch.nn.utils.rnn.pad_sequence(ys, batch_first=True), ys_lengths)
+    for i, utt in enumerate(ids):
+        expected = logits[i, :ys_lengths[i]].index_select(-1, teacher.to_espnet).topk(4, dim=-1)
+        indices, values = cache.get(utt)
+        assert torch.equal(torch.from_numpy(indices).long(), expected.indices), utt
+        torch.testing.assert_close(torch.from_numpy(values).float(), expected.values - expected.values[:, :1],
+                                   rtol=1e-3, atol=2e-3)
