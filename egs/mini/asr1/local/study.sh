@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The mini ASR compression study (issue 18): the small student of the references (gold), of the teacher's
-# 1-best and of its 5-best (one drawn per epoch, and all five weighted by the teacher's posterior) under 3
-# seeds, written up as docs/results/mini_asr1.md beside a chart, docs/results/mini_asr1.png.
+# 1-best, of its 5-best (one drawn per epoch, and all five weighted by the teacher's posterior) and of its
+# distributions (word-level KD from its top-8 cache) under 3 seeds, written up as docs/results/mini_asr1.md
+# beside a chart, docs/results/mini_asr1.png.
 #
 #   egs/mini/asr1/local/study.sh [--seeds "1 2 3"] [--student-modes "..."] [--findings F] [--out F] [run.sh options]
 #
-# 1. It runs ./run.sh --seeds "1 2 3" --student-modes "gold 1best nbest_sample nbest_weighted" (the modes
-#    of ./run.sh): every stage, 0-10, with these options after any other run.sh option given here
+# 1. It runs ./run.sh --seeds "1 2 3" --student-modes "gold 1best nbest_sample nbest_weighted word" (the
+#    modes of ./run.sh and word): every stage, 0-10, with these options after any other run.sh option given here
 #    (--corpus-opts, --train-opts, ...), timing the wall clock.  What an earlier ./run.sh with the same
 #    other options did is reused: stages 0-7 (data, teacher, its n-best and pseudo labels) are done, and
 #    the students of seed 1 (asr_small_gold, ...) are resumed at their end, not trained again.  So after
@@ -40,5 +41,5 @@ study_why="every stage"
 study_fixed=()
 . "$(dirname "$(readlink -f "$0")")/../../../TEMPLATE/utils/study.sh"
 study_opt seeds "1 2 3" "training seeds of every student"
-study_opt student_modes "gold 1best nbest_sample nbest_weighted" "the students, as run.sh --student-modes"
+study_opt student_modes "gold 1best nbest_sample nbest_weighted word" "the students, as run.sh --student-modes"
 study_main "$@"
