@@ -280,7 +280,7 @@ def check_cache_matches(cache: TeacherCache, kd: CachedWordKDConfig, train_set, 
                          f"{prompt}: another lang= or task=)")
     if made["targets"] != targets_digest(targets, ids):
         wrong.append(f"targets (the token ids of {Path(data.train) / data.text} differ)")
-    if "features" in made:  # a Whisper teacher's: it heard the audio the student's data dir names
+    if "features" in made:  # a speech teacher's (Whisper, an ASR model): it heard the student's audio
         try:
             sources = audio_sources(data.train)
         except DataError:
