@@ -45,12 +45,16 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
 
     ``baseline`` (a system or group; default: the one ``significance.resolve_baseline`` finds in
     exp/systems.json, if any) is what every row is tested against, and adds a Δ column of the
-    first metric to RESULTS.md; ``bootstrap`` says how (``samples`` 0: no intervals, no tests).
+    first metric to RESULTS.md; where none is found, each student is tested against the student of
+    its architecture that learnt from the references (``significance.arch_baselines``: the RNN-T
+    recipe's none student of each column), named in a "vs" column.  ``bootstrap`` says how
+    (``samples`` 0: no intervals, no tests).
     ``plots`` writes the PNG charts beside it.
     """
     registered = manifest.read_systems(exp_root)
     # fail before the (slow) scoring
     baseline = significance.resolve_baseline(baseline, systems, registered, exp_root)
+    per_group = {} if baseline else significance.arch_baselines(systems, registered)
     grouped = significance.groups(systems, registered)
     metric_names = list(metric_names)
     results: dict[str, dict] = {}
@@ -75,8 +79,10 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
                 entry["rtf"] = decode_stats["rtf"]
             results[key(system)] = entry
         table_rows = significance.rows(grouped, registered, key, key)
-        base_row = next((r for r in table_rows if r.name == key(baseline)), None) if baseline else None
-        for row in table_rows:
+        by_name = {r.name: r for r in table_rows}
+        for group, row in zip(grouped, table_rows):
+            against = baseline or per_group.get(group)
+            base_row = by_name.get(key(against)) if against else None
             for run, seed in zip(row.runs, row.seeds):
                 alone = significance.summarise(resamples, significance.Row(run, (run,), (seed,)), base_row,
                                                metric_names)
@@ -90,7 +96,7 @@ def collect(exp_root: Path, data_root: Path, systems: list[str], sets: list[str]
     rows = _interleave(rows, sets)
     results = {run: results[run] for row in rows for run in row["summary"]["runs"]}
     table = {"systems": results, "rows": rows, "signatures": signatures, "sets": list(sets),
-             "baseline": baseline, "bootstrap": bootstrap, "metrics": metric_names}
+             "baseline": baseline, "per_arch": bool(per_group), "bootstrap": bootstrap, "metrics": metric_names}
     merge_results_json(exp_root, results, systems)
     charts: list[str] = []
     if plots:
@@ -126,13 +132,16 @@ def markdown(table: dict) -> str:
     rows, bootstrap = table["rows"], table["bootstrap"]
     metric_names = [m for m in metrics.METRICS if m in table["metrics"]]
     baseline = table.get("baseline")
+    per_arch = baseline is None and table.get("per_arch", False)  # each student against its architecture's
+    tested = baseline is not None or per_arch
     primary = "bleu" if "bleu" in metric_names else metric_names[0]  # the Δ and p columns
     with_ratio = any("len_ratio" in r["entry"] for r in rows)
     with_seeds = any(len(r["summary"]["runs"]) > 1 for r in rows)
     labels = [metrics.LABELS[m] for m in metric_names]
-    if baseline is not None:
+    if tested:
         at = metric_names.index(primary) + 1
-        labels[at:at] = [f"Δ{metrics.LABELS[primary]}", *(["p"] if bootstrap.enabled else [])]
+        labels[at:at] = [f"Δ{metrics.LABELS[primary]}", *(["p"] if bootstrap.enabled else []),
+                         *(["vs"] if per_arch else [])]
     # "len ratio" goes last so that the columns from params to RTF keep their order.
     header = ["system", *(["seeds"] if with_seeds else []), *labels, "params", "sentences/s", "RTF",
               *(["len ratio"] if with_ratio else [])]
@@ -140,21 +149,27 @@ def markdown(table: dict) -> str:
     for row in rows:
         r, summary = row["entry"], row["summary"]
         scores = [significance.value_cell(summary, m) for m in metric_names]
-        if baseline is not None:
+        if tested:
             at = metric_names.index(primary) + 1
             scores[at:at] = [significance.delta_cell(summary, primary),
-                             *([significance.p_cell(summary, primary)] if bootstrap.enabled else [])]
+                             *([significance.p_cell(summary, primary)] if bootstrap.enabled else []),
+                             *([summary.get("baseline") or "-"] if per_arch else [])]
         cells = [row["name"], *([significance.seeds_cell(summary)] if with_seeds else []), *scores,
                  f"{r['params'] / 1e6:.2f}M", f"{r['sentences_per_s']:.1f}", f"{r['rtf']:.3f}" if "rtf" in r else "-"]
         if with_ratio:
             cells.append(f"{r['len_ratio']:.3f}" if "len_ratio" in r else "-")
         lines_rows.append(cells)
+    against = (f"{baseline} on the same set" if baseline is not None else
+               "the system in column vs on the same set" if per_arch else None)
     lines = [f"# Results ({', '.join(table['sets'])})", "", *markdown_table(header, lines_rows), ""]
-    lines += significance.footnote(bootstrap, baseline and f"{baseline} on the same set",
-                                   p_metric=primary if baseline else None, seeds=with_seeds)
+    lines += significance.footnote(bootstrap, against, p_metric=primary if tested else None, seeds=with_seeds)
     if baseline is not None:
         lines += ["", f"Δ{metrics.LABELS[primary]}: {metrics.LABELS[primary]} minus that of {baseline} on the "
                       "same set."]
+    elif per_arch:
+        lines += ["", f"Δ{metrics.LABELS[primary]}: {metrics.LABELS[primary]} minus that of the system in column vs "
+                      "on the same set. vs: no one baseline is registered, so each student is tested against the "
+                      "student of its architecture that learnt from the references alone."]
     if with_ratio:
         lines += ["", "len ratio: hypothesis / reference length in BLEU tokens (below 1: outputs too short)."]
     lines += ["", "sacrebleu signatures:", ""]

@@ -153,6 +153,26 @@ def resolve_baseline(option: str | None, systems: list[str], registered: list[ma
     return plain[0] if len(plain) == 1 else None
 
 
+def arch_baselines(systems: list[str], registered: list[manifest.System]) -> dict[str, str]:
+    """{group: its baseline group} where no one baseline is (several student groups learnt from the references
+    alone, e.g. the RNN-T recipe's none student of each architecture): a student group's is the one such
+    group of its architecture, when there is exactly one and it is not the group itself."""
+    grouped = groups(systems, registered)
+    labels = manifest.by_name(registered)
+    first = {group: labels.get(members[0]) for group, members in grouped.items()}
+    plain: dict[str, list[str]] = {}
+    for group, label in first.items():
+        if label is not None and label.role == "student" and label.mode in manifest.REFERENCE_MODES \
+                and label.init is None:
+            plain.setdefault(label.arch, []).append(group)
+    out = {}
+    for group, label in first.items():
+        same_arch = plain.get(label.arch, []) if label is not None and label.role == "student" else []
+        if len(same_arch) == 1 and same_arch[0] != group:
+            out[group] = same_arch[0]
+    return out
+
+
 def pairs(row: Row, baseline: Row) -> list[tuple[str, str]]:
     """(run, baseline run) pairs: the baseline's run of the same seed, or its only run; a run whose seed
     the baseline lacks is left out."""

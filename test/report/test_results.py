@@ -292,3 +292,27 @@ def test_seeds_are_one_row_paired_by_seed(tmp_path, capsys):
         group["mean"]["bleu"], group["sd"]["bleu"], *group["ci"]["bleu"]))
     assert "mean ± sd: over the seeds of a system" in markdown and "over 300 resamples" in markdown
     assert "sacrebleu 2" in markdown and "|Δ*| − mean |Δ*| > |Δ|" in markdown
+
+
+def test_each_student_against_the_reference_student_of_its_architecture(tmp_path):
+    """Two architectures, each with a student of the references (the RNN-T matrix): no one baseline, so each
+    student is tested against its own architecture's, named in the vs column."""
+    refs, hyps = random_corpus(40, seed=1)
+    hyps = {"a_none": hyps["base"], "a_kd": hyps["kd"], "b_none": hyps["base2"], "b_kd": dict(hyps["base2"])}
+    exp, data = decoded(tmp_path, refs, hyps)
+    for name in hyps:
+        arch, mode = name.split("_")
+        register(exp, System(name, "rnnt", "student", mode="hard" if mode == "kd" else "none", arch=arch))
+    results = collect(exp, data, list(hyps), ["tst"], metric_names=["wer"], plots=False)
+    alone = collect(exp, data, ["b_none", "b_kd"], ["tst"], metric_names=["wer"], baseline="b_none", plots=False)
+    for student, baseline in (("a_kd", "a_none"), ("b_kd", "b_none")):
+        assert results[student]["significance"]["baseline"] == baseline
+    assert results["b_kd"]["significance"]["p"] == alone["b_kd"]["significance"]["p"]  # the test of that pair
+    assert results["b_kd"]["significance"]["p"]["wer"] == 1.0  # b_kd's outputs are b_none's
+    assert results["a_kd"]["significance"]["p"]["wer"] < 0.05
+    assert results["a_none"]["significance"]["baseline"] is None
+    collect(exp, data, list(hyps), ["tst"], metric_names=["wer"], plots=False)
+    markdown = (exp / "RESULTS.md").read_text()
+    assert markdown.splitlines()[2] == "| system | WER | ΔWER | p | vs | params | sentences/s | RTF |"
+    assert table_column(markdown, "vs") == {"a_none": "-", "a_kd": "a_none", "b_none": "-", "b_kd": "b_none"}
+    assert "†: differs from the system in column vs on the same set at p < 0.05" in markdown

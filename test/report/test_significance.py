@@ -70,6 +70,26 @@ def test_the_baseline_given_registered_or_the_one_plain_student():
         resolve_baseline(None, ["a", "b"], two_marked, "exp")
 
 
+def test_each_architecture_its_reference_student_where_no_one_baseline_is():
+    """The RNN-T matrix: a none student per architecture, so resolve_baseline finds none; each student is then
+    tested against the none student of its own architecture, which itself has no baseline."""
+    registered = [System("teacher", "rnnt", "teacher", arch="teacher"),
+                  *(System(f"{arch}_{mode}", "rnnt", "student", mode=mode, arch=arch)
+                    for arch in ("same", "streaming") for mode in ("none", "hard", "soft-full")),
+                  System("same_none_s2", "rnnt", "student", mode="none", arch="same", seed=2, group="same_none"),
+                  System("ns_gen1", "rnnt", "noisy-student", mode="hard+soft", arch="same"),
+                  System("tiny_hard", "rnnt", "student", mode="hard", arch="tiny")]  # no reference student
+    names = [s.name for s in registered]
+    assert resolve_baseline(None, names, registered, "exp") is None
+    assert significance.arch_baselines(names, registered) == {
+        "same_hard": "same_none", "same_soft-full": "same_none",
+        "streaming_hard": "streaming_none", "streaming_soft-full": "streaming_none"}
+    # two reference students of one architecture: which one is not said, so none is chosen for it
+    twice = [*registered, System("same_none_pt", "rnnt", "student", mode="none", arch="same")]
+    assert set(significance.arch_baselines([*names, "same_none_pt"], twice)) == {"streaming_hard",
+                                                                                "streaming_soft-full"}
+
+
 def test_a_group_summary_against_a_plain_loop():
     """Mean ± sd over the seeds; the interval of the mean over seeds; the test of the mean difference over
     (run, same-seed baseline run) pairs — all from the same resamples."""
