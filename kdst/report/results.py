@@ -145,13 +145,15 @@ def markdown(table: dict) -> str:
     # "len ratio" goes last so that the columns from params to RTF keep their order.
     header = ["system", *(["seeds"] if with_seeds else []), *labels, "params", "sentences/s", "RTF",
               *(["len ratio"] if with_ratio else [])]
+    bases = {row["summary"].get("baseline") for row in rows}
     lines_rows = []
     for row in rows:
         r, summary = row["entry"], row["summary"]
         scores = [significance.value_cell(summary, m) for m in metric_names]
         if tested:
             at = metric_names.index(primary) + 1
-            scores[at:at] = [significance.delta_cell(summary, primary),
+            untested = per_arch and "baseline" not in summary and row["name"] not in bases  # the teacher
+            scores[at:at] = ["-" if untested else significance.delta_cell(summary, primary),
                              *([significance.p_cell(summary, primary)] if bootstrap.enabled else []),
                              *([summary.get("baseline") or "-"] if per_arch else [])]
         cells = [row["name"], *([significance.seeds_cell(summary)] if with_seeds else []), *scores,

@@ -298,9 +298,11 @@ def test_each_student_against_the_reference_student_of_its_architecture(tmp_path
     """Two architectures, each with a student of the references (the RNN-T matrix): no one baseline, so each
     student is tested against its own architecture's, named in the vs column."""
     refs, hyps = random_corpus(40, seed=1)
-    hyps = {"a_none": hyps["base"], "a_kd": hyps["kd"], "b_none": hyps["base2"], "b_kd": dict(hyps["base2"])}
+    hyps = {"a_none": hyps["base"], "a_kd": hyps["kd"], "b_none": hyps["base2"], "b_kd": dict(hyps["base2"]),
+            "teacher": hyps["kd"]}
     exp, data = decoded(tmp_path, refs, hyps)
-    for name in hyps:
+    register(exp, System("teacher", "rnnt", "teacher", arch="teacher"))
+    for name in list(hyps)[:4]:
         arch, mode = name.split("_")
         register(exp, System(name, "rnnt", "student", mode="hard" if mode == "kd" else "none", arch=arch))
     results = collect(exp, data, list(hyps), ["tst"], metric_names=["wer"], plots=False)
@@ -314,5 +316,9 @@ def test_each_student_against_the_reference_student_of_its_architecture(tmp_path
     collect(exp, data, list(hyps), ["tst"], metric_names=["wer"], plots=False)
     markdown = (exp / "RESULTS.md").read_text()
     assert markdown.splitlines()[2] == "| system | WER | ΔWER | p | vs | params | sentences/s | RTF |"
-    assert table_column(markdown, "vs") == {"a_none": "-", "a_kd": "a_none", "b_none": "-", "b_kd": "b_none"}
+    assert table_column(markdown, "vs") == {"a_none": "-", "a_kd": "a_none", "b_none": "-", "b_kd": "b_none",
+                                            "teacher": "-"}
+    delta = table_column(markdown, "ΔWER")  # the baselines' own rows read +0.00, a row tested against none -
+    assert (delta["a_none"], delta["b_none"], delta["teacher"]) == ("+0.00", "+0.00", "-")
+    assert delta["a_kd"] == f"{results['a_kd']['significance']['delta']['wer']:+.2f}"
     assert "†: differs from the system in column vs on the same set at p < 0.05" in markdown
