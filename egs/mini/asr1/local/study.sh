@@ -7,15 +7,15 @@
 #   egs/mini/asr1/local/study.sh [--seeds "1 2 3"] [--student-modes "..."] [--findings F] [--out F] [run.sh options]
 #
 # 1. It runs ./run.sh --seeds "1 2 3" --student-modes "gold 1best nbest_sample nbest_weighted word" (the
-#    modes of ./run.sh and word): every stage, 0-10, with these options after any other run.sh option given here
-#    (--corpus-opts, --train-opts, ...), timing the wall clock.  What an earlier ./run.sh with the same
-#    other options did is reused: stages 0-7 (data, teacher, its n-best and pseudo labels) are done, and
-#    the students of seed 1 (asr_small_gold, ...) are resumed at their end, not trained again.  So after
-#    ./run.sh the study trains seeds 2 and 3 of the 4 students (8 students, two at a time) and decodes
-#    them: about 25 minutes on 2 idle cores, estimated from the README's timing of ./run.sh (27 minutes,
-#    11 of them the teacher's, about 10 the 4 students'); about 50 for the whole study from nothing.
-#    --student-modes "gold 1best nbest_expand nbest_sample nbest_weighted" adds the third N-best mode
-#    (about 5 minutes a seed).
+#    modes of ./run.sh and word): every stage, 0-10, with these options after any other run.sh option
+#    given here (--corpus-opts, --train-opts, ...), timing the wall clock.  What an earlier ./run.sh with
+#    the same other options did is reused: stages 0-5 (data, teacher) are done, stages 6 and 7 (the
+#    teacher's n-best, its top-k cache, the pseudo labels) run again because --student-modes is not
+#    ./run.sh's, and the students of seed 1 (asr_small_gold, ...) are resumed at their end, not trained
+#    again.  Measured on 2 cores (docs/results/mini_asr1.md, 2026-12-05): 51 minutes from nothing for
+#    the 4 modes of ./run.sh (the teacher 13 minutes, 12 students two at a time 36), and 15 more for the
+#    3 word students and the decoding of all 16 systems.  --student-modes "gold 1best nbest_expand
+#    nbest_sample nbest_weighted word" adds the third N-best mode (about 5 minutes a seed).
 # 2. It appends a line to exp/study.tsv, the invocation log: when it started, its wall time, its exit
 #    status, the commit of this checkout, nproc, the CPU model, the RAM, the systems exp/systems.json
 #    held when it started (reused), and the command (kdst/report/study.py: FIELDS).  A study that
