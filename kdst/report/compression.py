@@ -143,22 +143,10 @@ def collect_compression(exp_root: Path, data_root: Path, systems: list[str], tea
 def default_baselines(table_rows: list[significance.Row], registered: list[manifest.System],
                       teacher_row: str) -> dict[str, str]:
     """{row: its baseline row}: a student's is the one student group of its size (arch) that learnt from
-    the references alone, if there is one and it is not that group; else (and for such students) the
-    teacher's.  The teacher has none."""
-    labels = manifest.by_name(registered)
-    first = {row.name: labels.get(row.runs[0]) for row in table_rows}
-    plain: dict[str, list[str]] = {}
-    for name, label in first.items():
-        if label is not None and label.role == "student" and label.mode in manifest.REFERENCE_MODES \
-                and label.init is None:
-            plain.setdefault(label.arch, []).append(name)
-    out = {}
-    for name, label in first.items():
-        if name == teacher_row:
-            continue
-        same_size = plain.get(label.arch, []) if label is not None else []
-        out[name] = same_size[0] if len(same_size) == 1 and same_size[0] != name else teacher_row
-    return out
+    the references alone (significance.arch_baselines), if there is one and it is not that group; else
+    (and for such students) the teacher's.  The teacher has none."""
+    own = significance.arch_baselines([run for row in table_rows for run in row.runs], registered)
+    return {row.name: own.get(row.name, teacher_row) for row in table_rows if row.name != teacher_row}
 
 
 def _test_rows(resamples: significance.Resamples, results: dict, registered: list[manifest.System],
